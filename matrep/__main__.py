@@ -1,0 +1,4 @@
+from matrep.cli import main
+
+if __name__ == "__main__":
+    main()
