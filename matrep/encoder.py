@@ -92,8 +92,9 @@ class BaseEncoder(TransformerMixin, BaseEstimator):
         mod = type(self).__module__.split(".")[0]
         if mod != "matrep":
             try:
-                dist = metadata.packages_distributions().get(mod, [mod])[0]
-                version = metadata.version(dist)
+                name = metadata.packages_distributions().get(mod, [mod])[0]
+                d = metadata.distribution(name)
+                dist, version = d.metadata["Name"], d.version
             except Exception:  # noqa: BLE001 - provenance must never fail
                 dist, version = mod, "unknown"
         return {

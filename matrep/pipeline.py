@@ -1,0 +1,133 @@
+"""Images → patches → encoder → HDF5: the encode pipeline, checkpointed and resumable.
+
+:func:`encode_patchset` transforms patches in chunks. Each finished chunk is saved atomically
+in a hidden ``.<out>.<key>.partial`` folder beside the output; a run interrupted at any moment
+(even ``kill -9``) resumes from the chunks already done, and the store itself is only ever
+replaced whole (see :mod:`matrep.store`).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .atomic import atomic_path, atomic_write_text
+from .store import FeatureStore, images_digest, run_digest, state_digest
+
+
+@dataclass
+class EncodeResult:
+    """What :func:`encode_patchset` did."""
+
+    path: Path
+    key: str
+    n_patches: int
+    n_features: int
+    reused: bool
+    resumed_chunks: int = 0
+    fitted_here: bool = False
+
+
+def _provenance_attrs(prov: dict) -> dict:
+    attrs = {"encoder": prov.get("encoder", ""), "encoder_version": prov.get("version", ""),
+             "distribution": prov.get("distribution", ""), "params": prov.get("params", {}),
+             "provenance": prov}
+    w = prov.get("weights") or {}
+    if isinstance(w, dict) and w:
+        attrs["weights_name"] = str(w.get("name", ""))
+        attrs["weights_sha256"] = str(w.get("sha256", ""))
+    return attrs
+
+
+def encode_patchset(encoder, patchset, out, *, labels=None, labels_source: str = "",
+                    chunk: int = 256, resume: bool = True, progress=None, log=None) -> EncodeResult:
+    """Encode ``patchset`` with ``encoder`` into the store ``out``.
+
+    A trainable encoder that is not fitted yet is fitted on these patches first (say so in
+    the log). Features already stored with the same digest are reused.
+
+    Parameters
+    ----------
+    encoder : a matrep encoder (see :mod:`matrep.encoder`)
+    patchset : matrep.io.PatchSet
+    out : path of the HDF5 store
+    labels : pandas.DataFrame, one row per patch, optional
+    chunk : int, default 256 — patches per checkpointed chunk
+    resume : bool, default True — continue from the chunks of an interrupted run
+    progress : callable(total=..., desc=...) returning a bar with ``update(n)``, optional
+    log : callable(str), optional
+    """
+    log = log or (lambda msg: None)
+    out = Path(out)
+    fitted_here = False
+    if getattr(encoder, "trainable", False) and not encoder.__sklearn_is_fitted__():
+        log(f"fitting {encoder.name} on the {len(patchset)} patches being encoded")
+        encoder.fit(patchset.patches)
+        fitted_here = True
+    elif not encoder.__sklearn_is_fitted__():
+        encoder.fit(patchset.patches[:1])
+    prov = encoder.provenance()
+    if fitted_here:
+        prov["fitted_on"] = "the encoded patches"
+    digest = run_digest(prov, state_digest(encoder), images_digest(patchset))
+    key = f"{encoder.name}-{digest[:8]}"
+    store = FeatureStore(out)
+
+    if store.exists():
+        found = store.find(digest)
+        if found is not None:
+            if labels is not None:
+                store.write(patchset, labels=labels, labels_source=labels_source)
+            X, _ = store.read(found)
+            return EncodeResult(out, found, len(patchset), X.shape[1], reused=True)
+
+    partial = out.parent / f".{out.name}.{key}.partial"
+    meta = {"digest": digest, "chunk": chunk, "n": len(patchset)}
+    resumed = 0
+    if partial.exists():
+        try:
+            old = json.loads((partial / "meta.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            old = None
+        if not resume or old != meta:
+            shutil.rmtree(partial)
+    partial.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(partial / "meta.json", json.dumps(meta))
+
+    n = len(patchset)
+    starts = list(range(0, n, chunk))
+    bar = progress(total=n, desc=f"encode {encoder.name}") if progress else None
+    parts = []
+    for i, s in enumerate(starts):
+        f = partial / f"chunk-{i:06d}.npy"
+        e = min(s + chunk, n)
+        X = None
+        if f.exists():
+            try:
+                X = np.load(f, allow_pickle=False)
+                if X.shape[0] != e - s:
+                    X = None
+                else:
+                    resumed += 1
+            except (OSError, ValueError):
+                X = None
+        if X is None:
+            X = np.asarray(encoder.transform(patchset.patches[s:e]), dtype=np.float32)
+            with atomic_path(f, suffix=".npy") as tmp:
+                with open(tmp, "wb") as fh:
+                    np.save(fh, X, allow_pickle=False)
+        parts.append(X)
+        if bar is not None:
+            bar.update(e - s)
+    if bar is not None:
+        bar.close()
+    X = np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+    attrs = {**_provenance_attrs(prov), "digest": digest}
+    store.write(patchset, key=key, X=X, attrs=attrs, labels=labels, labels_source=labels_source)
+    shutil.rmtree(partial, ignore_errors=True)
+    return EncodeResult(out, key, n, X.shape[1], reused=False, resumed_chunks=resumed,
+                        fitted_here=fitted_here)

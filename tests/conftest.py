@@ -1,0 +1,43 @@
+"""Shared fixtures: the real micrographs in ../shared/data (never copied into the repo)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("MATREP_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def shared_dir(name: str) -> Path:
+    """A folder of ../shared/data, or skip the test saying why."""
+    path = SHARED_DATA / name
+    if not path.is_dir():
+        pytest.skip(f"real micrographs not available: {path} is absent "
+                    "(set MATREP_SHARED_DATA to the shared/data folder)")
+    return path
+
+
+@pytest.fixture
+def castiron_dir() -> Path:
+    return shared_dir("castiron_ductile") / "images"
+
+
+@pytest.fixture
+def uhcs_dir() -> Path:
+    return shared_dir("uhcs")
+
+
+@pytest.fixture
+def li2018_dir() -> Path:
+    return shared_dir("li2018_segmented")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Keep matrep's cache (converted weights, datasets) out of the user's home in tests,
+    but shared across the session so expensive conversions happen once."""
+    if "MATREP_CACHE" not in os.environ:
+        monkeypatch.setenv("MATREP_CACHE", str(tmp_path_factory.getbasetemp() / "matrep-cache"))

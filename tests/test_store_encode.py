@@ -1,0 +1,169 @@
+"""HDF5 feature store and `matrep encode`: provenance, reuse, atomicity, kill -9 and resume."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from matrep import registry
+from matrep.cli import main
+from matrep.store import FeatureStore, load_features
+
+from plugin_utils import activate, install_example_plugin, make_dist
+
+SLOW = '''
+import os, time
+from matrep_example_plugin import HistogramEncoder
+class SlowHistogram(HistogramEncoder):
+    name = "slowhist"
+    def transform(self, X):
+        time.sleep(float(os.environ.get("SLOWHIST_SLEEP", "0")))
+        return super().transform(X)
+'''
+
+
+@pytest.fixture
+def plugin(tmp_path, monkeypatch):
+    root = install_example_plugin(tmp_path / "site")
+    make_dist(root, "slowhist-dist", "0.1", {"slowhist": "slowhist_mod:SlowHistogram"},
+              {"slowhist_mod": SLOW})
+    activate(monkeypatch, root)
+    yield root
+    registry.refresh()
+
+
+@pytest.fixture
+def images(tmp_path):
+    d = tmp_path / "imgs"
+    d.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (96, 128), dtype=np.uint8)).save(d / f"m{i}.png")
+    (tmp_path / "labels.csv").write_text("file,strength,phase\nm0.png,1.5,a\nm1.png,2.5,b\n"
+                                         "m2.png,3.0,a\nghost.png,9,c\n")
+    return d
+
+
+def _run(args):
+    res = CliRunner().invoke(main, args, catch_exceptions=False)
+    return res
+
+
+def test_encode_writes_store_with_provenance_and_labels(plugin, images, tmp_path):
+    out = tmp_path / "f.h5"
+    res = _run(["encode", "--method", "histogram", "--images", str(images), "--out", str(out),
+                "--patch", "32", "--stride", "32", "--labels", str(tmp_path / "labels.csv"),
+                "--param", "bins=8", "-q"])
+    assert res.exit_code == 0, res.output
+    assert "label row(s) match no image: ghost.png" in res.output
+    assert res.output.strip().splitlines()[-1].endswith(f"in {out}")
+    X, table = load_features(out, "histogram")
+    assert X.shape == (3 * 3 * 4, 10)
+    assert table["strength"].tolist()[:12] == [1.5] * 12
+    assert set(table["phase"]) == {"a", "b"}
+    (entry,) = FeatureStore(out).entries()
+    assert entry["encoder"] == "histogram" and entry["params"] == {"bins": 8}
+    assert entry["distribution"] == "matrep-example-plugin" and entry["patch"] == 32
+    assert entry["matrep_version"] and entry["created"]
+
+
+def test_second_encoder_keeps_first_byte_for_byte_and_reuse(plugin, images, tmp_path):
+    out = tmp_path / "f.h5"
+    base = ["--images", str(images), "--out", str(out), "--patch", "32", "--stride", "32", "-q"]
+    assert _run(["encode", "--method", "histogram", "--param", "bins=4", *base]).exit_code == 0
+    X1, _ = FeatureStore(out).read("histogram")
+    assert _run(["encode", "--method", "slowhist", *base]).exit_code == 0
+    X1b, _ = FeatureStore(out).read(FeatureStore(out).resolve("histogram"))
+    np.testing.assert_array_equal(X1, X1b)
+    assert len(FeatureStore(out).keys()) == 2
+    res = _run(["encode", "--method", "histogram", "--param", "bins=4", *base])
+    assert res.output.startswith("reused stored")
+
+
+def test_store_refuses_other_patch_set(plugin, images, tmp_path):
+    out = tmp_path / "f.h5"
+    assert _run(["encode", "--method", "histogram", "--images", str(images), "--out", str(out),
+                 "--patch", "32", "--stride", "32", "-q"]).exit_code == 0
+    res = CliRunner().invoke(main, ["encode", "--method", "histogram", "--images", str(images),
+                                    "--out", str(out), "--patch", "32", "--stride", "16", "-q"])
+    assert res.exit_code == 1
+    assert "holds features of another set of patches" in res.output
+    assert "Traceback" not in res.output
+
+
+def test_corrupt_store_is_a_one_line_error(plugin, images, tmp_path):
+    out = tmp_path / "f.h5"
+    out.write_bytes(b"garbage")
+    res = CliRunner().invoke(main, ["encode", "--method", "histogram", "--images", str(images),
+                                    "--out", str(out), "-q", "--patch", "32"])
+    assert res.exit_code == 1 and "not a readable HDF5 feature store" in res.output
+    assert out.read_bytes() == b"garbage"
+
+
+def test_bad_image_cli_error_and_skip_bad(plugin, images, tmp_path):
+    (images / "zz.png").write_text("not an image")
+    args = ["encode", "--method", "histogram", "--images", str(images), "--out",
+            str(tmp_path / "f.h5"), "--patch", "32", "-q"]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 1
+    assert res.output.strip() == f"Error: {images / 'zz.png'}: not an image (unrecognised file content)"
+    res = CliRunner().invoke(main, args + ["--skip-bad"])
+    assert res.exit_code == 0 and f"skipped {images / 'zz.png'}: not an image" in res.output
+
+
+def test_unknown_method_is_one_line(plugin, images, tmp_path):
+    res = CliRunner().invoke(main, ["encode", "--method", "nope", "--images", str(images),
+                                    "--out", str(tmp_path / "f.h5")])
+    assert res.exit_code == 1 and "unknown encoder 'nope'" in res.output
+    assert "histogram" in res.output
+
+
+def test_encoders_lists_plugin(plugin):
+    res = CliRunner().invoke(main, ["encoders"])
+    assert res.exit_code == 0
+    line = next(ln for ln in res.output.splitlines() if ln.startswith("histogram"))
+    assert "matrep-example-plugin" in line and "0.1.0" in line
+
+
+def test_kill_9_leaves_no_corrupt_file_and_resume_continues(plugin, images, tmp_path):
+    out = tmp_path / "f.h5"
+    base = [sys.executable, "-m", "matrep", "encode", "--images", str(images), "--out", str(out),
+            "--patch", "32", "--stride", "16", "--chunk", "4", "-q"]
+    # a first, complete encoder in the file: it must survive the kill untouched
+    subprocess.run(base + ["--method", "histogram"], check=True, env=os.environ.copy())
+    before = out.read_bytes()
+    env = {**os.environ, "SLOWHIST_SLEEP": "0.25"}
+    proc = subprocess.Popen(base + ["--method", "slowhist"], env=env)
+    partial = None
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        parts = list(tmp_path.glob(".f.h5.slowhist-*.partial"))
+        if parts and len(list(parts[0].glob("chunk-*.npy"))) >= 3:
+            partial = parts[0]
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert partial is not None, "encode never checkpointed a chunk"
+    assert out.read_bytes() == before            # the store was not touched
+    with h5py.File(out, "r") as f:                # and is a valid file
+        assert len(f["features"]) == 1
+    done = len(list(partial.glob("chunk-*.npy")))
+    res = subprocess.run(base + ["--method", "slowhist"], env={**os.environ}, capture_output=True,
+                         text=True, check=True)
+    assert f"resumed {done} finished chunks" in res.stdout or "resumed" in res.stdout
+    assert not partial.exists()
+    X, _ = FeatureStore(out).read("slowhist")
+    ref = tmp_path / "ref.h5"
+    subprocess.run([a if a != str(out) else str(ref) for a in base] + ["--method", "slowhist"],
+                   check=True, env=os.environ.copy())
+    np.testing.assert_array_equal(X, FeatureStore(ref).read("slowhist")[0])
