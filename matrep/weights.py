@@ -450,9 +450,10 @@ def _from_pth(path: Path, source: str, *, name=None, preprocessing="imagenet") -
                     raise
                 sd = torch.load(str(path), map_location="cpu", weights_only=True)
         except (RuntimeError, pickle.UnpicklingError, EOFError, OSError, ValueError) as exc:
-            raise BadInputError(path, f"not a loadable torch checkpoint with weights_only=True "
-                                      f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
-                                      "matrep never unpickles arbitrary objects") from None
+            raise BadInputError(path, f"not a torch checkpoint that loads with weights_only=True "
+                                      f"({type(exc).__name__}); matrep never unpickles arbitrary objects: "
+                                      "convert the weights to safetensors (keys of vgg19().features) "
+                                      "with a trusted tool") from None
         if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
             sd = sd["state_dict"]
         if not isinstance(sd, dict):
