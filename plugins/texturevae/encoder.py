@@ -1,0 +1,544 @@
+"""``TextureVAEEncoder``: the texture-VAE as a matrep encoder (scikit-learn shaped).
+
+Sharma, Kulkarni, Viswanathan & Subramanian (2021), "TextureVAE: Learning interpretable
+representations of material microstructures using variational autoencoders" (CC BY 4.0):
+a VAE whose reconstruction loss is the Gatys style loss on VGG19 conv1_1 and pool1..pool4,
+with a frozen pretrained VGG19 + trained fully-connected mu/log-variance head as encoder and a
+decoder of four (3x3 conv, nearest 2x upsampling, LeakyReLU 0.3) blocks.
+
+torch is imported only when the encoder is used, so ``matrep encoders`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+from matrep.encoder import CONFIG_NAME, STATE_NAME, BaseEncoder, _jsonable, check_patches
+from matrep.errors import BadInputError, EncoderContractError, NotFittedError, WeightsNotFoundError
+
+DEFAULT_TAPS = ("conv1_1", "pool1", "pool2", "pool3", "pool4")
+OUTPUTS = ("mu", "mu_logvar")
+
+
+class TextureVAEEncoder(BaseEncoder):
+    """Texture-VAE encoder: patches -> posterior mean ``mu`` (n, latent_dim).
+
+    Parameters
+    ----------
+    latent_dim : int, default 64
+        Size of z (the paper studies 8, 16, 32, 64 and keeps 64).
+    pooling : {"meanstd", "mean"}, default "meanstd"
+        How VGG19 feature maps become the FC head's input: per-channel spatial mean and standard
+        deviation (or mean only) of each tap in ``encoder_taps``. The paper leaves this open.
+    encoder_taps : tuple of str, default the five style layers
+        VGG19 taps pooled for the encoder. They come from the same VGG19 pass as the style
+        targets, so the encoder costs no extra network evaluation.
+    style_layers : tuple of str, default ("conv1_1", "pool1", "pool2", "pool3", "pool4")
+        Layers of the style loss (the paper's choice).
+    layer_weights : tuple of float or None, default None (all 1)
+        w_l of the style loss, one per style layer.
+    decoder_channels : tuple of 5 int, default (256, 256, 128, 64, 32)
+        Channels of the projected P/16 x P/16 map and of the output of each of the 4 blocks.
+    epochs, batch_size, lr : training length, batch size, Adam learning rate
+    kl_weight : float, default 1e-3
+        beta in loss = style + beta * KL (KL summed over latent dims, both batch means); see
+        docs/texturevae.md for the scale of the two terms.
+    seed : int, default 0
+        Seeds the validation split, the data order (per epoch) and the sampling noise.
+    val_fraction : float, default 0.1
+    val_split : {"region", "patch", "micrograph"}, default "region"
+        See :func:`matrep.plugins.texturevae.train.split_patches`.
+    max_patches : int or None
+        Train on a seeded random subset of at most this many training patches.
+    max_val_patches : int or None, default 128
+        Evaluate the held-out style loss on at most this many held-out patches.
+    checkpoint_every : int or None
+        Also checkpoint every N steps (always at the end of each epoch).
+    weights : str, default "auto"
+        VGG19 weights source (see ``matrep weights``); ``"random"`` only for tests.
+    device : str, default "auto"
+        ``"auto"`` uses CUDA when present.
+    precision : {"auto", "fp32", "bf16"}, default "auto"
+        ``"auto"``: bf16 autocast for the decoder and VGG19 on CUDA, float32 on CPU. Gram
+        matrices and the loss are float32 in every case.
+    cache_memory_gb : float, default 2.0
+        RAM for the cached style targets before they spill to a temporary file.
+    output : {"mu", "mu_logvar"}, default "mu"
+        What :meth:`transform` returns: mu (n, latent_dim), or mu and log-variance side by side
+        (n, 2 * latent_dim).
+    batch_size_eval : int, default 32
+        Batch size of encoding and decoding.
+    """
+
+    name = "texturevae"
+    description = "Texture-VAE (Sharma et al. 2021): frozen VGG19 + FC head, style-loss decoder; trainable, decodes."
+    trainable = True
+    can_decode = True
+
+    def __init__(self, *, latent_dim=64, pooling="meanstd", encoder_taps=DEFAULT_TAPS,
+                 style_layers=DEFAULT_TAPS, layer_weights=None,
+                 decoder_channels=(256, 256, 128, 64, 32), epochs=20, batch_size=16, lr=1e-3,
+                 kl_weight=1e-3, seed=0, val_fraction=0.1, val_split="region", max_patches=None,
+                 max_val_patches=128, checkpoint_every=None, weights="auto", device="auto",
+                 precision="auto", cache_memory_gb=2.0, output="mu", batch_size_eval=32):
+        self.latent_dim = latent_dim
+        self.pooling = pooling
+        self.encoder_taps = encoder_taps
+        self.style_layers = style_layers
+        self.layer_weights = layer_weights
+        self.decoder_channels = decoder_channels
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.kl_weight = kl_weight
+        self.seed = seed
+        self.val_fraction = val_fraction
+        self.val_split = val_split
+        self.max_patches = max_patches
+        self.max_val_patches = max_val_patches
+        self.checkpoint_every = checkpoint_every
+        self.weights = weights
+        self.device = device
+        self.precision = precision
+        self.cache_memory_gb = cache_memory_gb
+        self.output = output
+        self.batch_size_eval = batch_size_eval
+
+    # ---------------------------------------------------------------------------------
+    # validation and the frozen network
+    # ---------------------------------------------------------------------------------
+    def _validate_params(self):
+        from .model import POOLINGS, TAP_CHANNELS
+
+        if int(self.latent_dim) < 1:
+            raise BadInputError(None, f"latent_dim must be a positive integer, got {self.latent_dim!r}")
+        if self.pooling not in POOLINGS:
+            raise BadInputError(None, f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        for t in tuple(self.encoder_taps) + tuple(self.style_layers):
+            if t not in TAP_CHANNELS:
+                raise BadInputError(None, f"unknown VGG19 tap {t!r}; use one of {sorted(TAP_CHANNELS)}")
+        if self.output not in OUTPUTS:
+            raise BadInputError(None, f"output must be one of {OUTPUTS}, got {self.output!r}")
+        lw = self._layer_weights()
+        if any((not np.isfinite(w)) or w < 0 for w in lw):
+            raise BadInputError(None, f"layer_weights must be finite and >= 0, got {lw}")
+        if not (0 <= float(self.val_fraction) < 1):
+            raise BadInputError(None, f"val_fraction must be in [0, 1), got {self.val_fraction!r}")
+        if float(self.kl_weight) < 0:
+            raise BadInputError(None, f"kl_weight must be >= 0, got {self.kl_weight!r}")
+        if int(self.batch_size) < 1 or int(self.epochs) < 0:
+            raise BadInputError(None, "batch_size must be >= 1 and epochs >= 0, got "
+                                      f"{self.batch_size!r} and {self.epochs!r}")
+
+    def _layer_weights(self):
+        n = len(tuple(self.style_layers))
+        if self.layer_weights is None:
+            return (1.0,) * n
+        lw = tuple(float(w) for w in self.layer_weights)
+        if len(lw) != n:
+            raise BadInputError(None, f"layer_weights needs one weight per style layer ({n}: "
+                                      f"{', '.join(self.style_layers)}), got {len(lw)}")
+        return lw
+
+    def _taps(self):
+        return tuple(dict.fromkeys(tuple(self.encoder_taps) + tuple(self.style_layers)))
+
+    def _torch_device(self):
+        from .train import resolve_device
+
+        return resolve_device(self.device)
+
+    def _get_backbone(self):
+        """The frozen VGG19 on the encoder's device (built once, channels-last)."""
+        import torch
+
+        bb = getattr(self, "_backbone", None)
+        dev = self._torch_device()
+        if bb is not None and getattr(self, "_backbone_device", None) == dev:
+            return bb
+        try:
+            from matrep.backbone import VGG19Backbone
+        except ImportError:  # pragma: no cover - until the backbone lands
+            from ._backbone_standin import VGG19Backbone
+        bb = VGG19Backbone(weights=self.weights, taps=self._taps(), device=dev)
+        bb.eval()
+        bb.requires_grad_(False)
+        bb.to(memory_format=torch.channels_last)
+        expected = getattr(self, "weights_info_", None)
+        got = dict(bb.weights_info)
+        if expected is not None and expected.get("sha256") and expected["sha256"] != got.get("sha256"):
+            raise WeightsNotFoundError(
+                f"this texture-VAE was trained on VGG19 weights {expected.get('name')!r} "
+                f"(sha256 {expected['sha256'][:12]}...), but weights={self.weights!r} resolved to "
+                f"{got.get('name')!r} (sha256 {str(got.get('sha256'))[:12]}...); its features "
+                "would be meaningless. Make the same weights available (matrep weights import "
+                "PATH) or pass weights=<that file>")
+        self._backbone, self._backbone_device = bb, dev
+        return bb
+
+    # ---------------------------------------------------------------------------------
+    # fit
+    # ---------------------------------------------------------------------------------
+    def fit(self, X, y=None, *, micrograph_ids=None, coords=None, run_dir=None, resume=False,
+            quiet=True, log=None, _stop_after_steps=None):
+        """Train the head and the decoder on patches.
+
+        Parameters
+        ----------
+        X : array of shape (n_patches, P, P) in [0, 1], or a :class:`matrep.io.PatchSet`
+            P must be a multiple of 16. A PatchSet also gives the micrograph ids and
+            coordinates used for the held-out split.
+        y : ignored
+        micrograph_ids, coords : arrays of shape (n,) and (n, 2), optional
+            The patches' micrographs and top-left corners (for ``val_split="region"``).
+        run_dir : folder, optional
+            Where checkpoints, ``log.csv`` and the final model (``config.json`` +
+            ``state.safetensors``) go. Without it nothing is written.
+        resume : bool
+            Continue from ``run_dir/checkpoint``.
+        quiet : bool
+            No progress bars.
+        log : callable(str), optional
+            Receives one-line progress messages.
+
+        Returns
+        -------
+        self
+        """
+        import torch
+
+        from .cache import FeatureCache
+        from .model import TextureVAE, pooled_size
+        from .train import (CHECKPOINT_DIR, TrainSettings, fingerprint_arrays,
+                            resolve_precision, split_patches, train)
+
+        log = log or (lambda msg: None)
+        if hasattr(X, "patches") and hasattr(X, "micrograph_ids"):
+            micrograph_ids = X.micrograph_ids if micrograph_ids is None else micrograph_ids
+            coords = X.coords if coords is None else coords
+            X = X.patches
+        X = check_patches(X)
+        self._validate_params()
+        n, H, W = X.shape
+        if H != W or H % 16 or H < 32:
+            raise BadInputError(None, f"texture-VAE patches must be square with a side that is a "
+                                      f"multiple of 16 (>= 32), got {H}x{W}; use --patch 128")
+        if n < 2:
+            raise BadInputError(None, f"need at least 2 patches to train, got {n}")
+        if run_dir is not None:
+            ck = Path(run_dir) / CHECKPOINT_DIR
+            if ck.exists() and not resume:
+                raise BadInputError(run_dir, "already holds a training checkpoint; continue it "
+                                             "with --resume (resume=True) or choose a new folder")
+        dev = self._torch_device()
+        precision = resolve_precision(self.precision, dev)
+        # Remove any learned state first (a refit starts fresh).
+        for k in [k for k in vars(self) if k.endswith("_") and not k.startswith("_")]:
+            delattr(self, k)
+        backbone = self._get_backbone()
+
+        train_idx, val_idx = split_patches(
+            n, micrograph_ids=micrograph_ids, coords=coords, patch=H,
+            val_fraction=float(self.val_fraction), how=self.val_split, seed=int(self.seed))
+        rng = np.random.default_rng([int(self.seed), 104729])
+        if self.max_patches is not None and len(train_idx) > int(self.max_patches):
+            train_idx = np.sort(rng.choice(train_idx, int(self.max_patches), replace=False))
+        if self.max_val_patches is not None and len(val_idx) > int(self.max_val_patches):
+            val_idx = np.sort(rng.choice(val_idx, int(self.max_val_patches), replace=False))
+        log(f"{len(train_idx)} training patches, {len(val_idx)} held-out patches "
+            f"({self.val_split} split), device {dev}, precision {precision}")
+
+        encoder_taps, style_taps = tuple(self.encoder_taps), tuple(self.style_layers)
+        budget = int(float(self.cache_memory_gb) * 1024**3)
+        from tqdm.auto import tqdm
+        import sys
+
+        def bar(desc):
+            return lambda it: tqdm(it, desc=desc, disable=quiet, file=sys.stderr, leave=False,
+                                   dynamic_ncols=True)
+
+        spill = Path(run_dir) if run_dir is not None else None
+        train_cache = FeatureCache(backbone, X[train_idx], encoder_taps=encoder_taps,
+                                   style_taps=style_taps, pooling=self.pooling,
+                                   batch_size=int(self.batch_size_eval), memory_budget=budget,
+                                   directory=spill, progress=bar("caching VGG19 features"))
+        val_cache = None
+        if len(val_idx):
+            val_cache = FeatureCache(backbone, X[val_idx], encoder_taps=encoder_taps,
+                                     style_taps=style_taps, pooling=self.pooling,
+                                     batch_size=int(self.batch_size_eval),
+                                     memory_budget=budget, directory=spill,
+                                     progress=bar("caching held-out features"))
+        log(f"cached VGG19 features and style targets: "
+            f"{(train_cache.nbytes + (val_cache.nbytes if val_cache else 0)) / 2**20:.0f} MiB "
+            f"({'on disk' if train_cache.on_disk else 'in memory'})")
+
+        torch.manual_seed(int(self.seed))
+        model = TextureVAE(pooled_size(encoder_taps, self.pooling), int(self.latent_dim), H,
+                           tuple(self.decoder_channels))
+        pooled = torch.from_numpy(train_cache.pooled)
+        model.feat_mean.copy_(pooled.mean(0))
+        model.feat_std.copy_(pooled.std(0).clamp_min(1e-6))
+        model.to(dev)
+        model.decoder.to(memory_format=torch.channels_last)
+
+        settings = TrainSettings(epochs=int(self.epochs), batch_size=int(self.batch_size),
+                                 lr=float(self.lr), kl_weight=float(self.kl_weight),
+                                 layer_weights=self._layer_weights(), seed=int(self.seed),
+                                 checkpoint_every=self.checkpoint_every, precision=precision)
+        params = _jsonable(self.get_params(deep=False))
+        for k in ("epochs", "checkpoint_every", "device", "cache_memory_gb", "output",
+                  "batch_size_eval"):
+            params.pop(k, None)  # may change on resume without changing the result
+        fingerprint = {"data": fingerprint_arrays(X[train_idx], X[val_idx]),
+                       "n_train": int(len(train_idx)), "n_val": int(len(val_idx)),
+                       "params": json.dumps(params, sort_keys=True),
+                       "weights_sha256": bb_sha(backbone), "precision": precision}
+        try:
+            history = train(model, backbone, train_cache, val_cache, settings=settings,
+                            style_taps=style_taps, device=dev, run_dir=run_dir, resume=resume,
+                            fingerprint=fingerprint, quiet=quiet, log=log,
+                            stop_after_steps=_stop_after_steps)
+        finally:
+            train_cache.close()
+            if val_cache is not None:
+                val_cache.close()
+        self.model_ = model
+        self.history_ = history
+        self.weights_info_ = dict(backbone.weights_info)
+        self.patch_size_ = int(H)
+        self.n_features_in_ = int(H * W)
+        self.n_train_patches_ = int(len(train_idx))
+        self.n_val_patches_ = int(len(val_idx))
+        self.precision_ = precision
+        if run_dir is not None and _stop_after_steps is None:
+            self.save(run_dir)
+        return self
+
+    # ---------------------------------------------------------------------------------
+    # using a trained model
+    # ---------------------------------------------------------------------------------
+    def _model(self):
+        if getattr(self, "model_", None) is None:
+            raise NotFittedError("texture-VAE is not trained: call fit(patches), or load a "
+                                 "trained run with matrep.load_model('runs/NAME')")
+        dev = self._torch_device()
+        if next(self.model_.parameters()).device != dev:
+            self.model_.to(dev)
+        self.model_.eval()
+        return self.model_
+
+    def encode_full(self, X):
+        """Posterior mean and log-variance of patches.
+
+        Parameters
+        ----------
+        X : array of shape (n_patches, P, P), float in [0, 1]; P must be the training size.
+
+        Returns
+        -------
+        mu, logvar : float32 arrays of shape (n_patches, latent_dim)
+        """
+        import torch
+
+        from .model import pool_features
+
+        model = self._model()
+        X = check_patches(X)
+        if X.shape[1:] != (self.patch_size_, self.patch_size_):
+            raise BadInputError(None, f"this texture-VAE was trained on {self.patch_size_}x"
+                                      f"{self.patch_size_} patches, got {X.shape[1]}x{X.shape[2]}; "
+                                      f"use --patch {self.patch_size_}")
+        bb = self._get_backbone()
+        dev = self._torch_device()
+        mus, lvs = [], []
+        bs = int(self.batch_size_eval)
+        with torch.inference_mode():
+            for s in range(0, len(X), bs):
+                x = torch.from_numpy(np.ascontiguousarray(X[s:s + bs]))[:, None].to(dev)
+                xp = bb.preprocess(x).contiguous(memory_format=torch.channels_last)
+                feats = bb(xp)
+                mu, lv = model.encode(pool_features(feats, tuple(self.encoder_taps), self.pooling))
+                mus.append(mu.float().cpu().numpy())
+                lvs.append(lv.float().cpu().numpy())
+        L = int(self.latent_dim)
+        if not mus:
+            return np.zeros((0, L), np.float32), np.zeros((0, L), np.float32)
+        return np.concatenate(mus), np.concatenate(lvs)
+
+    def transform(self, X):
+        """Encode patches: mu of shape (n, latent_dim) (``output="mu_logvar"``: (n, 2*latent_dim))."""
+        self._check_fitted()
+        mu, lv = self.encode_full(X)
+        return np.concatenate([mu, lv], axis=1) if self.output == "mu_logvar" else mu
+
+    def decode(self, Z):
+        """Decode latent vectors of shape (n, latent_dim) into patches (n, P, P) in [0, 1]."""
+        import torch
+
+        model = self._model()
+        Z = np.asarray(Z, dtype=np.float32)
+        if Z.ndim != 2 or Z.shape[1] != int(self.latent_dim):
+            raise BadInputError(None, f"Z must have shape (n, {self.latent_dim}), got {Z.shape}")
+        if not np.isfinite(Z).all():
+            raise BadInputError(None, "Z contains NaN or inf values")
+        dev = self._torch_device()
+        out = []
+        bs = int(self.batch_size_eval)
+        with torch.inference_mode():
+            for s in range(0, len(Z), bs):
+                z = torch.from_numpy(Z[s:s + bs]).to(dev)
+                out.append(model.decode(z)[:, 0].float().cpu().numpy())
+        P = self.patch_size_
+        return np.concatenate(out) if out else np.zeros((0, P, P), np.float32)
+
+    def reconstruct(self, X):
+        """Decode the posterior mean of each patch: (n, P, P) in [0, 1]."""
+        mu, _ = self.encode_full(X)
+        return self.decode(mu)
+
+    def sample(self, n, seed=0):
+        """``n`` new patches decoded from z ~ N(0, I) (seeded): (n, P, P) in [0, 1]."""
+        self._model()
+        z = np.random.default_rng(seed).standard_normal((int(n), int(self.latent_dim)))
+        return self.decode(z.astype(np.float32))
+
+    def traverse(self, x, dims, values=None):
+        """Latent traversal (the paper's Fig. 6).
+
+        Parameters
+        ----------
+        x : array of shape (P, P) — one patch
+        dims : sequence of int — latent dimensions to vary
+        values : sequence of float, default ``np.linspace(-4, 4, 10)``
+
+        Returns
+        -------
+        array of shape (len(dims), len(values), P, P): row i decodes z = Enc(x) with
+        z[dims[i]] set to each value, the other dimensions unchanged.
+        """
+        values = np.linspace(-4, 4, 10) if values is None else np.asarray(values, np.float32)
+        x = np.asarray(x)
+        if x.ndim != 2:
+            raise BadInputError(None, f"x must be one patch of shape (P, P), got {x.shape}")
+        mu, _ = self.encode_full(x[None])
+        dims = [int(d) for d in dims]
+        for d in dims:
+            if not 0 <= d < int(self.latent_dim):
+                raise BadInputError(None, f"latent dimension {d} out of range 0..{int(self.latent_dim) - 1}")
+        Z = np.repeat(mu, len(dims) * len(values), axis=0).reshape(len(dims), len(values), -1)
+        for i, d in enumerate(dims):
+            Z[i, :, d] = values
+        out = self.decode(Z.reshape(-1, Z.shape[-1]))
+        return out.reshape(len(dims), len(values), *out.shape[1:])
+
+    # ---------------------------------------------------------------------------------
+    # persistence (safetensors + JSON, never pickle)
+    # ---------------------------------------------------------------------------------
+    def provenance(self) -> dict:
+        prov = super().provenance()
+        info = getattr(self, "weights_info_", None)
+        if info is not None:
+            prov["backbone"] = {"name": "vgg19", "weights": info.get("name"),
+                                "sha256": info.get("sha256"),
+                                "preprocessing": info.get("preprocessing"),
+                                "taps": list(self.encoder_taps)}
+        return prov
+
+    def _get_state(self):
+        self._check_fitted()
+        arrays = {f"model.{k}": v.detach().cpu().numpy()
+                  for k, v in self.model_.state_dict().items()}
+        meta = {"patch_size": self.patch_size_, "weights_info": self.weights_info_,
+                "history": getattr(self, "history_", []),
+                "n_train_patches": getattr(self, "n_train_patches_", None),
+                "n_val_patches": getattr(self, "n_val_patches_", None),
+                "precision": getattr(self, "precision_", None),
+                "in_features": int(self.model_.feat_mean.shape[0])}
+        return arrays, meta
+
+    def _set_state(self, arrays, meta):
+        import torch
+
+        from .model import TextureVAE
+
+        try:
+            model = TextureVAE(int(meta["in_features"]), int(self.latent_dim),
+                               int(meta["patch_size"]), tuple(self.decoder_channels))
+            model.load_state_dict({k[len("model."):]: torch.from_numpy(np.array(v))
+                                   for k, v in arrays.items() if k.startswith("model.")})
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise EncoderContractError(f"saved texture-VAE state does not match its config "
+                                       f"({type(exc).__name__}: {exc})") from None
+        model.decoder.to(memory_format=torch.channels_last)
+        model.eval()
+        self.model_ = model
+        self.patch_size_ = int(meta["patch_size"])
+        self.n_features_in_ = self.patch_size_ ** 2
+        self.weights_info_ = meta.get("weights_info") or {}
+        self.history_ = meta.get("history", [])
+        self.n_train_patches_ = meta.get("n_train_patches")
+        self.n_val_patches_ = meta.get("n_val_patches")
+        self.precision_ = meta.get("precision")
+
+    def save(self, path) -> Path:
+        """Write ``config.json`` + ``state.safetensors`` into the folder ``path``.
+
+        Unlike :meth:`BaseEncoder.save` this keeps the other files of a run folder
+        (checkpoint, log.csv, figures): each file is replaced atomically, the state first; the
+        config records the state's sha256, and :meth:`load` checks it.
+        """
+        from safetensors.numpy import save_file
+
+        from matrep._version import __version__
+        from matrep.atomic import atomic_path, atomic_write_text
+
+        arrays, meta = self._get_state()
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path / STATE_NAME, suffix=".safetensors") as tmp:
+            save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp))
+        meta["state_sha256"] = _sha256(path / STATE_NAME)
+        config = {"encoder": self.name, "matrep_version": __version__,
+                  "params": _jsonable(self.get_params(deep=False)), "meta": _jsonable(meta),
+                  "provenance": self.provenance()}
+        atomic_write_text(path / CONFIG_NAME, json.dumps(config, indent=2))
+        return path
+
+    @classmethod
+    def load(cls, path):
+        """Load a trained texture-VAE from a run folder (``config.json`` + ``state.safetensors``)."""
+        path = Path(path)
+        cfg = path / CONFIG_NAME
+        if cfg.is_file():
+            try:
+                want = json.loads(cfg.read_text()).get("meta", {}).get("state_sha256")
+            except json.JSONDecodeError as exc:
+                raise BadInputError(cfg, f"corrupt model config ({exc})") from None
+            st = path / STATE_NAME
+            if not st.is_file():
+                raise BadInputError(path, f"no {STATE_NAME}: the run did not finish; continue it "
+                                          "with `matrep fit ... --resume`")
+            if want and _sha256(st) != want:
+                raise BadInputError(st, "does not match config.json (sha256 differs): the save "
+                                        "was interrupted; save again or refit")
+        elif (path / "checkpoint").is_dir():
+            raise BadInputError(path, "holds a checkpoint but no final model (config.json): the "
+                                      "run did not finish; continue it with `matrep fit ... --resume`")
+        return super().load(path)
+
+
+def bb_sha(backbone) -> str:
+    return str(dict(backbone.weights_info).get("sha256"))
+
+
+def _sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -1,0 +1,539 @@
+"""Training loop of the texture-VAE: functional, checkpointed, resumable, interrupt-safe.
+
+Loss (per batch, mean over the patches of the batch):
+
+.. math::
+
+    \\mathcal{L} = \\mathcal{L}_{style}(x, \\hat x) + \\beta\\,
+                   \\mathrm{KL}\\big(\\mathcal N(\\mu, e^{\\lambda}) \\,\\|\\, \\mathcal N(0, I)\\big)
+
+with the style loss of Sharma et al. (2021) eq. 2 exactly as Gatys et al. (2015) normalise it
+(:math:`w_l / (4 C_l^2 M_l^2)` per layer, unnormalised Gram matrices, ``matrep.kernels``), the
+KL term summed over latent dimensions, and :math:`\\beta` = ``kl_weight``. See
+``docs/texturevae.md`` for why the default ``kl_weight`` balances the two terms.
+
+Data order: epoch ``e`` visits the training patches in the order
+``numpy.random.default_rng([seed, e]).permutation(n)``; the reparameterisation noise comes
+from one ``torch.Generator`` seeded with ``seed``. A checkpoint holds the model, the Adam
+state, that generator's state, the position (epoch, batch) and the running sums of the epoch,
+so ``--resume`` continues with exactly the losses of an uninterrupted run.
+
+Checkpoints (``RUN/checkpoint/``: ``state.safetensors`` + ``checkpoint.json``, no pickle) are
+written atomically at the end of every epoch, every ``checkpoint_every`` steps, and when the
+run is interrupted with Ctrl-C (at the next step boundary, so the state is consistent). A
+NaN/inf loss raises :class:`matrep.errors.TrainingDivergedError` before the optimiser touches
+the weights; the last checkpoint on disk is left as it was.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+import signal
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from matrep.atomic import atomic_dir, atomic_write_text
+from matrep.errors import BadInputError, TrainingDivergedError
+
+from .model import kl_divergence, reparameterize
+
+CHECKPOINT_DIR = "checkpoint"
+CHECKPOINT_JSON = "checkpoint.json"
+CHECKPOINT_STATE = "state.safetensors"
+LOG_CSV = "log.csv"
+CHECKPOINT_FORMAT = "matrep-texturevae-checkpoint-v1"
+LOG_COLUMNS = ("epoch", "step", "train_loss", "train_style", "train_kl", "val_style", "val_kl",
+               "seconds", "patches_per_s")
+
+
+# ---------------------------------------------------------------------------------------
+# settings, devices, splits
+# ---------------------------------------------------------------------------------------
+@dataclass
+class TrainSettings:
+    """Hyper-parameters of one training run (all JSON-serialisable)."""
+
+    epochs: int = 20
+    batch_size: int = 16
+    lr: float = 1e-3
+    kl_weight: float = 1e-3
+    layer_weights: tuple = (1.0, 1.0, 1.0, 1.0, 1.0)
+    seed: int = 0
+    checkpoint_every: int | None = None
+    precision: str = "fp32"  # resolved: "fp32" or "bf16"
+    style_backend: str = "auto"
+    extra: dict = field(default_factory=dict)
+
+
+def resolve_device(device) -> torch.device:
+    """``"auto"`` -> CUDA when present, else CPU; anything else is passed to torch.device."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise BadInputError(None, f"device {device!r} was asked for but CUDA is not available; "
+                                  "use --device cpu or --device auto")
+    return dev
+
+
+def resolve_precision(precision, device: torch.device) -> str:
+    """``"auto"`` -> ``"bf16"`` (autocast) on CUDA, ``"fp32"`` elsewhere."""
+    if precision in (None, "auto"):
+        return "bf16" if device.type == "cuda" else "fp32"
+    if precision not in ("fp32", "bf16"):
+        raise BadInputError(None, f"precision must be 'auto', 'fp32' or 'bf16', got {precision!r}")
+    return precision
+
+
+def split_patches(n, *, micrograph_ids=None, coords=None, patch=128, val_fraction=0.1,
+                  how="region", seed=0):
+    """Split patch indices into training and held-out validation sets.
+
+    ``how="region"`` (default): in each micrograph, the bottom rows of patches (about
+    ``val_fraction`` of that micrograph's patches, at least one row) are held out, and the
+    training patches are those that do not overlap them (``y + patch <= y_val``); the patches
+    in between are dropped. Held-out patches thus come from every micrograph but share no pixel
+    with a training patch (with stride 50 < 128, a random patch split would leak pixels).
+    ``how="patch"``: a seeded random fraction of the patches (overlap possible).
+    ``how="micrograph"``: whole micrographs (a seeded random ``val_fraction`` of them, at least
+    one) are held out. Without micrograph ids / coordinates, ``"region"`` falls back to
+    ``"patch"``.
+
+    Returns
+    -------
+    train_idx, val_idx : int64 arrays (sorted)
+    """
+    rng = np.random.default_rng([int(seed), 7919])
+    if val_fraction <= 0 or n < 2:
+        return np.arange(n), np.arange(0)
+    if how not in ("region", "patch", "micrograph"):
+        raise BadInputError(None, f"val_split must be 'region', 'patch' or 'micrograph', got {how!r}")
+    if how == "region" and (micrograph_ids is None or coords is None):
+        how = "patch"
+    if how == "micrograph" and micrograph_ids is None:
+        how = "patch"
+    if how == "patch":
+        k = max(1, int(round(val_fraction * n)))
+        val = np.sort(rng.choice(n, k, replace=False))
+        return np.setdiff1d(np.arange(n), val), val
+    ids = np.asarray(micrograph_ids)
+    uniq = list(dict.fromkeys(ids.tolist()))
+    if how == "micrograph":
+        if len(uniq) < 2:
+            raise BadInputError(None, "val_split='micrograph' needs at least 2 micrographs, "
+                                      f"got {len(uniq)}; use val_split='region'")
+        k = min(len(uniq) - 1, max(1, int(round(val_fraction * len(uniq)))))
+        held = set(rng.choice(np.array(uniq, dtype=object), k, replace=False).tolist())
+        mask = np.array([i in held for i in ids.tolist()])
+        return np.flatnonzero(~mask), np.flatnonzero(mask)
+    coords = np.asarray(coords)
+    train, val = [], []
+    for mg in uniq:
+        idx = np.flatnonzero(ids == mg)
+        ys = np.unique(coords[idx, 0])
+        if len(ys) < 2:
+            train.append(idx)
+            continue
+        # smallest row start whose rows below hold <= val_fraction of the patches (>= 1 row)
+        y_val = ys[-1]
+        for y in ys[::-1]:
+            if (coords[idx, 0] >= y).sum() <= val_fraction * len(idx) or y == ys[-1]:
+                y_val = y
+            else:
+                break
+        v = idx[coords[idx, 0] >= y_val]
+        t = idx[coords[idx, 0] + patch <= y_val]
+        if len(t) == 0:  # micrograph too short for a gap: keep it for training
+            train.append(idx)
+            continue
+        train.append(t)
+        val.append(v)
+    train = np.sort(np.concatenate(train)) if train else np.arange(0)
+    val = np.sort(np.concatenate(val)) if val else np.arange(0)
+    return train, val
+
+
+def fingerprint_arrays(*arrays) -> str:
+    """sha256 over the bytes of some arrays (identifies the training data of a run)."""
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(str(a.shape).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------
+# the step
+# ---------------------------------------------------------------------------------------
+def style_loss_grams(inputs, target_grams, weights, backend="auto"):
+    """Style loss of feature maps ``inputs`` against precomputed float32 target Grams."""
+    import matrep.kernels as K
+
+    fn = getattr(K, "style_loss_from_grams", None)
+    if fn is not None:
+        return fn(inputs, target_grams, weights, backend=backend)
+    from matrep.kernels.reference import style_loss_from_grams_reference
+
+    return style_loss_from_grams_reference(inputs, target_grams, weights)
+
+
+def forward_losses(model, backbone, pooled, target_grams, *, style_taps, layer_weights,
+                   generator=None, sample=True, autocast_dtype=None, style_backend="auto"):
+    """One forward pass: (style, kl, reconstruction) for cached inputs.
+
+    ``sample=False`` decodes ``mu`` (used for validation).
+    """
+    mu, logvar = model.encode(pooled)
+    z = reparameterize(mu, logvar, generator) if sample else mu
+    dev = pooled.device.type
+    with torch.autocast(device_type=dev, dtype=autocast_dtype or torch.float32,
+                        enabled=autocast_dtype is not None):
+        xhat = model.decode(z)
+        xp = backbone.preprocess(xhat)
+        if xp.dim() == 4:
+            xp = xp.contiguous(memory_format=torch.channels_last)
+        feats = backbone(xp)
+    style = style_loss_grams([feats[t] for t in style_taps], target_grams, list(layer_weights),
+                             backend=style_backend)
+    kl = kl_divergence(mu, logvar)
+    return style, kl, xhat
+
+
+def train_step(model, backbone, optimizer, pooled, target_grams, *, kl_weight, style_taps,
+               layer_weights, generator=None, autocast_dtype=None, style_backend="auto",
+               check_finite=True):
+    """One optimisation step on a batch of cached inputs; returns (loss, style, kl) floats.
+
+    Raises
+    ------
+    TrainingDivergedError
+        The loss is NaN or inf (raised before the weights are updated).
+    """
+    style, kl, _ = forward_losses(model, backbone, pooled, target_grams, style_taps=style_taps,
+                                  layer_weights=layer_weights, generator=generator,
+                                  autocast_dtype=autocast_dtype, style_backend=style_backend)
+    loss = style + kl_weight * kl
+    vals = torch.stack([loss.detach(), style.detach(), kl.detach()]).float().cpu().tolist()
+    if check_finite and not all(math.isfinite(v) for v in vals):
+        raise TrainingDivergedError(f"loss is not finite (loss={vals[0]}, style={vals[1]}, "
+                                    f"kl={vals[2]})")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return vals
+
+
+@torch.no_grad()
+def evaluate(model, backbone, cache, *, style_taps, layer_weights, batch_size, device,
+             autocast_dtype=None, style_backend="auto"):
+    """Mean style loss (reconstruction from ``mu``) and KL over all patches of ``cache``."""
+    if cache is None or cache.n == 0:
+        return float("nan"), float("nan")
+    s_sum = k_sum = 0.0
+    for s in range(0, cache.n, batch_size):
+        idx = np.arange(s, min(cache.n, s + batch_size))
+        pooled, grams = cache.batch(idx, device)
+        style, kl, _ = forward_losses(model, backbone, pooled, grams, style_taps=style_taps,
+                                      layer_weights=layer_weights, sample=False,
+                                      autocast_dtype=autocast_dtype, style_backend=style_backend)
+        s_sum += float(style) * len(idx)
+        k_sum += float(kl) * len(idx)
+    return s_sum / cache.n, k_sum / cache.n
+
+
+# ---------------------------------------------------------------------------------------
+# checkpoints (safetensors for tensors, JSON for the rest; never pickle)
+# ---------------------------------------------------------------------------------------
+def _optimizer_to_flat(optimizer):
+    sd = optimizer.state_dict()
+    tensors, state_meta = {}, {}
+    for pid, st in sd["state"].items():
+        state_meta[str(pid)] = {}
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"optim.{pid}.{k}"] = v.detach().cpu().contiguous()
+                state_meta[str(pid)][k] = "tensor"
+            else:
+                state_meta[str(pid)][k] = {"value": v}
+    groups = json.loads(json.dumps(sd["param_groups"], default=_json_default))
+    return tensors, {"state": state_meta, "param_groups": groups}
+
+
+def _json_default(o):
+    if isinstance(o, (np.generic,)):
+        return o.item()
+    if torch.is_tensor(o):
+        return o.item()
+    return repr(o)
+
+
+def _optimizer_from_flat(optimizer, tensors, meta, device):
+    state = {}
+    for pid, entries in meta["state"].items():
+        st = {}
+        for k, v in entries.items():
+            if v == "tensor":
+                t = tensors[f"optim.{pid}.{k}"]
+                st[k] = t if k == "step" else t.to(device)
+            else:
+                st[k] = v["value"]
+        state[int(pid)] = st
+    groups = meta["param_groups"]
+    for g in groups:
+        if "betas" in g and isinstance(g["betas"], list):
+            g["betas"] = tuple(g["betas"])
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+def save_checkpoint(run_dir, *, model, optimizer, generator, position: dict, history: list,
+                    fingerprint: dict) -> Path:
+    """Write ``run_dir/checkpoint/`` atomically (state.safetensors + checkpoint.json)."""
+    from safetensors.torch import save_file
+
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    opt_tensors, opt_meta = _optimizer_to_flat(optimizer)
+    tensors.update(opt_tensors)
+    tensors["rng.generator"] = generator.get_state().cpu()
+    tensors["rng.torch_cpu"] = torch.get_rng_state()
+    meta = {"format": CHECKPOINT_FORMAT, "position": position, "history": history,
+            "fingerprint": fingerprint, "optimizer": opt_meta,
+            "generator_device": str(generator.device)}
+    dest = Path(run_dir) / CHECKPOINT_DIR
+    with atomic_dir(dest) as tmp:
+        save_file(tensors, str(tmp / CHECKPOINT_STATE))
+        (tmp / CHECKPOINT_JSON).write_text(json.dumps(meta, indent=1, default=_json_default))
+    return dest
+
+
+def read_checkpoint(run_dir):
+    """Return (tensors, meta) of ``run_dir/checkpoint`` or raise BadInputError."""
+    from safetensors.torch import load_file
+
+    d = Path(run_dir) / CHECKPOINT_DIR
+    if not (d / CHECKPOINT_JSON).is_file() or not (d / CHECKPOINT_STATE).is_file():
+        raise BadInputError(d, "no checkpoint to resume from (expected checkpoint.json and "
+                               "state.safetensors); start without --resume")
+    try:
+        meta = json.loads((d / CHECKPOINT_JSON).read_text())
+        tensors = load_file(str(d / CHECKPOINT_STATE))
+    except (json.JSONDecodeError, OSError, ValueError, RuntimeError) as exc:
+        raise BadInputError(d, f"corrupt checkpoint ({type(exc).__name__}: {exc})") from None
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        raise BadInputError(d, f"not a texture-VAE checkpoint (format {meta.get('format')!r}, "
+                               f"expected {CHECKPOINT_FORMAT!r})")
+    return tensors, meta
+
+
+def restore_checkpoint(tensors, meta, *, model, optimizer, generator, device):
+    model.load_state_dict({k[len("model."):]: v for k, v in tensors.items()
+                           if k.startswith("model.")})
+    _optimizer_from_flat(optimizer, tensors, meta["optimizer"], device)
+    generator.set_state(tensors["rng.generator"])
+    torch.set_rng_state(tensors["rng.torch_cpu"])
+
+
+def write_log(run_dir, history):
+    """Rewrite ``run_dir/log.csv`` (one row per epoch; epoch 0 = before training)."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=LOG_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for row in history:
+        w.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else
+                        (f"{v:.6g}" if isinstance(v, float) else v))
+                    for k, v in row.items()})
+    atomic_write_text(Path(run_dir) / LOG_CSV, buf.getvalue())
+
+
+# ---------------------------------------------------------------------------------------
+# interrupts
+# ---------------------------------------------------------------------------------------
+class _DeferInterrupt:
+    """Turn the first Ctrl-C into a flag checked between steps (a second one raises at once)."""
+
+    def __init__(self):
+        self.flag = False
+        self._old = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.getsignal(signal.SIGINT)
+
+            def handler(signum, frame):
+                if self.flag:
+                    raise KeyboardInterrupt
+                self.flag = True
+
+            signal.signal(signal.SIGINT, handler)
+        return self
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+        return False
+
+
+# ---------------------------------------------------------------------------------------
+# the loop
+# ---------------------------------------------------------------------------------------
+def train(model, backbone, train_cache, val_cache, *, settings: TrainSettings, style_taps,
+          device, run_dir=None, resume=False, fingerprint=None, quiet=True, log=None,
+          stop_after_steps=None):
+    """Train ``model`` (head + decoder) on cached inputs; return the per-epoch history.
+
+    Parameters
+    ----------
+    model : TextureVAE
+    backbone : frozen VGG19Backbone on ``device``
+    train_cache, val_cache : FeatureCache (``val_cache`` may be None)
+    settings : TrainSettings
+    style_taps : sequence of the backbone taps of the style loss
+    run_dir : folder for checkpoints and ``log.csv`` (None: no checkpoints)
+    resume : continue from ``run_dir/checkpoint``
+    fingerprint : dict identifying data and settings; a checkpoint with another is refused
+    log : callable(str) for messages (default: silent)
+    stop_after_steps : stop (after checkpointing) once this many steps ran in this call — for
+        tests of resuming
+
+    Raises
+    ------
+    TrainingDivergedError, KeyboardInterrupt (after a checkpoint is written)
+    """
+    from tqdm.auto import tqdm
+
+    log = log or (lambda msg: None)
+    fingerprint = fingerprint or {}
+    s = settings
+    autocast_dtype = torch.bfloat16 if s.precision == "bf16" else None
+    lw = tuple(float(w) for w in s.layer_weights)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=s.lr)
+    generator = torch.Generator(device=device)
+    generator.manual_seed(int(s.seed))
+    torch.manual_seed(int(s.seed))
+    n = train_cache.n
+    bs = int(s.batch_size)
+    n_batches = max(1, math.ceil(n / bs))
+    evaluate_kw = dict(style_taps=style_taps, layer_weights=lw, batch_size=max(bs, 16),
+                       device=device, autocast_dtype=autocast_dtype, style_backend=s.style_backend)
+
+    history: list = []
+    position = {"epoch": 0, "batch": 0, "global_step": 0,
+                "sums": {"loss": 0.0, "style": 0.0, "kl": 0.0, "count": 0, "seconds": 0.0}}
+    if resume:
+        tensors, meta = read_checkpoint(run_dir)
+        if meta.get("fingerprint") != json.loads(json.dumps(fingerprint, default=_json_default)):
+            old, new = meta.get("fingerprint", {}), fingerprint
+            diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+            raise BadInputError(Path(run_dir) / CHECKPOINT_DIR,
+                                f"checkpoint was made with other data or settings (differs in: "
+                                f"{', '.join(diff)}); resume with the original options or start "
+                                "a new run folder")
+        restore_checkpoint(tensors, meta, model=model, optimizer=optimizer, generator=generator,
+                           device=device)
+        position, history = meta["position"], meta["history"]
+        log(f"resuming from epoch {position['epoch'] + 1}, batch {position['batch']} "
+            f"(step {position['global_step']})")
+
+    def checkpoint(reason):
+        if run_dir is None:
+            return None
+        return save_checkpoint(run_dir, model=model, optimizer=optimizer, generator=generator,
+                               position=position, history=history, fingerprint=fingerprint)
+
+    if not history:  # epoch 0: the untrained model
+        model.eval()
+        vs, vk = evaluate(model, backbone, val_cache, **evaluate_kw)
+        history.append({"epoch": 0, "step": 0, "train_loss": float("nan"),
+                        "train_style": float("nan"), "train_kl": float("nan"),
+                        "val_style": vs, "val_kl": vk, "seconds": 0.0,
+                        "patches_per_s": float("nan")})
+        if run_dir is not None:
+            write_log(run_dir, history)
+        log(f"before training: held-out style loss {vs:.4g}")
+
+    steps_this_call = 0
+    with _DeferInterrupt() as intr:
+        while position["epoch"] < s.epochs:
+            e = position["epoch"]
+            order = np.random.default_rng([int(s.seed), e]).permutation(n)
+            sums = position["sums"]
+            bar = tqdm(total=n_batches, initial=position["batch"], desc=f"epoch {e + 1}/{s.epochs}",
+                       disable=quiet, file=sys.stderr, dynamic_ncols=True, leave=False)
+            model.train()
+            try:
+                while position["batch"] < n_batches:
+                    b = position["batch"]
+                    idx = order[b * bs:(b + 1) * bs]
+                    t0 = time.perf_counter()
+                    pooled, grams = train_cache.batch(idx, device)
+                    try:
+                        loss, style, kl = train_step(
+                            model, backbone, optimizer, pooled, grams, kl_weight=s.kl_weight,
+                            style_taps=style_taps, layer_weights=lw, generator=generator,
+                            autocast_dtype=autocast_dtype, style_backend=s.style_backend)
+                    except TrainingDivergedError as exc:
+                        ck = Path(run_dir) / CHECKPOINT_DIR if run_dir is not None else None
+                        where = (f"the last good checkpoint {ck} is intact; " if ck and ck.exists()
+                                 else "no checkpoint was written before it; ")
+                        raise TrainingDivergedError(
+                            f"training diverged at epoch {e + 1}, batch {b + 1}: {exc}. {where}"
+                            "lower --lr or --kl-weight (or use --precision fp32) and start "
+                            "again, or --resume from the checkpoint") from None
+                    dt = time.perf_counter() - t0
+                    sums["loss"] += loss * len(idx)
+                    sums["style"] += style * len(idx)
+                    sums["kl"] += kl * len(idx)
+                    sums["count"] += len(idx)
+                    sums["seconds"] += dt
+                    position["batch"] = b + 1
+                    position["global_step"] += 1
+                    steps_this_call += 1
+                    bar.update(1)
+                    bar.set_postfix(style=f"{style:.4g}", kl=f"{kl:.4g}", refresh=False)
+                    if intr.flag:
+                        path = checkpoint("interrupt")
+                        log(f"interrupted: checkpoint written to {path}; continue with --resume")
+                        raise KeyboardInterrupt
+                    if stop_after_steps is not None and steps_this_call >= stop_after_steps:
+                        checkpoint("stop")
+                        return history
+                    if (s.checkpoint_every and position["global_step"] % int(s.checkpoint_every) == 0
+                            and position["batch"] < n_batches):
+                        checkpoint("steps")
+            finally:
+                bar.close()
+            model.eval()
+            vs, vk = evaluate(model, backbone, val_cache, **evaluate_kw)
+            c = max(1, sums["count"])
+            history.append({"epoch": e + 1, "step": position["global_step"],
+                            "train_loss": sums["loss"] / c, "train_style": sums["style"] / c,
+                            "train_kl": sums["kl"] / c, "val_style": vs, "val_kl": vk,
+                            "seconds": sums["seconds"],
+                            "patches_per_s": sums["count"] / max(sums["seconds"], 1e-9)})
+            log(f"epoch {e + 1}/{s.epochs}: style {sums['style'] / c:.4g}, kl {sums['kl'] / c:.4g}, "
+                f"held-out style {vs:.4g} ({sums['count'] / max(sums['seconds'], 1e-9):.2f} patches/s)")
+            position = {"epoch": e + 1, "batch": 0, "global_step": position["global_step"],
+                        "sums": {"loss": 0.0, "style": 0.0, "kl": 0.0, "count": 0, "seconds": 0.0}}
+            if run_dir is not None:
+                write_log(run_dir, history)
+            checkpoint("epoch")
+            if intr.flag:
+                log("interrupted: checkpoint written; continue with --resume")
+                raise KeyboardInterrupt
+    model.eval()
+    return history
+
+
+__all__ = ["TrainSettings", "train", "train_step", "forward_losses", "evaluate", "split_patches",
+           "save_checkpoint", "read_checkpoint", "write_log", "resolve_device",
+           "resolve_precision", "fingerprint_arrays", "style_loss_grams", "asdict"]
