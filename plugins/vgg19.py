@@ -154,8 +154,8 @@ class VGG19Encoder(BaseEncoder):
         dev = self._torch_device()
         bb = VGG19Backbone(weights=getattr(self, "_resolved", None) or self.weights,
                            taps=self.taps_, device=dev)
-        if dev.type == "cuda":
-            bb = bb.to(memory_format=torch.channels_last)
+        # channels-last: cuDNN and oneDNN run 3x3 convolutions faster in NHWC
+        bb = bb.to(memory_format=torch.channels_last)
         expected = getattr(self, "weights_info_", {}).get("sha256")
         if expected and bb.weights_info["sha256"] != expected:
             raise WeightsNotFoundError(
@@ -218,15 +218,13 @@ class VGG19Encoder(BaseEncoder):
 
         bb = self._get_backbone()
         dev = next(bb.parameters()).device
-        cl = dev.type == "cuda"
         out = np.empty((len(X), self.n_features_out_), np.float32)
         bs = int(self.batch_size)
         with torch.inference_mode():
             for i in range(0, len(X), bs):
                 x = torch.from_numpy(np.ascontiguousarray(X[i:i + bs]))[:, None].to(dev, non_blocking=True)
                 x = bb.preprocess(x)
-                if cl:
-                    x = x.contiguous(memory_format=torch.channels_last)
+                x = x.contiguous(memory_format=torch.channels_last)
                 feats = bb(x)
                 vec = torch.cat([pool_features(feats[t], self.pooling) for t in self.taps_], dim=1)
                 out[i:i + len(vec)] = vec.float().cpu().numpy()
