@@ -23,7 +23,7 @@ Public API
 Backends
 --------
 ``"torch"``: :mod:`matrep.kernels.reference`, any device, also float64.
-``"triton"``: fused kernels in :mod:`matrep.kernels.style_loss`; CUDA tensors, or CPU tensors when
+``"triton"``: fused kernels in :mod:`matrep.kernels.gram_triton`; CUDA tensors, or CPU tensors when
 the environment has ``TRITON_INTERPRET=1`` (read at call time); anything else raises ValueError.
 ``"auto"``: Triton for CUDA tensors of a supported dtype when Triton imports; torch otherwise.
 
@@ -128,7 +128,7 @@ def gram_matrix(x, *, backend="auto", input_precision="ieee"):
     B, C, H, W = x.shape
     if B == 0 or H * W == 0:
         return gram_matrix_reference(x)  # nothing to launch: (B, C, C) zeros/empty
-    from .style_loss import gram_matrix_triton
+    from .gram_triton import gram_matrix_triton
     return gram_matrix_triton(x, precision=input_precision)
 
 
@@ -155,7 +155,7 @@ def style_loss(inputs, targets, weights=None, *, backend="auto", input_precision
     inputs, targets, weights = check_layers(inputs, targets, weights, allow_float64=True)
     if resolve_backend(backend, [*inputs, *targets]) == "torch":
         return style_loss_reference(inputs, targets, weights)
-    from .style_loss import style_loss_triton
+    from .gram_triton import style_loss_triton
     return style_loss_triton(inputs, targets, weights, target=1, precision=input_precision)
 
 
@@ -176,6 +176,6 @@ def style_loss_from_grams(inputs, target_grams, weights=None, *, backend="auto",
     if resolve_backend(backend, inputs) == "torch" or any(g.dtype != torch.float32
                                                           for g in target_grams):
         return style_loss_from_grams_reference(inputs, target_grams, weights)
-    from .style_loss import style_loss_triton
+    from .gram_triton import style_loss_triton
     grams = [g.detach() for g in target_grams]
     return style_loss_triton(inputs, grams, weights, target=2, precision=input_precision)

@@ -21,6 +21,10 @@ inside the kernel: no ``.item()``, no host synchronisation.
 
 The ``@triton.jit`` objects are built lazily by :func:`kernels` (per interpreter mode), because
 ``triton.jit`` decides at decoration time whether to run under ``TRITON_INTERPRET=1``.
+The kernel bodies use only Triton builtins (``tl.full`` not ``tl.zeros``, integer division
+not ``tl.cdiv``, ``tl.reduce(..., tl.standard._sum_combine)`` not ``tl.sum``): the library
+helpers are themselves ``@triton.jit`` objects whose mode was fixed when triton was imported, so
+calling them would tie the interpreter to the import order.
 Block sizes come from fixed heuristics (no autotune): the same shapes always run the same code,
 so results are bitwise reproducible across processes too.
 """
@@ -50,7 +54,7 @@ def _style_fwd_kernel(
     pid_t = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     sp = tl.program_id(2)
-    n_t = tl.cdiv(C, BLOCK_C)
+    n_t = (C + BLOCK_C - 1) // BLOCK_C
     ti = pid_t // n_t
     tj = pid_t % n_t
     offs_i = ti * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -67,7 +71,7 @@ def _style_fwd_kernel(
         ta_ptrs = F_ptr + b * s_fb + offs_i[:, None] * s_fc + (k_start + offs_k)[None, :] * s_fm
         tbt_ptrs = F_ptr + b * s_fb + offs_j[None, :] * s_fc + (k_start + offs_k)[:, None] * s_fm
 
-    acc = tl.zeros((BLOCK_C, BLOCK_C), dtype=tl.float32)
+    acc = tl.full((BLOCK_C, BLOCK_C), 0.0, tl.float32)
     for k in range(k_start, k_end, BLOCK_K):
         mk = (k + offs_k) < k_end
         a = tl.load(a_ptrs, mask=mask_i[:, None] & mk[None, :], other=0.0)
@@ -102,7 +106,8 @@ def _style_fwd_kernel(
         if WRITE_D:
             tl.store(Out_ptr + (b * C + offs_i[:, None]) * C + offs_j[None, :], acc, mask=mask_ij)
         if COMPUTE_LOSS:
-            part = tl.sum(tl.sum(acc * acc, axis=1), axis=0) * loss_scale
+            sq = tl.reduce(acc * acc, 1, tl.standard._sum_combine)
+            part = tl.reduce(sq, 0, tl.standard._sum_combine) * loss_scale
             tl.store(Loss_ptr + b * (n_t * n_t) + pid_t, part)
 
 
@@ -116,13 +121,13 @@ def _style_reduce_kernel(
     pid_t = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     n_b = tl.num_programs(1).to(tl.int64)
-    n_t = tl.cdiv(C, BLOCK_C)
+    n_t = (C + BLOCK_C - 1) // BLOCK_C
     ti = pid_t // n_t
     tj = pid_t % n_t
     offs_i = ti * BLOCK_C + tl.arange(0, BLOCK_C)
     offs_j = tj * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_ij = (offs_i < C)[:, None] & (offs_j < C)[None, :]
-    acc = tl.zeros((BLOCK_C, BLOCK_C), dtype=tl.float32)
+    acc = tl.full((BLOCK_C, BLOCK_C), 0.0, tl.float32)
     for sp in range(0, n_split):  # fixed order: bitwise deterministic
         ws = Ws_ptr + ((sp * n_b + b) * C + offs_i[:, None]) * C + offs_j[None, :]
         acc += tl.load(ws, mask=mask_ij, other=0.0)
@@ -133,7 +138,8 @@ def _style_reduce_kernel(
     if WRITE_D:
         tl.store(Out_ptr + (b * C + offs_i[:, None]) * C + offs_j[None, :], acc, mask=mask_ij)
     if COMPUTE_LOSS:
-        part = tl.sum(tl.sum(acc * acc, axis=1), axis=0) * loss_scale
+        sq = tl.reduce(acc * acc, 1, tl.standard._sum_combine)
+        part = tl.reduce(sq, 0, tl.standard._sum_combine) * loss_scale
         tl.store(Loss_ptr + b * (n_t * n_t) + pid_t, part)
 
 
@@ -153,8 +159,8 @@ def _style_bwd_kernel(
     offs_j = tl.arange(0, BLOCK_J)
     mask_i = offs_i < C
     mask_m = offs_m < M
-    acc_h = tl.zeros((BLOCK_C, BLOCK_M), dtype=tl.float32)
-    acc_t = tl.zeros((BLOCK_C, BLOCK_M), dtype=tl.float32)
+    acc_h = tl.full((BLOCK_C, BLOCK_M), 0.0, tl.float32)
+    acc_t = tl.full((BLOCK_C, BLOCK_M), 0.0, tl.float32)
     for j in range(0, C, BLOCK_J):
         jj = j + offs_j
         mj = jj < C
@@ -204,8 +210,8 @@ def _style_bwd_fused_kernel(
         if UPCAST:
             f_i = f_i.to(tl.float32)
         f_i = -f_i
-    acc_h = tl.zeros((BLOCK_C, BLOCK_M), dtype=tl.float32)
-    acc_t = tl.zeros((BLOCK_C, BLOCK_M), dtype=tl.float32)
+    acc_h = tl.full((BLOCK_C, BLOCK_M), 0.0, tl.float32)
+    acc_t = tl.full((BLOCK_C, BLOCK_M), 0.0, tl.float32)
     for j in range(0, C, BLOCK_J):
         jj = j + offs_j
         mj = jj < C
@@ -305,7 +311,13 @@ class _Cfg:
         self.block_j_fused = self.block_c_fused if interpret else 32
         self.warps_fused = 4 if interpret or M <= 64 else 8
         split = 1 if split is None else max(1, int(split))
-        self.m_per_split = triton.cdiv(triton.cdiv(M, split), self.block_k) * self.block_k
+        if interpret:
+            # exact chunks, so that a requested split is really exercised by the tests
+            self.m_per_split = max(1, triton.cdiv(M, split))
+            self.block_k = min(self.block_k, max(16, _np2(self.m_per_split)))
+        else:
+            # chunks start on BLOCK_K boundaries (aligned, vectorised loads)
+            self.m_per_split = triton.cdiv(triton.cdiv(M, split), self.block_k) * self.block_k
         self.split = triton.cdiv(M, self.m_per_split)
 
 
