@@ -48,8 +48,10 @@ __all__ = [
     "TwoPointEncoder",
 ]
 
-# samples per FFT call: bounds the memory of the complex spectra (~ 2**22 complex values)
-_CHUNK_ELEMENTS = 1 << 22
+# FFT-grid pixels per FFT call (all samples and phases of a chunk together): small chunks keep
+# the spectra in cache; 2**18 (16 patches of 128 x 128) measured ~1.5x faster than one call
+# for the whole batch of 64 (docs/twopoint.md)
+_CHUNK_ELEMENTS = 1 << 18
 
 
 # ---------------------------------------------------------------------------------------
@@ -237,18 +239,19 @@ def _as_samples(arr, name):
     return arr
 
 
-def _correlate(spectra1, spectra2, fft_shape, index):
+def _correlate(spectra1, spectra2, fft_shape, index, workers=None):
     """Centred window of ``ifft(conj(F1) F2)`` for a chunk of samples."""
     from scipy.fft import irfftn
 
     axes = tuple(range(1, len(fft_shape) + 1))
     prod = spectra1.conj()
     prod *= spectra2
-    full = irfftn(prod, s=fft_shape, axes=axes)
+    full = irfftn(prod, s=fft_shape, axes=axes, workers=workers)
     return full[(slice(None),) + index]
 
 
-def two_point_stats(arr1, arr2, *, periodic_boundary: bool = True, cutoff=None, mask=None):
+def two_point_stats(arr1, arr2, *, periodic_boundary: bool = True, cutoff=None, mask=None,
+                    workers=None):
     r"""Two-point statistics of ``arr1[i]`` (state :math:`l`) with ``arr2[i]`` (state :math:`l'`).
 
     Same definition as ``pymks.two_point_stats`` (PyMKS 0.4.1):
@@ -275,6 +278,8 @@ def two_point_stats(arr1, arr2, *, periodic_boundary: bool = True, cutoff=None, 
         window, ``(min(n_x, n_y) - 1) // 2``; larger values are clipped to it (as PyMKS).
     mask : array_like of shape (n_samples, n_x, n_y) or (n_x, n_y), optional
         Confidence per pixel in [0, 1].
+    workers : int or None, default None
+        Threads for the FFTs (``scipy.fft`` semantics: ``None`` is 1, ``-1`` all cores).
 
     Returns
     -------
@@ -315,19 +320,20 @@ def two_point_stats(arr1, arr2, *, periodic_boundary: bool = True, cutoff=None, 
 
     axes = tuple(range(1, len(spatial) + 1))
     for sl in _chunks(arr1.shape[0], int(np.prod(fft_shape))):
-        f1 = rfftn(arr1[sl].astype(dtype, copy=False), s=fft_shape, axes=axes)
-        f2 = f1 if same else rfftn(arr2[sl].astype(dtype, copy=False), s=fft_shape, axes=axes)
-        out[sl] = _correlate(f1, f2, fft_shape, index)
+        f1 = rfftn(arr1[sl].astype(dtype, copy=False), s=fft_shape, axes=axes, workers=workers)
+        f2 = f1 if same else rfftn(arr2[sl].astype(dtype, copy=False), s=fft_shape, axes=axes,
+                                   workers=workers)
+        out[sl] = _correlate(f1, f2, fft_shape, index, workers)
         if mask is not None:
-            fm = rfftn(mask[sl], s=fft_shape, axes=axes)
-            out[sl] /= _correlate(fm, fm, fft_shape, index)
+            fm = rfftn(mask[sl], s=fft_shape, axes=axes, workers=workers)
+            out[sl] /= _correlate(fm, fm, fft_shape, index, workers)
     if mask is None:
         out /= np.prod(spatial) if periodic_boundary else _pair_counts(spatial, cutoff)
     return out
 
 
 def correlations_multiple(labels, correlations, *, periodic_boundary: bool = True, cutoff=None,
-                          dtype=np.float32):
+                          dtype=np.float32, workers=None):
     """Several two-point statistics of labelled phases, stacked on the last axis.
 
     For each pair ``(l, l')`` in ``correlations`` this is
@@ -346,6 +352,8 @@ def correlations_multiple(labels, correlations, *, periodic_boundary: bool = Tru
         As in :func:`two_point_stats`.
     dtype : numpy dtype, default float32
         Working and output precision.
+    workers : int or None, default None
+        Threads for the FFTs, as in :func:`two_point_stats`.
 
     Returns
     -------
@@ -374,10 +382,11 @@ def correlations_multiple(labels, correlations, *, periodic_boundary: bool = Tru
     out = np.empty((labels.shape[0],) + (2 * cutoff + 1,) * len(spatial) + (len(pairs),),
                    dtype=dtype)
     for sl in _chunks(labels.shape[0], int(np.prod(fft_shape)) * len(phases)):
-        spectra = {p: rfftn((labels[sl] == p).astype(dtype), s=fft_shape, axes=axes)
+        spectra = {p: rfftn((labels[sl] == p).astype(dtype), s=fft_shape, axes=axes,
+                            workers=workers)
                    for p in phases}
         for k, (a, b) in enumerate(pairs):
-            out[sl, ..., k] = _correlate(spectra[a], spectra[b], fft_shape, index)
+            out[sl, ..., k] = _correlate(spectra[a], spectra[b], fft_shape, index, workers)
     norm = np.prod(spatial) if periodic_boundary else _pair_counts(spatial, cutoff)[..., None]
     out /= np.asarray(norm, dtype=dtype)
     return out
@@ -509,6 +518,8 @@ class TwoPointEncoder(BaseEncoder):
         features; ``(cutoff+1) · n_correlations`` when ``radial``).
     random_state : int or None, default None
         Seed of the PCA solver (used only by its randomised solver on large inputs).
+    n_jobs : int or None, default None
+        Threads for the FFTs (``None``: 1, ``-1``: all cores).
 
     Attributes
     ----------
@@ -539,7 +550,7 @@ class TwoPointEncoder(BaseEncoder):
 
     def __init__(self, *, threshold="otsu", n_phases=2, phase=1, correlations=None,
                  periodic_boundary=True, cutoff=32, radial=False, n_components=None,
-                 random_state=None):
+                 random_state=None, n_jobs=None):
         self.threshold = threshold
         self.n_phases = n_phases
         self.phase = phase
@@ -549,6 +560,7 @@ class TwoPointEncoder(BaseEncoder):
         self.radial = radial
         self.n_components = n_components
         self.random_state = random_state
+        self.n_jobs = n_jobs
 
     # -- validation ---------------------------------------------------------------------
     def _resolve_correlations(self, n_phases):
@@ -574,6 +586,10 @@ class TwoPointEncoder(BaseEncoder):
         if not isinstance(self.periodic_boundary, (bool, np.bool_)):
             raise BadInputError(None, f"periodic_boundary must be True or False, got "
                                       f"{self.periodic_boundary!r}")
+        nj = self.n_jobs
+        if nj is not None and (not isinstance(nj, numbers.Integral) or isinstance(nj, bool) or nj == 0):
+            raise BadInputError(None, f"n_jobs must be None or a non-zero integer (-1: all cores), "
+                                      f"got {nj!r}")
         if not isinstance(self.radial, (bool, np.bool_)):
             raise BadInputError(None, f"radial must be True or False, got {self.radial!r}")
         nc = self.n_components
@@ -589,10 +605,13 @@ class TwoPointEncoder(BaseEncoder):
                                       f"fitted cutoff {self.cutoff_} (need at least "
                                       f"{2 * self.cutoff_ + 1} pixels per side); encode patches "
                                       "of the training size or fit with a smaller cutoff")
-        labels = np.digitize(X, self.thresholds_, right=True).astype(np.int8)
+        labels = np.zeros(X.shape, dtype=np.int8)
+        for t in self.thresholds_:  # == np.digitize(X, thresholds_, right=True), faster
+            labels += X > t
         stats = correlations_multiple(labels, self.correlations_.tolist(),
                                       periodic_boundary=bool(self.periodic_boundary),
-                                      cutoff=self.cutoff_, dtype=np.float32)
+                                      cutoff=self.cutoff_, dtype=np.float32,
+                                      workers=self.n_jobs)
         if self.radial:
             stats = radial_average(stats)
         return stats.reshape(len(X), -1)
