@@ -17,8 +17,8 @@ for
 * ``encoder``: the full :class:`TwoPointEncoder` ``transform`` (threshold + statistics).
 
 At the end of the module the ratios (baseline median time / matrep median time) of this run
-are printed and written to ``.benchmarks/twopoint_ratios.json`` (git-ignored). Tests in this file never
-assert on time.
+are printed and written to ``.benchmarks/twopoint_ratios.json`` (git-ignored). Tests in this
+file never assert on time.
 """
 
 import json

@@ -96,6 +96,10 @@ def otsu_thresholds(values, n_phases: int = 2) -> np.ndarray:
     return np.sort(np.asarray(threshold_multiotsu(values, classes=n_phases), dtype=np.float64))
 
 
+def _is_int(x) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, (bool, np.bool_))
+
+
 def _label_dtype(n):
     return np.int8 if n <= 127 else np.int32
 
@@ -229,7 +233,8 @@ def _chunks(n_samples, sample_size):
 def _as_samples(arr, name):
     arr = np.asarray(arr)
     if arr.ndim < 2:
-        raise BadInputError(None, f"{name} must have shape (n_samples, n_x, ...), got shape {arr.shape}")
+        raise BadInputError(None, f"{name} must have shape (n_samples, n_x, ...), "
+                                  f"got shape {arr.shape}")
     if arr.dtype == bool or np.issubdtype(arr.dtype, np.integer):
         arr = arr.astype(np.float64)
     elif not np.issubdtype(arr.dtype, np.floating):
@@ -369,7 +374,8 @@ def correlations_multiple(labels, correlations, *, periodic_boundary: bool = Tru
 
     labels = np.asarray(labels)
     if labels.ndim < 2:
-        raise BadInputError(None, f"labels must have shape (n_samples, n_x, ...), got {labels.shape}")
+        raise BadInputError(None, f"labels must have shape (n_samples, n_x, ...), "
+                                  f"got {labels.shape}")
     pairs = [(int(a), int(b)) for a, b in correlations]
     if not pairs:
         raise BadInputError(None, "correlations must name at least one (phase, phase) pair")
@@ -458,7 +464,7 @@ def two_point_stats_reference(arr1, arr2, *, periodic_boundary: bool = True, cut
         return np.fft.fftshift(np.fft.ifftn(np.conj(np.fft.fftn(a)) * np.fft.fftn(b))).real
 
     results = []
-    for a, b in zip(arr1, arr2):
+    for a, b in zip(arr1, arr2, strict=True):
         a, b = np.pad(a, pad), np.pad(b, pad)
         c = corr(a, b)
         if periodic_boundary:
@@ -587,13 +593,13 @@ class TwoPointEncoder(BaseEncoder):
             raise BadInputError(None, f"periodic_boundary must be True or False, got "
                                       f"{self.periodic_boundary!r}")
         nj = self.n_jobs
-        if nj is not None and (not isinstance(nj, numbers.Integral) or isinstance(nj, bool) or nj == 0):
+        if nj is not None and (not _is_int(nj) or nj == 0):
             raise BadInputError(None, f"n_jobs must be None or a non-zero integer (-1: all cores), "
                                       f"got {nj!r}")
         if not isinstance(self.radial, (bool, np.bool_)):
             raise BadInputError(None, f"radial must be True or False, got {self.radial!r}")
         nc = self.n_components
-        if nc is not None and (not isinstance(nc, numbers.Integral) or isinstance(nc, bool) or nc < 1):
+        if nc is not None and (not _is_int(nc) or nc < 1):
             raise BadInputError(None, f"n_components must be None or an integer >= 1, got {nc!r}")
         return n_phases, correlations
 
