@@ -4,6 +4,13 @@
 in a hidden ``.<out>.<key>.partial`` folder beside the output; a run interrupted at any moment
 (even ``kill -9``) resumes from the chunks already done, and the store itself is only ever
 replaced whole (see :mod:`matrep.store`).
+
+Under torchrun (``dist``, a :class:`matrep.distributed.DistContext` with several ranks) the
+chunks are dealt out round-robin: rank ``r`` transforms chunks ``r, r + W, ...`` and writes
+them into the same partial folder; after a barrier rank 0 assembles them in order and writes
+the store, so the file is the one a single process writes (chunk boundaries, and so every
+feature, are the same). Finished chunks are reused by any rank, so a run resumes with any
+number of processes.
 """
 
 from __future__ import annotations
@@ -44,7 +51,8 @@ def _provenance_attrs(prov: dict) -> dict:
 
 
 def encode_patchset(encoder, patchset, out, *, labels=None, labels_source: str = "",
-                    chunk: int = 256, resume: bool = True, progress=None, log=None) -> EncodeResult:
+                    chunk: int = 256, resume: bool = True, progress=None, log=None,
+                    dist=None) -> EncodeResult:
     """Encode ``patchset`` with ``encoder`` into the store ``out``.
 
     A trainable encoder that is not fitted yet is fitted on these patches first (say so in
@@ -60,13 +68,21 @@ def encode_patchset(encoder, patchset, out, *, labels=None, labels_source: str =
     resume : bool, default True — continue from the chunks of an interrupted run
     progress : callable(total=..., desc=...) returning a bar with ``update(n)``, optional
     log : callable(str), optional
+    dist : matrep.distributed.DistContext, optional — share the chunks among torchrun's ranks
+        (only rank 0 writes the store; every rank returns the same result)
     """
     log = log or (lambda msg: None)
     out = Path(out)
     fitted_here = False
+    multi = dist is not None and dist.is_distributed
+    main = not multi or dist.is_main
     if getattr(encoder, "trainable", False) and not encoder.__sklearn_is_fitted__():
         log(f"fitting {encoder.name} on the {len(patchset)} patches being encoded")
-        encoder.fit(patchset.patches)
+        if multi:  # fit once, on rank 0, and give every rank its learned state
+            state = encoder.fit(patchset.patches)._get_state() if main else None
+            encoder._set_state(*dist.broadcast_object(state))
+        else:
+            encoder.fit(patchset.patches)
         fitted_here = True
     elif not encoder.__sklearn_is_fitted__():
         encoder.fit(patchset.patches[:1])
@@ -80,29 +96,37 @@ def encode_patchset(encoder, patchset, out, *, labels=None, labels_source: str =
     if store.exists():
         found = store.find(digest)
         if found is not None:
-            if labels is not None:
+            if labels is not None and main:
                 store.write(patchset, labels=labels, labels_source=labels_source)
+            if multi:
+                dist.barrier()
             X, _ = store.read(found)
             return EncodeResult(out, found, len(patchset), X.shape[1], reused=True)
 
     partial = out.parent / f".{out.name}.{key}.partial"
     meta = {"digest": digest, "chunk": chunk, "n": len(patchset)}
     resumed = 0
-    if partial.exists():
+    if main and partial.exists():
         try:
             old = json.loads((partial / "meta.json").read_text())
         except (OSError, json.JSONDecodeError):
             old = None
         if not resume or old != meta:
             shutil.rmtree(partial)
-    partial.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(partial / "meta.json", json.dumps(meta))
+    if main:
+        partial.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(partial / "meta.json", json.dumps(meta))
+    if multi:
+        dist.barrier()  # the partial folder is ready for every rank
 
     n = len(patchset)
     starts = list(range(0, n, chunk))
-    bar = progress(total=n, desc=f"encode {encoder.name}") if progress else None
+    mine = range(dist.rank, len(starts), dist.world_size) if multi else range(len(starts))
+    total = sum(min(starts[i] + chunk, n) - starts[i] for i in mine)
+    bar = progress(total=total, desc=f"encode {encoder.name}") if progress and main else None
     parts = []
-    for i, s in enumerate(starts):
+    for i in mine:
+        s = starts[i]
         f = partial / f"chunk-{i:06d}.npy"
         e = min(s + chunk, n)
         X = None
@@ -125,9 +149,34 @@ def encode_patchset(encoder, patchset, out, *, labels=None, labels_source: str =
             bar.update(e - s)
     if bar is not None:
         bar.close()
+    if multi:
+        resumed = int(dist.all_reduce_sum([resumed])[0])  # also: every rank's chunks are on disk
+        if main:
+            parts = [_load_chunk(partial / f"chunk-{i:06d}.npy", min(s + chunk, n) - s)
+                     for i, s in enumerate(starts)]
     X = np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
-    attrs = {**_provenance_attrs(prov), "digest": digest}
-    store.write(patchset, key=key, X=X, attrs=attrs, labels=labels, labels_source=labels_source)
-    shutil.rmtree(partial, ignore_errors=True)
-    return EncodeResult(out, key, n, X.shape[1], reused=False, resumed_chunks=resumed,
+    if main:
+        attrs = {**_provenance_attrs(prov), "digest": digest}
+        store.write(patchset, key=key, X=X, attrs=attrs, labels=labels, labels_source=labels_source)
+        shutil.rmtree(partial, ignore_errors=True)
+    n_feat = X.shape[1] if X.ndim == 2 else 0
+    if multi:
+        n_feat = int(dist.broadcast_object(n_feat))
+        dist.barrier()  # the store is in place when any rank returns
+    return EncodeResult(out, key, n, n_feat, reused=False, resumed_chunks=resumed,
                         fitted_here=fitted_here)
+
+
+def _load_chunk(f: Path, rows: int) -> np.ndarray:
+    """A finished chunk written by another rank (missing or short: that rank failed)."""
+    from .errors import StoreError
+
+    try:
+        X = np.load(f, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise StoreError(f"{f}: a chunk of the distributed encode is missing or unreadable "
+                         f"({exc}); run the same command again to resume") from None
+    if X.shape[0] != rows:
+        raise StoreError(f"{f}: chunk has {X.shape[0]} rows, expected {rows}; run the same "
+                         "command again to resume")
+    return X

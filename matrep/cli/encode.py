@@ -53,10 +53,14 @@ def patch_options(func):
     return func
 
 
-def read_patchset(images, patch, stride, crop, crop_bottom, skip_bad, quiet, **kw):
+def read_patchset(images, patch, stride, crop, crop_bottom, skip_bad, quiet, lazy=False, **kw):
     from ..io import load_patches
 
     imgs = list(images) if len(images) > 1 else images[0]
+    if lazy:  # patch records now, pixels when encoded (matrep.patchsource)
+        from ..patchsource import lazy_patches
+
+        load_patches = lazy_patches
     return load_patches(imgs, patch=patch, stride=stride, crop=parse_crop(crop),
                         crop_bottom=crop_bottom, skip_bad=skip_bad,
                         progress=lambda it: progress(it, desc="read", quiet=quiet), **kw)
@@ -116,16 +120,39 @@ def encoders_cmd(as_json):
               help="Patches per checkpointed chunk.")
 @click.option("--resume/--restart", default=True,
               help="Continue an interrupted encode from its finished chunks, or start over.")
+@click.option("--lazy/--in-memory", default=None,
+              help="Read each patch from its micrograph when it is encoded (bounded memory, see "
+                   "docs/distributed.md) instead of all patches up front. Default: lazy under "
+                   "torchrun, in memory otherwise.")
 @quiet_option
 @handle_errors
 def encode_cmd(method, model, images, patch, stride, crop, crop_bottom, skip_bad, out, labels,
-               file_column, params, chunk, resume, quiet):
+               file_column, params, chunk, resume, lazy, quiet):
     """Encode micrographs into an HDF5 feature store.
 
     Reads the images, cuts patches (size --patch, step --stride), runs the encoder, and writes
     the features with their provenance to --out. Re-running with the same images, encoder and
     parameters reuses the stored features; an interrupted run resumes.
+
+    Under `torchrun --nproc-per-node N -m matrep encode ...` the N processes share the chunks
+    and rank 0 writes the one store, identical to a single-process run.
     """
+    from .. import distributed
+
+    if not distributed.in_torchrun():
+        return _encode(method, model, images, patch, stride, crop, crop_bottom, skip_bad, out,
+                       labels, file_column, params, chunk, resume, bool(lazy), quiet, None)
+    dist = distributed.init()
+    try:
+        return _encode(method, model, images, patch, stride, crop, crop_bottom, skip_bad, out,
+                       labels, file_column, params, chunk, resume, lazy is not False,
+                       quiet or not dist.is_main, dist)
+    finally:
+        distributed.destroy(dist)
+
+
+def _encode(method, model, images, patch, stride, crop, crop_bottom, skip_bad, out, labels,
+            file_column, params, chunk, resume, lazy, quiet, dist):
     from .. import registry
     from ..errors import EncoderContractError
     from ..labels import match_labels
@@ -143,17 +170,23 @@ def encode_cmd(method, model, images, patch, stride, crop, crop_bottom, skip_bad
             encoder.set_params(**kw)
     else:
         encoder = registry.get_encoder(method, **kw)
-    ps = read_patchset(images, patch, stride, crop, crop_bottom, skip_bad, quiet)
+    main = dist is None or dist.is_main
+    ps = read_patchset(images, patch, stride, crop, crop_bottom, skip_bad, quiet, lazy=lazy,
+                       **({"dist": dist} if lazy and dist is not None else {}))
     table = None
     if labels:
         m = match_labels(ps, labels, file_column=file_column, warn=False)
-        for line in m.describe():
+        for line in (m.describe() if main else []):
             click.echo(f"warning: {line}", err=True)
         table = m.table
+    if dist is not None and dist.is_distributed and main:
+        click.echo(f"encoding on {dist.world_size} processes ({dist.backend})", err=True)
     res = encode_patchset(encoder, ps, out, labels=table, labels_source=str(labels or ""),
                           chunk=chunk, resume=resume,
                           progress=None if quiet else (lambda **k: progress(quiet=quiet, **k)),
-                          log=lambda s: None if quiet else click.echo(s, err=True))
+                          log=lambda s: None if quiet else click.echo(s, err=True), dist=dist)
+    if not main:
+        return
     report_skipped(ps)
     what = "reused stored" if res.reused else "wrote"
     if res.resumed_chunks:
