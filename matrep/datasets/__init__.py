@@ -1,0 +1,31 @@
+"""Built-in data sets: synthetic cast-iron micrographs with physics-computed properties.
+
+>>> from matrep.datasets import default_castiron   # doctest: +SKIP
+>>> folder = default_castiron()                      # images/, masks/, labels.csv
+"""
+
+from .castiron import (
+    GENERATOR_VERSION,
+    LABEL_COLUMNS,
+    Factors,
+    cache_root,
+    default_castiron,
+    design,
+    generate_micrograph,
+    make_castiron,
+)
+from .descriptors import measure_mask, nodularity, particle_table
+from .homogenization import (
+    DEFAULT_E,
+    DEFAULT_NU,
+    ElasticityResult,
+    effective_elasticity,
+    hashin_shtrikman_bounds,
+)
+
+__all__ = [
+    "DEFAULT_E", "DEFAULT_NU", "ElasticityResult", "Factors", "GENERATOR_VERSION",
+    "LABEL_COLUMNS", "cache_root", "default_castiron", "design", "effective_elasticity",
+    "generate_micrograph", "hashin_shtrikman_bounds", "make_castiron", "measure_mask",
+    "nodularity", "particle_table",
+]
