@@ -26,11 +26,13 @@ for ``gram_fwd`` the ratio is to ``bmm``), ``min_bytes`` (fwd+bwd: read F and Fh
 dFh; gram: read F, write G in fp32), ``gbps`` (min_bytes / median), ``pct_of_floor`` (time at
 the copy bandwidth measured in this session / median), ``copy_gbps`` (that bandwidth),
 ``rel_err_fp64`` (loss or G against float64), ``peak_mem_mb`` (CUDA), ``device``.
-A summary table is printed at the end. Nothing asserts on time.
+A summary table is printed at the end. Nothing asserts on time. With ``--benchmark-disable``
+(the project's default addopts) every case runs once as a smoke test, without timing.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 
@@ -216,6 +218,11 @@ def test_style_loss(benchmark, mode, layer, size, batch, dtype, impl):
         else:
             fn, fn_loss = _make_fn(mode, impl, xs, ts, dtype)
             base_impl, base_key = "eager", (mode, layer, size, batch, dtype, "eager")
+        if getattr(benchmark, "disabled", False):
+            # --benchmark-disable (the default addopts): a smoke run, no timing
+            benchmark(fn)
+            assert math.isfinite(_rel_err(mode, impl, fn_loss, xs, ts))
+            return
         if HAS_CUDA:
             torch.cuda.reset_peak_memory_stats()
         median = _median_ms(fn)
