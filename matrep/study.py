@@ -543,31 +543,56 @@ def make_model(spec: str, task: str, *, n_features: int, cv=None, seed: int = 0,
 
 
 def inner_cv(split: Split, groups_train, task: str, y_train, *, folds: int = 3, seed: int = 0):
-    """The inner cross-validation of a split and a note saying what it is.
+    """The inner cross-validation of a split, as a list of (train, test) index pairs, and a note.
 
-    Grouped splits: ``GroupKFold`` over the training groups (so hyperparameters are chosen
-    for unseen groups too); with fewer than 2 training groups, ``KFold`` over patches.
-    Random splits: ``KFold`` (``StratifiedKFold`` for classes) over the training patches.
+    Grouped splits: ``GroupKFold`` over the training groups (``StratifiedGroupKFold`` for
+    classes), so hyperparameters are chosen for unseen groups too; with fewer than 2
+    training groups, ``KFold`` over patches. Random splits: ``KFold`` (``StratifiedKFold``
+    for classes) over the training patches. For classes, inner folds whose training part
+    holds a single class are dropped (a classifier cannot be fitted on them); if fewer than
+    two folds remain, stratified folds over patches are used instead.
     """
-    from sklearn.model_selection import GroupKFold, KFold, StratifiedKFold
+    from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
 
-    n_groups = len(set(np.asarray(groups_train).tolist()))
+    y_train = np.asarray(y_train)
+    groups_train = np.asarray(groups_train)
+    n = len(y_train)
+    dummy = np.zeros(n)
+    n_groups = len(set(groups_train.tolist()))
+    pairs, note = None, ""
     if split.kind == "grouped" and n_groups >= 2:
         k = min(folds, n_groups)
-        return GroupKFold(n_splits=k), f"GroupKFold({k}) on training groups"
-    k = max(2, min(folds, len(y_train)))
-    if task == "classification":
-        _, counts = np.unique(y_train, return_counts=True)
-        if counts.min() >= k:
-            return StratifiedKFold(k, shuffle=True, random_state=seed), f"StratifiedKFold({k})"
-    note = f"KFold({k}) on training patches"
-    if split.kind == "grouped":
-        note += " (one training group only)"
-    return KFold(k, shuffle=True, random_state=seed), note
+        if task == "classification":
+            cv = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+            note = f"StratifiedGroupKFold({k}) on training groups"
+        else:
+            cv = GroupKFold(n_splits=k)
+            note = f"GroupKFold({k}) on training groups"
+        pairs = list(cv.split(dummy, y_train, groups_train))
+        if task == "classification":
+            pairs = [(a, b) for a, b in pairs if len(set(y_train[a].tolist())) >= 2]
+            if len(pairs) < 2:
+                pairs = None
+    if pairs is None:
+        k = max(2, min(folds, n))
+        cv = KFold(k, shuffle=True, random_state=seed)
+        note = f"KFold({k}) on training patches"
+        if task == "classification":
+            _, counts = np.unique(y_train, return_counts=True)
+            kk = min(k, int(counts.max()))
+            if counts.min() >= kk >= 2:
+                cv, note = StratifiedKFold(kk, shuffle=True, random_state=seed), \
+                    f"StratifiedKFold({kk}) on training patches"
+        if split.kind == "grouped":
+            note += " (too few training groups for grouped folds)"
+        pairs = list(cv.split(dummy, y_train))
+        if task == "classification":
+            pairs = [(a, b) for a, b in pairs if len(set(y_train[a].tolist())) >= 2]
+    return pairs, note
 
 
-def fit_predict(spec: str, task: str, X_train, y_train, X_test, *, groups_train=None,
-                cv=None, seed: int = 0, n_jobs: int = 1):
+def fit_predict(spec: str, task: str, X_train, y_train, X_test, *, cv=None, seed: int = 0,
+                n_jobs: int = 1):
     """Fit the model ``spec`` on the training rows and predict the test rows.
 
     Returns
@@ -577,10 +602,12 @@ def fit_predict(spec: str, task: str, X_train, y_train, X_test, *, groups_train=
     """
     from sklearn.model_selection import GridSearchCV
 
+    if task == "classification" and len(set(np.asarray(y_train).tolist())) < 2:
+        only = np.asarray(y_train)[0]
+        return np.full(len(X_test), only), {
+            "note": f"the training part holds one class ({only!r}); it is predicted for all"}
     model = make_model(spec, task, n_features=X_train.shape[1], cv=cv, seed=seed, n_jobs=n_jobs)
     kw = {}
-    if isinstance(model, GridSearchCV) and groups_train is not None:
-        kw["groups"] = groups_train
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=UserWarning, module="sklearn")
         warnings.filterwarnings("ignore", message=".*(converge|least populated).*")
@@ -970,9 +997,8 @@ class Study:
         cv, cv_note = inner_cv(split, d.groups[tr], d.task, d.y[tr], folds=self.inner_folds,
                                seed=split.seed or 0)
         t0 = time.perf_counter()
-        pred, info = fit_predict(reg, d.task, X[tr], d.y[tr], X[te],
-                                 groups_train=d.groups[tr] if split.kind == "grouped" else None,
-                                 cv=cv, seed=split.seed or 0, n_jobs=self.n_jobs)
+        pred, info = fit_predict(reg, d.task, X[tr], d.y[tr], X[te], cv=cv,
+                                 seed=split.seed or 0, n_jobs=self.n_jobs)
         secs = time.perf_counter() - t0
         pred_list = pred.astype(float).tolist() if d.task == "regression" else \
             [str(p) for p in pred]
