@@ -800,6 +800,7 @@ class Study:
         self.chunk = chunk
         self.log = log or (lambda msg: None)
         self.progress = progress
+        self._prov_cache: dict = {}
 
     # -- splits ---------------------------------------------------------------------------
     def make_splits(self) -> list[Split]:
@@ -847,6 +848,11 @@ class Study:
             and not spec.model
 
     def _spec_provenance(self, spec: MethodSpec) -> dict:
+        if spec.name not in self._prov_cache:
+            self._prov_cache[spec.name] = self._compute_provenance(spec)
+        return self._prov_cache[spec.name]
+
+    def _compute_provenance(self, spec: MethodSpec) -> dict:
         enc = self._new_encoder(spec)
         try:
             prov = enc.provenance()

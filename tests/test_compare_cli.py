@@ -1,0 +1,100 @@
+"""`matrep compare` end to end with a third-party encoder, and its error messages."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from matrep import registry
+from matrep.cli import main
+
+from test_study_utils import install_plugins, make_dataset
+
+
+@pytest.fixture
+def plugins(tmp_path, monkeypatch):
+    install_plugins(tmp_path / "plugins", monkeypatch)
+    yield
+    registry.refresh()
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    return make_dataset(tmp_path / "data")
+
+
+def _args(dataset, out, *extra):
+    return ["compare", *extra, "--images", str(dataset / "images"), "--labels",
+            str(dataset / "labels.csv"), "--patch", "32", "--stride", "32", "--out", str(out),
+            "--quiet"]
+
+
+def test_compare_runs_a_plugin_encoder_and_writes_the_report(plugins, dataset, tmp_path):
+    out = tmp_path / "report"
+    args = _args(dataset, out, "histogram", "spy", "--target", "modulus", "--group", "sample",
+                 "--seeds", "2", "--param", "histogram.bins=6", "--regressor", "linear",
+                 "--regressor", "sklearn.linear_model.Ridge:alpha=1.0")
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    assert "random 80/20 splits" in res.output and "grouped splits: unseen sample" in res.output
+    assert "histogram  linear" in res.output and "Ridge(alpha=1.0)" in res.output
+    assert f"report: {out / 'report.md'}" in res.output
+    rep = json.loads((out / "report.json").read_text())
+    assert set(rep["methods"]) == {"histogram", "spy"}
+    assert rep["methods"]["histogram"]["provenance"]["params"] == {"bins": 6}
+    assert rep["methods"]["spy"]["fitting"] == "fitted inside each split on its training patches"
+    assert len(rep["summary"]) == 2 * 2 * 2
+    # a second run resumes everything
+    res2 = CliRunner().invoke(main, args)
+    assert res2.exit_code == 0, res2.output
+    rep2 = json.loads((out / "report.json").read_text())
+    assert rep2["settings"]["resumed_results"] == 20 and rep2["settings"]["computed_results"] == 0
+    assert rep2["summary"] == rep["summary"]
+
+
+def test_compare_classification_target(plugins, dataset, tmp_path):
+    res = CliRunner().invoke(main, _args(dataset, tmp_path / "r", "histogram", "--target",
+                                         "phase", "--split", "grouped", "--folds", "3"))
+    assert res.exit_code == 0, res.output
+    assert "accuracy" in res.output and "macro-F1" in res.output
+    assert "random 80/20" not in res.output
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["nosuch", "--target", "modulus"], "unknown encoder 'nosuch'"),
+    (["histogram", "--target", "nope"], "no target column 'nope'"),
+    (["histogram", "--target", "constant"], "target column 'constant' is constant"),
+    (["histogram", "--target", "empty"], "target column 'empty' is empty"),
+    (["histogram", "--target", "modulus", "--group", "batch"], "no group column 'batch'"),
+    (["histogram", "--target", "modulus", "--param", "bins=3"], "METHOD.KEY=VALUE"),
+    (["histogram", "--target", "modulus", "--param", "vgg19.layer=pool4"], "not one of the methods"),
+    (["histogram", "--target", "modulus", "--model", "spy=runs/x"], "not one of the methods"),
+    (["histogram", "--target", "modulus", "--regressor", "lasso"], "unknown regressor 'lasso'"),
+    (["histogram", "--target", "phase", "--regressor", "sklearn.linear_model.Ridge"],
+     "is a regressor, but the target is categorical"),
+])
+def test_compare_bad_input_gives_one_clear_error(plugins, dataset, tmp_path, extra, message):
+    res = CliRunner().invoke(main, _args(dataset, tmp_path / "r", *extra))
+    assert res.exit_code != 0
+    assert message in res.output, res.output
+    assert "Traceback" not in res.output
+
+
+def test_compare_labels_matching_no_image(plugins, dataset, tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("file,modulus\nother1.png,1\nother2.png,2\n")
+    args = _args(dataset, tmp_path / "r", "histogram", "--target", "modulus")
+    args[args.index("--labels") + 1] = str(bad)
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code != 0 and "no label row matches any image" in res.output
+    assert str(bad) in res.output
+
+
+def test_compare_help_lists_the_options():
+    res = CliRunner().invoke(main, ["compare", "--help"])
+    assert res.exit_code == 0
+    for opt in ("--target", "--group", "--model", "--param", "--regressor", "--seeds", "--folds",
+                "--max-groups", "--resume / --restart", "--crop-bottom"):
+        assert opt in res.output, opt
