@@ -22,6 +22,9 @@ from matrep.errors import BadInputError, EncoderContractError, NotFittedError, W
 
 DEFAULT_TAPS = ("conv1_1", "pool1", "pool2", "pool3", "pool4")
 OUTPUTS = ("mu", "mu_logvar")
+#: The last frozen backbone built from a named weights source (shared between encoders of one
+#: process: building VGG19, and above all seeded random weights, takes seconds).
+_BACKBONES: dict = {}
 
 
 class TextureVAEEncoder(BaseEncoder):
@@ -44,7 +47,7 @@ class TextureVAEEncoder(BaseEncoder):
     decoder_channels : tuple of 5 int, default (256, 256, 128, 64, 32)
         Channels of the projected P/16 x P/16 map and of the output of each of the 4 blocks.
     epochs, batch_size, lr : training length, batch size, Adam learning rate
-    kl_weight : float, default 1e-3
+    kl_weight : float, default 1e-2
         beta in loss = style + beta * KL (KL summed over latent dims, both batch means); see
         docs/texturevae.md for the scale of the two terms.
     seed : int, default 0
@@ -82,7 +85,7 @@ class TextureVAEEncoder(BaseEncoder):
     def __init__(self, *, latent_dim=64, pooling="meanstd", encoder_taps=DEFAULT_TAPS,
                  style_layers=DEFAULT_TAPS, layer_weights=None,
                  decoder_channels=(256, 256, 128, 64, 32), epochs=20, batch_size=16, lr=1e-3,
-                 kl_weight=1e-3, seed=0, val_fraction=0.1, val_split="region", max_patches=None,
+                 kl_weight=1e-2, seed=0, val_fraction=0.1, val_split="region", max_patches=None,
                  max_val_patches=128, checkpoint_every=None, weights="auto", device="auto",
                  precision="auto", cache_memory_gb=2.0, output="mu", batch_size_eval=32):
         self.latent_dim = latent_dim
@@ -160,14 +163,18 @@ class TextureVAEEncoder(BaseEncoder):
         dev = self._torch_device()
         if bb is not None and getattr(self, "_backbone_device", None) == dev:
             return bb
-        try:
-            from matrep.backbone import VGG19Backbone
-        except ImportError:  # pragma: no cover - until the backbone lands
-            from ._backbone_standin import VGG19Backbone
-        bb = VGG19Backbone(weights=self.weights, taps=self._taps(), device=dev)
-        bb.eval()
-        bb.requires_grad_(False)
-        bb.to(memory_format=torch.channels_last)
+        from matrep.backbone import VGG19Backbone
+
+        key = (str(self.weights), self._taps(), str(dev))
+        bb = _BACKBONES.get(key) if isinstance(self.weights, str) else None
+        if bb is None:
+            bb = VGG19Backbone(weights=self.weights, taps=self._taps(), device=dev)
+            bb.eval()
+            bb.requires_grad_(False)
+            bb.to(memory_format=torch.channels_last)
+            if isinstance(self.weights, str) and not Path(self.weights).exists():
+                _BACKBONES.clear()  # keep one: a frozen VGG19 is ~80 MB
+                _BACKBONES[key] = bb
         expected = getattr(self, "weights_info_", None)
         got = dict(bb.weights_info)
         if expected is not None and expected.get("sha256") and expected["sha256"] != got.get("sha256"):
@@ -282,7 +289,11 @@ class TextureVAEEncoder(BaseEncoder):
                            tuple(self.decoder_channels))
         pooled = torch.from_numpy(train_cache.pooled)
         model.feat_mean.copy_(pooled.mean(0))
-        model.feat_std.copy_(pooled.std(0).clamp_min(1e-6))
+        # z-score; a feature that hardly varies over the training patches is not blown up
+        # more than ~10x relative to the typical one (floor: 0.1 x the median std)
+        std = pooled.std(0)
+        floor = 0.1 * std.median() + 1e-6
+        model.feat_std.copy_(torch.sqrt(std.square() + floor.square()))
         model.to(dev)
         model.decoder.to(memory_format=torch.channels_last)
 
@@ -395,6 +406,40 @@ class TextureVAEEncoder(BaseEncoder):
                 out.append(model.decode(z)[:, 0].float().cpu().numpy())
         P = self.patch_size_
         return np.concatenate(out) if out else np.zeros((0, P, P), np.float32)
+
+    def style_distance(self, X, Y):
+        """Style loss (paper eq. 2, the model's layers and weights) between pairs of patches.
+
+        Parameters
+        ----------
+        X, Y : arrays of shape (n, P, P) in [0, 1]
+
+        Returns
+        -------
+        float64 array of shape (n,): loss(X[i], Y[i]) (0 for identical patches).
+        """
+        import torch
+
+        X, Y = check_patches(X, name="X"), check_patches(Y, name="Y")
+        if X.shape != Y.shape:
+            raise BadInputError(None, f"X and Y must have the same shape, got {X.shape} and {Y.shape}")
+        bb = self._get_backbone()
+        dev = self._torch_device()
+        taps, lw = tuple(self.style_layers), self._layer_weights()
+        out = []
+        bs = int(self.batch_size_eval)
+        with torch.inference_mode():
+            for s in range(0, len(X), bs):
+                a = torch.from_numpy(np.ascontiguousarray(X[s:s + bs]))[:, None].to(dev)
+                b = torch.from_numpy(np.ascontiguousarray(Y[s:s + bs]))[:, None].to(dev)
+                fa, fb = bb(bb.preprocess(a)), bb(bb.preprocess(b))
+                tot = torch.zeros(len(a), dtype=torch.float64, device=dev)
+                for t, w in zip(taps, lw):
+                    C, M = fa[t].shape[1], fa[t].shape[2] * fa[t].shape[3]
+                    d = (_gram(fa[t]) - _gram(fb[t])).double()
+                    tot += w / (4.0 * C * C * M * M) * d.square().sum(dim=(1, 2))
+                out.append(tot.cpu().numpy())
+        return np.concatenate(out) if out else np.zeros(0)
 
     def reconstruct(self, X):
         """Decode the posterior mean of each patch: (n, P, P) in [0, 1]."""
@@ -530,6 +575,13 @@ class TextureVAEEncoder(BaseEncoder):
             raise BadInputError(path, "holds a checkpoint but no final model (config.json): the "
                                       "run did not finish; continue it with `matrep fit ... --resume`")
         return super().load(path)
+
+
+def _gram(f):
+    import torch
+
+    F = f.float().flatten(2)
+    return torch.bmm(F, F.transpose(1, 2))
 
 
 def bb_sha(backbone) -> str:

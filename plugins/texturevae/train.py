@@ -66,7 +66,7 @@ class TrainSettings:
     epochs: int = 20
     batch_size: int = 16
     lr: float = 1e-3
-    kl_weight: float = 1e-3
+    kl_weight: float = 1e-2
     layer_weights: tuple = (1.0, 1.0, 1.0, 1.0, 1.0)
     seed: int = 0
     checkpoint_every: int | None = None

@@ -1,0 +1,289 @@
+"""`matrep fit`, `matrep reconstruct`, `matrep generate`, `matrep traverse`.
+
+``fit`` trains any trainable encoder through the registry (``matrep.get_encoder``); encoders
+whose ``fit`` accepts ``run_dir`` (the texture-VAE) checkpoint into the run folder and can
+``--resume``. The other three commands use a trained model that can decode
+(``matrep.load_model(--model)``).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from pathlib import Path
+
+import click
+
+from ._common import handle_errors, progress, quiet_option
+from .encode import parse_crop, parse_params, patch_options, read_patchset, report_skipped
+
+FIT_JSON = "fit.json"
+
+
+def _floats(value, name):
+    if value is None:
+        return None
+    try:
+        return tuple(float(v) for v in value.replace(" ", "").split(",") if v)
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated numbers, got {value!r}",
+                                 param_hint=name) from None
+
+
+def _ints(value, name):
+    try:
+        return [int(v) for v in value.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {value!r}",
+                                 param_hint=name) from None
+
+
+def _echo(quiet):
+    return (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
+
+
+@click.command("fit")
+@click.option("--method", default="texturevae", help="Encoder to train (see `matrep encoders`).")
+@patch_options
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False),
+              help="Run folder: checkpoints, log.csv, and the final model (config.json + "
+                   "state.safetensors) for `--model`.")
+@click.option("--latent-dim", type=int, default=None,
+              help="Latent size (texturevae: 8/16/32/64; default 64).")
+@click.option("--epochs", type=click.IntRange(0), default=None, help="Epochs (texturevae default 20).")
+@click.option("--batch-size", type=click.IntRange(1), default=None,
+              help="Patches per step (texturevae default 16).")
+@click.option("--lr", type=float, default=None, help="Adam learning rate (texturevae default 1e-3).")
+@click.option("--kl-weight", type=float, default=None,
+              help="Weight of the KL term: loss = style + KL_WEIGHT * KL (texturevae default 1e-2).")
+@click.option("--layer-weights", default=None, metavar="W1,W2,...",
+              help="Style-loss weight per layer conv1_1,pool1..pool4 (default: all 1).")
+@click.option("--seed", type=int, default=None, help="Seed of split, data order and noise (default 0).")
+@click.option("--device", default=None, help="auto (CUDA when present), cpu, cuda, cuda:1 ... (default auto).")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default=None,
+              help="auto: bf16 autocast on GPU, fp32 on CPU (default auto).")
+@click.option("--weights", default=None,
+              help="VGG19 weights source: auto, torchvision, gatys, imported, or a file "
+                   "(see `matrep weights`; default auto).")
+@click.option("--checkpoint-every", type=click.IntRange(1), default=None,
+              help="Also checkpoint every N steps (always at the end of each epoch).")
+@click.option("--max-patches", type=click.IntRange(1), default=None,
+              help="Train on a seeded random subset of at most N training patches.")
+@click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
+              help="Any other encoder parameter (repeatable; JSON values), e.g. --param "
+                   "val_split=micrograph.")
+@click.option("--resume", is_flag=True,
+              help="Continue the run in --out from its last checkpoint (options not given are "
+                   "taken from the run's fit.json).")
+@quiet_option
+@handle_errors
+def fit_cmd(method, images, patch, stride, crop, crop_bottom, skip_bad, out, latent_dim, epochs,
+            batch_size, lr, kl_weight, layer_weights, seed, device, precision, weights,
+            checkpoint_every, max_patches, params, resume, quiet):
+    """Train an encoder on micrographs and save it to a run folder.
+
+    Example (the documented quick CPU configuration of docs/texturevae.md):
+
+        matrep fit --method texturevae --images ../shared/data/castiron_ductile/images
+        --out runs/quick --max-patches 480 --epochs 3 --batch-size 8
+
+    Ctrl-C writes a checkpoint; `--resume` continues it with the same losses as an
+    uninterrupted run. A NaN/inf loss stops with the last good checkpoint intact.
+    """
+    from .. import registry
+
+    given = {"latent_dim": latent_dim, "epochs": epochs, "batch_size": batch_size, "lr": lr,
+             "kl_weight": kl_weight, "layer_weights": _floats(layer_weights, "--layer-weights"),
+             "seed": seed, "device": device, "precision": precision, "weights": weights,
+             "checkpoint_every": checkpoint_every, "max_patches": max_patches}
+    given = {k: v for k, v in given.items() if v is not None}
+    given.update(parse_params(params))
+    out = Path(out)
+    if resume and (out / FIT_JSON).is_file():
+        saved = json.loads((out / FIT_JSON).read_text())
+        if saved.get("method") != method:
+            raise click.ClickException(f"{out} was trained with --method {saved.get('method')}, "
+                                       f"not {method}")
+        given = {**saved.get("params", {}), **given}
+
+    cls = registry.encoder_class(method)
+    if not getattr(cls, "trainable", False):
+        raise click.ClickException(f"encoder {method!r} is not trainable; use `matrep encode "
+                                   f"--method {method}` directly")
+    valid = set(cls().get_params(deep=False))
+    unknown = sorted(set(given) - valid)
+    if unknown:
+        raise click.ClickException(f"encoder {method!r} has no parameter(s) {', '.join(unknown)}; "
+                                   f"it takes: {', '.join(sorted(valid))}")
+    enc = registry.get_encoder(method, **given)
+    ps = read_patchset(images, patch, stride, crop, crop_bottom, skip_bad, quiet)
+    report_skipped(ps)
+    log = _echo(quiet)
+    log(f"{len(ps)} patches of {patch}x{patch} from {len(ps.files)} micrographs")
+    from ..atomic import atomic_write_text
+    from ..encoder import _jsonable
+
+    accepts = inspect.signature(enc.fit).parameters
+    if "run_dir" in accepts:
+        if not resume and (out / "checkpoint").exists():
+            raise click.ClickException(f"{out} already holds a training checkpoint; add --resume "
+                                       "to continue it, or choose a new --out")
+        atomic_write_text(out / FIT_JSON, json.dumps(
+            {"method": method, "params": _jsonable(given),
+             "patches": {"images": [str(i) for i in images], "patch": patch, "stride": stride,
+                         "crop": parse_crop(crop), "crop_bottom": crop_bottom}}, indent=2))
+        kw = {"run_dir": out, "resume": resume}
+        if "quiet" in accepts:
+            kw["quiet"] = quiet
+        if "log" in accepts:
+            kw["log"] = log
+        enc.fit(ps, **kw)
+    else:
+        if resume:
+            raise click.ClickException(f"encoder {method!r} does not checkpoint; run without --resume")
+        enc.fit(ps.patches)
+        enc.save(out)
+    hist = getattr(enc, "history_", None)
+    if hist:
+        first, last = hist[0].get("val_style"), hist[-1].get("val_style")
+        click.echo(f"held-out style loss: {first:.4g} before training -> {last:.4g} after "
+                   f"{hist[-1].get('epoch')} epochs", err=True)
+    click.echo(f"model saved to {out} (load it with --model {out})")
+
+
+def _load_decoder_model(model):
+    from .. import load_model
+
+    enc = load_model(model)
+    if not getattr(enc, "can_decode", False):
+        raise click.ClickException(f"{model}: encoder {enc.name!r} cannot decode")
+    return enc
+
+
+def _pick_spread(ps, n, seed):
+    """Up to ``n`` patch indices, round-robin over micrographs (seeded within each)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    groups = [rng.permutation(np.flatnonzero(ps.micrograph_ids == m))
+              for m in dict.fromkeys(ps.micrograph_ids.tolist())]
+    pick, k = [], 0
+    while len(pick) < n and any(k < len(g) for g in groups):
+        for g in groups:
+            if k < len(g) and len(pick) < n:
+                pick.append(int(g[k]))
+        k += 1
+    return np.array(pick, dtype=np.int64)
+
+
+@click.command("reconstruct")
+@click.option("--model", required=True, type=click.Path(exists=True, file_okay=False),
+              help="A trained run folder (matrep fit --out).")
+@click.option("--images", "images", required=True, multiple=True,
+              help="Folder, glob pattern or file of micrographs (repeatable).")
+@click.option("--stride", default=50, type=click.IntRange(1), help="Sliding-window stride.")
+@click.option("--crop", default=None, metavar="TOP,LEFT,HEIGHT,WIDTH",
+              help="Crop box applied to every image before patching (default: none).")
+@click.option("--crop-bottom", default=0, type=click.IntRange(0), help="Rows removed at the bottom first.")
+@click.option("-n", "n", default=8, type=click.IntRange(1), help="Number of patches (spread over micrographs).")
+@click.option("--seed", default=0, type=int, help="Seed of the patch choice.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="Figure (PNG); the arrays go beside it as .npz.")
+@quiet_option
+@handle_errors
+def reconstruct_cmd(model, images, stride, crop, crop_bottom, n, seed, out, quiet):
+    """Figure of patches and their reconstructions (original | reconstruction pairs)."""
+    from matrep.plugins.texturevae.figures import reconstruction_figure, write_npz
+
+    enc = _load_decoder_model(model)
+    P = int(enc.patch_size_)
+    ps = read_patchset(images, P, stride, crop, crop_bottom, False, quiet)
+    idx = _pick_spread(ps, n, seed)
+    X = ps.patches[idx]
+    R = enc.reconstruct(X)
+    d = enc.style_distance(X, R) if hasattr(enc, "style_distance") else None
+    labels = [f"{ps.micrograph_ids[i]} ({ps.coords[i][0]},{ps.coords[i][1]})"
+              + (f"\nstyle loss {d[k]:.3g}" if d is not None else "") for k, i in enumerate(idx)]
+    out = Path(out)
+    reconstruction_figure(X, R, out, labels=labels,
+                          caption=f"Texture-VAE reconstructions (decoded posterior mean), model "
+                                  f"{model}; label: micrograph (y,x) and style loss of the pair.")
+    npz = write_npz(out.with_suffix(".npz"), originals=X, reconstructions=R,
+                    sources=ps.sources[idx], micrograph_ids=ps.micrograph_ids[idx],
+                    coords=ps.coords[idx], **({"style_loss": d} if d is not None else {}))
+    click.echo(f"wrote {out} and {npz}")
+
+
+@click.command("generate")
+@click.option("--model", required=True, type=click.Path(exists=True, file_okay=False),
+              help="A trained run folder (matrep fit --out).")
+@click.option("-n", "n", default=16, type=click.IntRange(1), help="Number of samples.")
+@click.option("--seed", default=0, type=int, help="Seed of z ~ N(0, I).")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Folder for samples.png (grid), sample_NNN.png and samples.npz.")
+@handle_errors
+def generate_cmd(model, n, seed, out):
+    """Sample new microstructure patches from the prior z ~ N(0, I)."""
+    from matrep.plugins.texturevae.figures import grid_figure, write_npz, write_png
+
+    enc = _load_decoder_model(model)
+    S = enc.sample(n, seed=seed)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for i, s in enumerate(S):
+        write_png(s, out / f"sample_{i:03d}.png")
+    write_npz(out / "samples.npz", samples=S)
+    grid = grid_figure(S, out / "samples.png",
+                       title=f"{n} samples from the prior z ~ N(0, I), seed {seed}",
+                       caption=f"model {model}")
+    click.echo(f"wrote {grid}, {n} sample_NNN.png and samples.npz in {out}")
+
+
+@click.command("traverse")
+@click.option("--model", required=True, type=click.Path(exists=True, file_okay=False),
+              help="A trained run folder (matrep fit --out).")
+@click.option("--image", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Micrograph to take the patch from.")
+@click.option("--at", default=None, metavar="Y,X",
+              help="Top-left corner of the patch in the image (default: the centre patch).")
+@click.option("--dims", required=True, metavar="D1,D2,...", help="Latent dimensions, one row each.")
+@click.option("--range", "vrange", nargs=2, type=float, default=(-4.0, 4.0), show_default=True,
+              help="Values of the varied dimension: from LO to HI.")
+@click.option("--steps", default=10, type=click.IntRange(2), help="Number of values.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="Figure (PNG); the arrays go beside it as .npz.")
+@handle_errors
+def traverse_cmd(model, image, at, dims, vrange, steps, out):
+    """Latent traversal: one row per dimension, the original patch first (paper Fig. 6)."""
+    import numpy as np
+
+    from matrep.io import read_micrograph
+    from matrep.plugins.texturevae.figures import traversal_figure, write_npz
+
+    from ..errors import BadInputError
+
+    enc = _load_decoder_model(model)
+    P = int(enc.patch_size_)
+    img = read_micrograph(image)
+    H, W = img.shape
+    if H < P or W < P:
+        raise BadInputError(image, f"image {H}x{W} is smaller than the model's patch {P}x{P}")
+    if at is None:
+        y, x = (H - P) // 2, (W - P) // 2
+    else:
+        y, x = _ints(at, "--at")[:2]
+        if not (0 <= y <= H - P and 0 <= x <= W - P):
+            raise BadInputError(image, f"--at {y},{x} puts the {P}x{P} patch outside the "
+                                       f"{H}x{W} image")
+    patch = img[y:y + P, x:x + P]
+    dd = _ints(dims, "--dims")
+    values = np.linspace(vrange[0], vrange[1], steps)
+    rows = enc.traverse(patch, dd, values)
+    out = Path(out)
+    traversal_figure(patch, rows, dd, values, out,
+                     caption=f"Latent traversal of {Path(image).name} at (y, x) = ({y}, {x}): each "
+                             f"row sets one dimension of z = Enc(x) to the values above, the others "
+                             f"unchanged; model {model}.")
+    npz = write_npz(out.with_suffix(".npz"), original=patch, rows=rows, dims=np.array(dd),
+                    values=values)
+    click.echo(f"wrote {out} and {npz}")
