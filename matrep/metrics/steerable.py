@@ -24,7 +24,8 @@ Two forms are returned by :func:`steerable_pyramid`:
 The radial and angular masks are evaluated in closed form rather than through ``pointOp``'s
 lookup tables; the bands agree with pyrtools' ``SteerablePyramidFreq(is_complex=True)`` to
 about 1e-4 relative (checked in ``tests/test_metrics_steerable.py`` when pyrtools is
-installed).
+installed; for odd sizes matrep keeps MATLAB's frequency grid, centred on the DC bin, where
+pyrtools uses ``linspace(-1, 1, n + 1)[:-1]`` and warns).
 """
 
 from __future__ import annotations

@@ -145,27 +145,22 @@ def _corr_term(a1, a2, b1, b2, w: _Window, shape, conj: bool):
     return (1 - 0.5 * (ra - rb).abs()).clamp(0, 1)
 
 
-def stsim2_terms(x, y, *, window: int | None = 7, n_scales: int = 3, n_orientations: int = 4,
-                 dtype=None):
-    """All STSIM-2 terms of a batch, shape (N, n_terms): band terms, then cross-scale, then
-    cross-orientation terms (40 columns with the defaults)."""
-    import torch
-
-    x, y = _check_pair(x, y)
-    dtype = dtype or torch.float64
-    x = x.to(dtype) * 255.0
-    y = y.to(dtype) * 255.0
-    w = _Window(window)
-    pa = steerable_pyramid(x, n_scales=n_scales, n_orientations=n_orientations, dtype=dtype)
-    pb = steerable_pyramid(y, n_scales=n_scales, n_orientations=n_orientations, dtype=dtype)
-    terms = [_band_term(a, b, w) for a, b in zip(pa.as_list(), pb.as_list())]
-
-    ua = steerable_pyramid(x, n_scales=n_scales, n_orientations=n_orientations, subsample=False,
-                           dtype=dtype)
-    ub = steerable_pyramid(y, n_scales=n_scales, n_orientations=n_orientations, subsample=False,
-                           dtype=dtype)
+def _pyramids(x, y, n_scales, n_orientations, dtype):
+    kw = dict(n_scales=n_scales, n_orientations=n_orientations, dtype=dtype)
+    pa, pb = steerable_pyramid(x, **kw), steerable_pyramid(y, **kw)
+    ua = steerable_pyramid(x, subsample=False, **kw)
+    ub = steerable_pyramid(y, subsample=False, **kw)
     mag_a = [[band.abs() for band in s] for s in ua.bands]
     mag_b = [[band.abs() for band in s] for s in ub.bands]
+    return pa, pb, mag_a, mag_b
+
+
+def _terms(pyr, window, n_scales, n_orientations):
+    import torch
+
+    pa, pb, mag_a, mag_b = pyr
+    w = _Window(window)
+    terms = [_band_term(a, b, w) for a, b in zip(pa.as_list(), pb.as_list())]
     shape = (window or 0, window or 0)
     for s in range(1, n_scales):                       # across scales, same orientation
         for o in range(n_orientations):
@@ -177,6 +172,35 @@ def stsim2_terms(x, y, *, window: int | None = 7, n_scales: int = 3, n_orientati
                 terms.append(_corr_term(mag_a[s][o1], mag_a[s][o2], mag_b[s][o1], mag_b[s][o2],
                                         w, shape, conj=False).mean((-2, -1)))
     return torch.stack(terms, dim=1)
+
+
+def stsim2_terms(x, y, *, window: int | None = 7, n_scales: int = 3, n_orientations: int = 4,
+                 dtype=None):
+    """All STSIM-2 terms of a batch, shape (N, n_terms): band terms, then cross-scale, then
+    cross-orientation terms (40 columns with the defaults)."""
+    return stsim2_variants(x, y, windows=(window,), n_scales=n_scales,
+                           n_orientations=n_orientations, dtype=dtype, terms=True)[window]
+
+
+def stsim2_variants(x, y, *, windows=(7, None), n_scales: int = 3, n_orientations: int = 4,
+                    dtype=None, terms: bool = False) -> dict:
+    """STSIM-2 for several windows from one pyramid pass: ``{window: scores (N,)}``
+    (``terms=True``: ``{window: (N, n_terms)}``). Unbatched; see :func:`stsim2`."""
+    import torch
+
+    x, y = _check_pair(x, y)
+    for window in windows:
+        if window is not None and window < 2:
+            raise ValueError(f"window must be >= 2 or None (global), got {window}")
+    dtype = dtype or torch.float64
+    x = x.to(dtype) * 255.0
+    y = y.to(dtype) * 255.0
+    pyr = _pyramids(x, y, n_scales, n_orientations, dtype)
+    out = {}
+    for window in windows:
+        t = _terms(pyr, window, n_scales, n_orientations)
+        out[window] = t if terms else t.mean(1).clamp(0, 1).float()
+    return out
 
 
 def _check_pair(x, y):
