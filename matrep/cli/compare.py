@@ -123,6 +123,13 @@ def compare_cmd(methods, images, patch, stride, crop, crop_bottom, skip_bad, lab
     def warn(msg):
         click.echo(f"warning: {msg}", err=True)
 
+    def log(msg):
+        import sys
+
+        from tqdm.auto import tqdm
+
+        tqdm.write(msg, file=sys.stderr)  # keeps progress bars intact
+
     imgs = list(images) if len(images) > 1 else images[0]
     data = prepare_data(imgs, labels, target, group=group, file_column=file_column, task=task,
                         patch=patch, stride=stride, crop=parse_crop(crop),
@@ -137,7 +144,7 @@ def compare_cmd(methods, images, patch, stride, crop, crop_bottom, skip_bad, lab
     study = Study(data, specs, out, regressors=regressors, split=split, seeds=seeds,
                   test_size=test_size, folds=folds, max_groups=max_groups,
                   inner_folds=inner_folds, resume=resume, n_jobs=n_jobs,
-                  log=(lambda s: None) if quiet else (lambda s: click.echo(s, err=True)),
+                  log=(lambda s: None) if quiet else log,
                   progress=None if quiet else (lambda **k: progress(quiet=quiet, **k)))
     result = study.run()
     files = write_report(result, out)
