@@ -1,0 +1,783 @@
+r"""Judging trained models: texture similarity of reconstructions and meaning of latent dimensions.
+
+Two library entry points, behind ``matrep evaluate`` and ``matrep interpret``:
+
+:func:`evaluate_models`
+    The paper's Table 1 on your data. ``n`` patches are drawn (seeded) from the given
+    micrographs; every model reconstructs them and each metric compares patch and
+    reconstruction. Two baselines on the *same* patches bracket the numbers:
+
+    * **ceiling**: another patch of the same micrograph (not overlapping the first where the
+      micrograph allows): the score of a perfect texture model, which reproduces the texture
+      but not the pixels;
+    * **floor**: a patch of another material: from ``other_images`` when given, otherwise a
+      patch of a *different micrograph* of the same folder (a floor only if the folder holds
+      different microstructures; pass ``other_images`` for a true other material).
+
+    Pass micrographs the models were not trained on: the patches are held out only when the
+    images are.
+
+:func:`interpret_model`
+    For every latent dimension its Spearman correlation with each factor: numeric columns of a
+    labels CSV (every patch inherits its micrograph's row) or, without labels, descriptors
+    measured on each patch (dark phase by a per-micrograph Otsu threshold, then
+    :func:`matrep.datasets.descriptors.measure_mask`: graphite fraction, particle density,
+    mean equivalent diameter, nodularity). It ranks the dimensions that track each factor,
+    draws traversals of the top ones, and scores disentanglement by the Mutual Information Gap
+    (Chen et al. 2018) and the Separated Attribute Predictability (Kumar et al. 2018):
+
+    .. math::
+
+        \mathrm{MIG} = \frac{1}{K}\sum_k \frac{I(z_{j^{(k)}_1}; v_k) - I(z_{j^{(k)}_2}; v_k)}
+        {H(v_k)}, \qquad
+        \mathrm{SAP} = \frac{1}{K}\sum_k \left(S_{j^{(k)}_1 k} - S_{j^{(k)}_2 k}\right),
+
+    with :math:`j^{(k)}_1, j^{(k)}_2` the latent dimensions with the largest and second largest
+    mutual information (MIG) or score (SAP) for factor :math:`v_k`. MIG discretises each latent
+    into ``n_bins`` equal-width bins and each factor into at most ``n_bins`` values (its distinct
+    values, else quantile bins); SAP's score :math:`S_{jk}` is the :math:`R^2` of a linear fit
+    of factor k on latent j (Kumar et al.'s continuous-factor form). Both lie in [0, 1]; higher
+    means each factor is captured by one dimension alone.
+
+    R. T. Q. Chen, X. Li, R. Grosse and D. Duvenaud, "Isolating sources of disentanglement in
+    variational autoencoders", NeurIPS 2018.
+    A. Kumar, P. Sattigeri and A. Balakrishnan, "Variational inference of disentangled latent
+    concepts from unlabeled observations", ICLR 2018.
+
+The models only need the methods of :class:`matrep.plugins.texturevae.TextureVAEEncoder` used
+here: ``transform``, ``reconstruct`` (evaluate) and ``traverse`` (figures), and a
+``latent_dim`` and ``patch_size_`` (or ``patch_size``).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .atomic import atomic_path, atomic_write_text
+from .errors import BadInputError, LabelsError, MatrepError
+
+#: metric key -> (column title, description)
+METRIC_INFO = {
+    "stsim2": ("STSIM-2", "STSIM-2 (Zujovic et al. 2013), 7x7 sliding window as in the "
+                          "implementation the texture-VAE paper used"),
+    "stsim2_global": ("STSIM-2 global", "STSIM-2 with one statistic per subband over the whole "
+                                        "patch (shift invariant)"),
+    "dists": ("DISTS", "DISTS similarity 1 - D (Ding et al. 2020), published alpha/beta"),
+}
+DEFAULT_METRICS = ("stsim2", "stsim2_global", "dists")
+
+#: label columns never used as factors (bookkeeping of matrep's synthetic data sets)
+IGNORED_LABEL_COLUMNS = {"seed", "solver_residual", "solver_iterations", "pixel_size_um",
+                         "micrograph", "mask_file", "group"}
+
+
+# ---------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------
+def _patch_size(model) -> int:
+    for attr in ("patch_size_", "patch_size"):
+        v = getattr(model, attr, None)
+        if v is not None:
+            return int(v)
+    raise BadInputError(None, f"model {type(model).__name__} has no patch_size_; is it fitted?")
+
+
+def _latent_dim(model):
+    v = getattr(model, "latent_dim", None)
+    return int(v) if v is not None else None
+
+
+def _resolve_model(m):
+    """(name, model) from a path or an encoder object."""
+    if isinstance(m, (str, Path)):
+        from .registry import load_model
+
+        return str(m), load_model(m)
+    return getattr(m, "name", type(m).__name__), m
+
+
+def _device(device):
+    if device not in (None, "auto"):
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _as_tensor(a, device):
+    import torch
+
+    return torch.as_tensor(np.asarray(a, dtype=np.float32))[:, None].to(device)
+
+
+def _summary(v: np.ndarray) -> dict:
+    v = np.asarray(v, dtype=float)
+    n = len(v)
+    return {"mean": float(v.mean()) if n else float("nan"),
+            "std": float(v.std(ddof=1)) if n > 1 else float("nan"),
+            "sem": float(v.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan"),
+            "median": float(np.median(v)) if n else float("nan"),
+            "n": n}
+
+
+def score_pairs(x, y, metrics=DEFAULT_METRICS, *, device=None, vgg16_weights=None,
+                dists_weights=None, batch_size: int = 16) -> dict:
+    """Scores of patch pairs per metric.
+
+    Parameters
+    ----------
+    x, y : arrays of shape (n, P, P) in [0, 1]
+    metrics : names from :data:`METRIC_INFO`
+
+    Returns
+    -------
+    dict name -> ndarray of shape (n,), or a string saying why the metric is not available
+    (e.g. ``"n/a (missing: ImageNet VGG16 weights)"``).
+    """
+    import torch
+
+    from .metrics.dists import load_dists, missing_ingredients
+    from .metrics.stsim import stsim2_variants
+
+    unknown = [m for m in metrics if m not in METRIC_INFO]
+    if unknown:
+        raise BadInputError(None, f"unknown metric(s) {', '.join(unknown)}; choose from "
+                                  f"{', '.join(METRIC_INFO)}")
+    dev = _device(device)
+    out = {}
+    windows = [w for m, w in (("stsim2", 7), ("stsim2_global", None)) if m in metrics]
+    if windows:
+        acc = {w: [] for w in windows}
+        for i in range(0, len(x), batch_size):
+            v = stsim2_variants(_as_tensor(x[i:i + batch_size], dev),
+                                _as_tensor(y[i:i + batch_size], dev), windows=tuple(windows))
+            for w in windows:
+                acc[w].append(v[w].cpu().numpy())
+        for m, w in (("stsim2", 7), ("stsim2_global", None)):
+            if m in metrics:
+                out[m] = np.concatenate(acc[w]) if acc[w] else np.zeros(0)
+    if "dists" in metrics:
+        missing = missing_ingredients(vgg16_weights, dists_weights)
+        if missing:
+            out["dists"] = f"n/a (missing: {', '.join(missing)})"
+        else:
+            d = load_dists(vgg16_weights, dists_weights, device=dev)
+            with torch.no_grad():
+                out["dists"] = d.similarity(_as_tensor(x, dev), _as_tensor(y, dev),
+                                            batch_size=batch_size).cpu().numpy()
+    return {m: out[m] for m in metrics}
+
+
+# ---------------------------------------------------------------------------------------
+# evaluate
+# ---------------------------------------------------------------------------------------
+def _pick_patches(ps, n: int, rng) -> np.ndarray:
+    k = min(int(n), len(ps))
+    return np.sort(rng.choice(len(ps), k, replace=False))
+
+
+def _ceiling_partners(ps, idx, rng) -> np.ndarray:
+    """For each chosen patch, another patch of the same micrograph (non-overlapping if any)."""
+    out = np.empty(len(idx), dtype=np.int64)
+    P = ps.patch
+    for j, i in enumerate(idx):
+        same = np.flatnonzero(ps.micrograph_ids == ps.micrograph_ids[i])
+        same = same[same != i]
+        if len(same) == 0:
+            raise BadInputError(ps.sources[i], "has a single patch: the same-micrograph baseline "
+                                               "needs at least two (use a smaller --stride)")
+        d = np.abs(ps.coords[same] - ps.coords[i]).max(axis=1)
+        apart = same[d >= P]
+        out[j] = rng.choice(apart if len(apart) else same)
+    return out
+
+
+@dataclass
+class EvaluationReport:
+    """Result of :func:`evaluate_models`: one row per model and per baseline.
+
+    ``rows``: list of dicts with ``name``, ``kind`` (``"model"``, ``"ceiling"``, ``"floor"``),
+    ``latent_dim``, ``patch``, ``n`` and per metric either a summary dict (mean, std, sem,
+    median, n) or a string saying why it is not available. ``scores`` keeps the raw per-patch
+    values (row name -> metric -> list).
+    """
+
+    rows: list
+    metrics: tuple
+    settings: dict
+    scores: dict = field(default_factory=dict)
+
+    def table(self) -> list[list[str]]:
+        head = ["model", "latent", "patch", "n"] + [METRIC_INFO[m][0] for m in self.metrics]
+        body = []
+        for r in self.rows:
+            cells = [r["name"], "-" if r.get("latent_dim") is None else str(r["latent_dim"]),
+                     str(r["patch"]), str(r["n"])]
+            for m in self.metrics:
+                v = r[m]
+                cells.append(v if isinstance(v, str) else f"{v['mean']:.4f} ± {v['std']:.4f}")
+            body.append(cells)
+        return [head] + body
+
+    def to_markdown(self) -> str:
+        t = self.table()
+        lines = ["| " + " | ".join(t[0]) + " |", "|" + "---|" * len(t[0])]
+        lines += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in t[1:]]
+        notes = [f"- {METRIC_INFO[m][0]}: {METRIC_INFO[m][1]}." for m in self.metrics]
+        s = self.settings
+        notes.append(f"- mean ± standard deviation over n patches drawn with seed {s['seed']} "
+                     f"from {s['images']} (stride {s['stride']}); 1 = same texture.")
+        notes.append("- ceiling: another patch of the same micrograph (non-overlapping where "
+                     "possible); floor: " + s["floor_source"] + ".")
+        return ("# Reconstruction texture similarity\n\n" + "\n".join(lines) + "\n\n"
+                + "\n".join(notes) + "\n")
+
+    def to_csv(self) -> str:
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        head = ["name", "kind", "latent_dim", "patch", "n"]
+        for m in self.metrics:
+            head += [f"{m}_mean", f"{m}_std", f"{m}_sem", f"{m}_note"]
+        w.writerow(head)
+        for r in self.rows:
+            row = [r["name"], r["kind"], r.get("latent_dim") if r.get("latent_dim") is not None
+                   else "", r["patch"], r["n"]]
+            for m in self.metrics:
+                v = r[m]
+                row += ["", "", "", v] if isinstance(v, str) else \
+                    [f"{v['mean']:.6f}", f"{v['std']:.6f}", f"{v['sem']:.6f}", ""]
+            w.writerow(row)
+        return buf.getvalue()
+
+    def to_dict(self) -> dict:
+        return {"rows": self.rows, "metrics": list(self.metrics), "settings": self.settings,
+                "metric_info": {m: METRIC_INFO[m][1] for m in self.metrics},
+                "scores": self.scores}
+
+    def write(self, out_dir) -> dict:
+        """Write evaluation.json, evaluation.csv and evaluation.md into ``out_dir`` (atomically)."""
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        paths = {"json": out_dir / "evaluation.json", "csv": out_dir / "evaluation.csv",
+                 "markdown": out_dir / "evaluation.md"}
+        atomic_write_text(paths["json"], json.dumps(self.to_dict(), indent=2, default=_jsonable))
+        atomic_write_text(paths["csv"], self.to_csv())
+        atomic_write_text(paths["markdown"], self.to_markdown())
+        return paths
+
+
+def _jsonable(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+def evaluate_models(models, images, *, n: int = 100, other_images=None, stride: int = 50,
+                    crop=None, crop_bottom: int = 0, seed: int = 0, metrics=DEFAULT_METRICS,
+                    device=None, vgg16_weights=None, dists_weights=None, batch_size: int = 16,
+                    log=None) -> EvaluationReport:
+    """Texture similarity between held-out patches and their reconstructions (Table 1).
+
+    Parameters
+    ----------
+    models : list of model folders or fitted encoders with ``reconstruct``
+    images : folder, glob or list of micrographs (held out from training)
+    n : int, default 100 — patches per model (fewer if the images have fewer)
+    other_images : folder/glob/list, optional — another material for the floor baseline;
+        without it, the floor pairs each patch with a patch of a different micrograph in
+        ``images``
+    stride, crop, crop_bottom : patching of the images (see :func:`matrep.io.load_patches`)
+    seed : int, default 0 — patch choice and baseline partners
+    metrics : names from :data:`METRIC_INFO`
+    device : "auto", "cpu", "cuda", ... (metrics only; models use their own device setting)
+    vgg16_weights, dists_weights : DISTS ingredients (see :mod:`matrep.metrics.dists`)
+    log : callable(str), optional — progress messages
+
+    Returns
+    -------
+    EvaluationReport
+    """
+    from .io import load_patches
+
+    log = log or (lambda s: None)
+    metrics = tuple(metrics)
+    loaded = [_resolve_model(m) for m in models]
+    if not loaded:
+        raise BadInputError(None, "no model given; pass at least one --model")
+    rows, scores = [], {}
+    sets = {}
+    floor_source = None
+    for P in sorted({_patch_size(m) for _, m in loaded}):
+        ps = load_patches(images, patch=P, stride=stride, crop=crop, crop_bottom=crop_bottom)
+        rng = np.random.default_rng(seed)
+        idx = _pick_patches(ps, n, rng)
+        x = ps.patches[idx]
+        sets[P] = x
+        tag = "" if len({_patch_size(m) for _, m in loaded}) == 1 else f" ({P} px)"
+        # ceiling
+        partners = _ceiling_partners(ps, idx, rng)
+        # floor
+        if other_images is not None:
+            other = load_patches(other_images, patch=P, stride=stride)
+            fl = other.patches[rng.choice(len(other), len(idx), replace=len(other) < len(idx))]
+            floor_source = f"a random patch of {other_images}"
+        else:
+            fl = []
+            for i in idx:
+                cand = np.flatnonzero(ps.micrograph_ids != ps.micrograph_ids[i])
+                fl.append(None if len(cand) == 0 else ps.patches[rng.choice(cand)])
+            floor_source = ("a random patch of a different micrograph in the same folder "
+                            "(pass --other-images for another material)")
+            if any(f is None for f in fl):
+                fl = None
+        log(f"scoring the same-micrograph baseline on {len(idx)} patches{tag}")
+        sc = score_pairs(x, ps.patches[partners], metrics, device=device,
+                         vgg16_weights=vgg16_weights, dists_weights=dists_weights,
+                         batch_size=batch_size)
+        rows.append(_row(f"baseline: same micrograph (ceiling){tag}", "ceiling", None, P, len(idx),
+                         sc, metrics))
+        scores[rows[-1]["name"]] = sc
+        if fl is None:
+            sc = {m: "n/a (only one micrograph; pass --other-images)" for m in metrics}
+        else:
+            log(f"scoring the other-material baseline on {len(idx)} patches{tag}")
+            sc = score_pairs(x, np.stack(fl), metrics, device=device,
+                             vgg16_weights=vgg16_weights, dists_weights=dists_weights,
+                             batch_size=batch_size)
+        rows.append(_row(f"baseline: other material (floor){tag}", "floor", None, P, len(idx),
+                         sc, metrics))
+        scores[rows[-1]["name"]] = sc
+    model_rows = []
+    for name, model in loaded:
+        P = _patch_size(model)
+        x = sets[P]
+        log(f"reconstructing {len(x)} patches with {name}")
+        rec = np.asarray(model.reconstruct(x), dtype=np.float32)
+        if rec.shape != x.shape:
+            raise MatrepError(f"{name}: reconstruct returned shape {rec.shape}, expected {x.shape}")
+        rec = np.clip(rec, 0.0, 1.0)
+        sc = score_pairs(x, rec, metrics, device=device, vgg16_weights=vgg16_weights,
+                         dists_weights=dists_weights, batch_size=batch_size)
+        model_rows.append(_row(name, "model", _latent_dim(model), P, len(x), sc, metrics))
+        scores[name] = sc
+    settings = {"images": str(images), "other_images": None if other_images is None
+                else str(other_images), "n": int(n), "stride": int(stride),
+                "crop": list(crop) if crop is not None else None, "crop_bottom": int(crop_bottom),
+                "seed": int(seed), "floor_source": floor_source}
+    raw = {k: {m: (v if isinstance(v, str) else np.round(v, 6).tolist()) for m, v in d.items()}
+           for k, d in scores.items()}
+    return EvaluationReport(model_rows + rows, metrics, settings, raw)
+
+
+def _row(name, kind, latent, P, n, sc, metrics):
+    r = {"name": name, "kind": kind, "latent_dim": latent, "patch": int(P), "n": int(n)}
+    for m in metrics:
+        r[m] = sc[m] if isinstance(sc[m], str) else _summary(sc[m])
+    return r
+
+
+# ---------------------------------------------------------------------------------------
+# descriptors measured on patches
+# ---------------------------------------------------------------------------------------
+MEASURED_DESCRIPTORS = ("graphite_fraction", "particle_density", "mean_eq_diameter", "nodularity")
+
+
+def measure_descriptors(patches, micrograph_ids=None, *, min_diameter_px: float = 3.0,
+                        dark_phase: bool = True):
+    """Graphite descriptors of each patch, measured from the image.
+
+    The second phase is segmented with an Otsu threshold computed per micrograph (over all its
+    patches, which is steadier than per patch): pixels darker than it are graphite
+    (``dark_phase=False``: brighter). Each patch's mask then goes through
+    :func:`matrep.datasets.descriptors.measure_mask` (non-periodic, pixel units): graphite area
+    fraction, particle density (particles per 10^6 px^2), mean equivalent diameter (px) and
+    ISO 945-4 style nodularity, over particles at least ``min_diameter_px`` wide.
+
+    Returns
+    -------
+    pandas.DataFrame of shape (n_patches, 4)
+    """
+    import pandas as pd
+    from skimage.filters import threshold_otsu
+
+    from .datasets.descriptors import measure_mask
+
+    patches = np.asarray(patches)
+    ids = np.zeros(len(patches), dtype=object) if micrograph_ids is None else np.asarray(micrograph_ids)
+    thr = {}
+    for mid in dict.fromkeys(ids.tolist()):
+        sel = patches[ids == mid]
+        thr[mid] = float(threshold_otsu(sel.reshape(-1))) if np.ptp(sel) > 0 else float(sel.flat[0])
+    recs = []
+    for p, mid in zip(patches, ids.tolist()):
+        mask = p < thr[mid] if dark_phase else p > thr[mid]
+        d = measure_mask(mask, pixel_size_um=1.0, min_diameter_um=min_diameter_px, periodic=False)
+        recs.append({"graphite_fraction": d["graphite_fraction"],
+                     "particle_density": d["particle_density"],
+                     "mean_eq_diameter": d["mean_eq_diameter"], "nodularity": d["nodularity"]})
+    return pd.DataFrame.from_records(recs, columns=list(MEASURED_DESCRIPTORS))
+
+
+# ---------------------------------------------------------------------------------------
+# correlation and disentanglement
+# ---------------------------------------------------------------------------------------
+def spearman_matrix(Z, factors):
+    """Spearman rho and p-value of each latent dimension with each factor.
+
+    Parameters
+    ----------
+    Z : array of shape (n, d)
+    factors : pandas.DataFrame of shape (n, K); rows with NaN in a factor are left out for it
+
+    Returns
+    -------
+    rho, p : arrays of shape (d, K) (NaN where a factor or dimension is constant)
+    """
+    from scipy.stats import spearmanr
+
+    Z = np.asarray(Z, dtype=float)
+    d, K = Z.shape[1], factors.shape[1]
+    rho = np.full((d, K), np.nan)
+    p = np.full((d, K), np.nan)
+    for k, col in enumerate(factors.columns):
+        v = factors[col].to_numpy(dtype=float)
+        ok = np.isfinite(v)
+        if ok.sum() < 3 or np.ptp(v[ok]) == 0:
+            continue
+        for j in range(d):
+            z = Z[ok, j]
+            if np.ptp(z) == 0:
+                continue
+            r = spearmanr(z, v[ok])
+            rho[j, k], p[j, k] = float(r.statistic), float(r.pvalue)
+    return rho, p
+
+
+def _discretize(v, n_bins):
+    v = np.asarray(v, dtype=float)
+    u = np.unique(v)
+    if len(u) <= n_bins:
+        return np.searchsorted(u, v)
+    edges = np.unique(np.quantile(v, np.linspace(0, 1, n_bins + 1)[1:-1]))
+    return np.digitize(v, edges)
+
+
+def _usable_factors(factors):
+    """(names, arrays) of factors with >= 2 distinct finite values, rows with NaN dropped."""
+    cols = []
+    for c in factors.columns:
+        v = factors[c].to_numpy(dtype=float)
+        if np.isfinite(v).sum() >= 3 and np.ptp(v[np.isfinite(v)]) > 0:
+            cols.append(c)
+    return cols
+
+
+def mutual_information_gap(Z, factors, *, n_bins: int = 20) -> dict:
+    """MIG of latents ``Z`` (n, d) with respect to ``factors`` (DataFrame (n, K)).
+
+    Returns ``{"score": float, "per_factor": {name: gap}, "top_dims": {name: [j1, j2]}}``;
+    the score is the mean normalised gap over factors with at least two values. Needs d >= 2.
+    """
+    from sklearn.metrics import mutual_info_score
+
+    Z = np.asarray(Z, dtype=float)
+    if Z.ndim != 2 or Z.shape[1] < 2:
+        raise BadInputError(None, f"MIG needs at least 2 latent dimensions, got shape {Z.shape}")
+    per, top = {}, {}
+    for c in _usable_factors(factors):
+        v = factors[c].to_numpy(dtype=float)
+        ok = np.isfinite(v)
+        vd = _discretize(v[ok], n_bins)
+        h = mutual_info_score(vd, vd)
+        if h <= 0:
+            continue
+        mi = np.empty(Z.shape[1])
+        for j in range(Z.shape[1]):
+            z = Z[ok, j]
+            edges = np.histogram_bin_edges(z, bins=n_bins)
+            mi[j] = mutual_info_score(np.digitize(z, edges[1:-1]), vd)
+        order = np.argsort(mi)[::-1]
+        per[c] = float((mi[order[0]] - mi[order[1]]) / h)
+        top[c] = [int(order[0]), int(order[1])]
+    score = float(np.mean(list(per.values()))) if per else float("nan")
+    return {"score": score, "per_factor": per, "top_dims": top, "n_bins": n_bins}
+
+
+def sap_score(Z, factors) -> dict:
+    """SAP of latents ``Z`` (n, d) with respect to ``factors`` (DataFrame (n, K)).
+
+    The score of latent j for factor k is the R^2 of the linear fit of the factor on z_j (the
+    squared Pearson correlation); SAP is the mean gap between the best and second-best
+    dimension. Returns ``{"score", "per_factor", "top_dims"}``.
+    """
+    Z = np.asarray(Z, dtype=float)
+    if Z.ndim != 2 or Z.shape[1] < 2:
+        raise BadInputError(None, f"SAP needs at least 2 latent dimensions, got shape {Z.shape}")
+    per, top = {}, {}
+    for c in _usable_factors(factors):
+        v = factors[c].to_numpy(dtype=float)
+        ok = np.isfinite(v)
+        z = Z[ok]
+        zc = z - z.mean(0)
+        vc = v[ok] - v[ok].mean()
+        denom = np.sqrt((zc ** 2).sum(0) * (vc ** 2).sum())
+        r2 = np.where(denom > 0, (zc.T @ vc) / np.where(denom > 0, denom, 1), 0.0) ** 2
+        order = np.argsort(r2)[::-1]
+        per[c] = float(r2[order[0]] - r2[order[1]])
+        top[c] = [int(order[0]), int(order[1])]
+    score = float(np.mean(list(per.values()))) if per else float("nan")
+    return {"score": score, "per_factor": per, "top_dims": top}
+
+
+# ---------------------------------------------------------------------------------------
+# interpret
+# ---------------------------------------------------------------------------------------
+def _label_factors(ps, labels, file_column: str, factor_names):
+    import pandas as pd
+
+    from .labels import match_labels, read_labels
+
+    df = read_labels(labels, file_column=file_column)
+    match = match_labels(ps, df, file_column=file_column, warn=False)
+    table = match.table
+    if factor_names:
+        missing = [c for c in factor_names if c not in table.columns]
+        if missing:
+            raise LabelsError(f"{labels}: no column(s) {', '.join(missing)} (columns are: "
+                              f"{', '.join(map(str, table.columns))})")
+        cols = list(factor_names)
+    else:
+        cols = [c for c in table.columns if c not in IGNORED_LABEL_COLUMNS]
+    out = {}
+    for c in cols:
+        v = pd.to_numeric(table[c], errors="coerce")
+        if v.notna().sum() >= 3 and v.nunique() >= 2:
+            out[c] = v.astype(float)
+        elif factor_names:
+            raise LabelsError(f"{labels}: column {c!r} is not numeric with at least two values")
+    if not out:
+        raise LabelsError(f"{labels}: no numeric label column with at least two values to "
+                          "correlate with (name them with --factors)")
+    return pd.DataFrame(out), match.describe()
+
+
+@dataclass
+class InterpretReport:
+    """Result of :func:`interpret_model`.
+
+    Attributes
+    ----------
+    rho, pvalue : arrays of shape (latent_dim, n_factors) — Spearman correlations
+    factors : list of factor names; ``factor_source`` is ``"labels"`` or ``"measured"``
+    ranking : dict factor -> list of {"dim", "rho", "p"} sorted by |rho| (top_k)
+    mig, sap : dicts from :func:`mutual_information_gap` / :func:`sap_score` (None when not
+        computed)
+    figures : list of written figure paths
+    """
+
+    model: str
+    latent_dim: int
+    n_patches: int
+    factors: list
+    factor_source: str
+    rho: np.ndarray
+    pvalue: np.ndarray
+    ranking: dict
+    mig: dict | None
+    sap: dict | None
+    notes: list = field(default_factory=list)
+    figures: list = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        def clean(a):
+            return [[None if not np.isfinite(x) else round(float(x), 6) for x in row] for row in a]
+
+        return {"model": self.model, "latent_dim": self.latent_dim, "n_patches": self.n_patches,
+                "factor_source": self.factor_source, "factors": self.factors,
+                "spearman_rho": clean(self.rho), "spearman_p": clean(self.pvalue),
+                "ranking": self.ranking, "mig": self.mig, "sap": self.sap,
+                "notes": self.notes, "figures": [str(f) for f in self.figures]}
+
+    def to_csv(self) -> str:
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(["dim"] + [f"rho_{f}" for f in self.factors] + [f"p_{f}" for f in self.factors])
+        for j in range(self.rho.shape[0]):
+            w.writerow([j] + [f"{x:.6f}" if np.isfinite(x) else "" for x in self.rho[j]]
+                       + [f"{x:.3g}" if np.isfinite(x) else "" for x in self.pvalue[j]])
+        return buf.getvalue()
+
+    def to_markdown(self) -> str:
+        lines = [f"# Latent dimensions of {self.model}", "",
+                 f"{self.n_patches} patches, latent size {self.latent_dim}; factors "
+                 + ("from the labels" if self.factor_source == "labels" else
+                    "measured from the images (Otsu segmentation of the dark phase)") + ".", "",
+                 "## Dimensions tracking each factor (Spearman rho, ranked by |rho|)", "",
+                 "| factor | top dimensions |", "|---|---|"]
+        for f in self.factors:
+            cells = ", ".join(f"z{r['dim']} ({r['rho']:+.2f})" for r in self.ranking.get(f, []))
+            lines.append(f"| {f} | {cells or 'n/a (constant)'} |")
+        if self.mig is not None:
+            lines += ["", "## Disentanglement", "",
+                      f"- MIG (Chen et al. 2018): **{self.mig['score']:.4f}**",
+                      f"- SAP (Kumar et al. 2018): **{self.sap['score']:.4f}**", "",
+                      "| factor | MIG gap | SAP gap | best dims (MI) |", "|---|---|---|---|"]
+            for f in self.mig["per_factor"]:
+                lines.append(f"| {f} | {self.mig['per_factor'][f]:.4f} | "
+                             f"{self.sap['per_factor'].get(f, float('nan')):.4f} | "
+                             f"z{self.mig['top_dims'][f][0]}, z{self.mig['top_dims'][f][1]} |")
+        if self.figures:
+            lines += ["", "## Traversals", ""] + [f"![{Path(p).stem}]({Path(p).name})"
+                                                  for p in self.figures]
+        if self.notes:
+            lines += ["", "## Notes", ""] + [f"- {n}" for n in self.notes]
+        return "\n".join(lines) + "\n"
+
+    def write(self, out_dir) -> dict:
+        """Write interpret.json, interpret_spearman.csv and interpret.md (atomically)."""
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        paths = {"json": out_dir / "interpret.json", "csv": out_dir / "interpret_spearman.csv",
+                 "markdown": out_dir / "interpret.md"}
+        atomic_write_text(paths["json"], json.dumps(self.to_dict(), indent=2, default=_jsonable))
+        atomic_write_text(paths["csv"], self.to_csv())
+        atomic_write_text(paths["markdown"], self.to_markdown())
+        return paths
+
+
+def traversal_figure(model, patch, dims, path, *, values=None, titles=None) -> Path:
+    """Write a PNG of ``model.traverse(patch, dims, values)``: one row per dimension."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    values = np.linspace(-4, 4, 10) if values is None else np.asarray(values, dtype=float)
+    imgs = np.asarray(model.traverse(patch, list(dims), values))
+    rows, cols = imgs.shape[:2]
+    fig, axes = plt.subplots(rows, cols + 1, figsize=(1.2 * (cols + 1), 1.25 * rows + 0.4),
+                             squeeze=False)
+    for i in range(rows):
+        axes[i, 0].imshow(patch, cmap="gray", vmin=0, vmax=1)
+        axes[i, 0].set_ylabel((titles[i] if titles else f"z{dims[i]}"), fontsize=7)
+        for j in range(cols):
+            axes[i, j + 1].imshow(imgs[i, j], cmap="gray", vmin=0, vmax=1)
+            if i == 0:
+                axes[i, j + 1].set_title(f"{values[j]:+.1f}", fontsize=7)
+    axes[0, 0].set_title("input", fontsize=7)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return path
+
+
+def interpret_model(model, images, *, labels=None, file_column: str = "file", factors=None,
+                    n: int | None = 500, stride: int = 50, crop=None, crop_bottom: int = 0,
+                    seed: int = 0, top_k: int = 5, n_traversal_dims: int = 6,
+                    traversal_values=None, out_dir=None, n_bins: int = 20,
+                    min_diameter_px: float = 3.0, log=None) -> InterpretReport:
+    """Correlate every latent dimension with known or measured factors.
+
+    Parameters
+    ----------
+    model : model folder or fitted encoder with ``transform`` (and ``traverse`` for figures)
+    images : folder, glob or list of micrographs
+    labels : CSV path, optional — numeric columns become factors (patches inherit their
+        micrograph's row; see :mod:`matrep.labels`). Without it the descriptors of
+        :func:`measure_descriptors` are measured on every patch.
+    file_column : the labels' column naming the images
+    factors : list of str, optional — the label columns to use (default: all numeric ones but
+        bookkeeping such as ``seed``); MIG and SAP use the same list, so for the synthetic
+        cast-iron set pass the design factors (``cooling_rate_k_s``, ``mg_wt_pct``).
+    n : int or None, default 500 — seeded random subset of patches (None: all)
+    top_k : int — dimensions listed per factor
+    n_traversal_dims : int — at most this many dimensions (the best for each factor in turn)
+        in the traversal figure; 0 for none
+    out_dir : folder, optional — write the reports and ``traversal.png`` there
+    n_bins : MIG discretisation
+
+    Returns
+    -------
+    InterpretReport
+    """
+    from .io import load_patches
+
+    log = log or (lambda s: None)
+    name, model = _resolve_model(model)
+    P = _patch_size(model)
+    ps = load_patches(images, patch=P, stride=stride, crop=crop, crop_bottom=crop_bottom)
+    if n is not None and len(ps) > n:
+        ps = ps.subset(np.sort(np.random.default_rng(seed).choice(len(ps), int(n), replace=False)))
+    log(f"encoding {len(ps)} patches")
+    Z = np.asarray(model.transform(ps.patches), dtype=float)
+    ld = _latent_dim(model) or Z.shape[1]
+    Z = Z[:, :ld]
+    notes = []
+    if labels is not None:
+        table, unmatched = _label_factors(ps, labels, file_column, factors)
+        notes += unmatched
+        source = "labels"
+    else:
+        if factors:
+            raise LabelsError("--factors names label columns; give --labels too")
+        log("measuring descriptors on each patch")
+        table = measure_descriptors(ps.patches, ps.micrograph_ids, min_diameter_px=min_diameter_px)
+        source = "measured"
+        notes.append("descriptors measured per patch in pixel units: particle_density per "
+                     "10^6 px^2, mean_eq_diameter in px; graphite = pixels darker than the "
+                     "micrograph's Otsu threshold")
+    rho, p = spearman_matrix(Z, table)
+    names = list(table.columns)
+    ranking = {}
+    for k, f in enumerate(names):
+        col = rho[:, k]
+        order = [j for j in np.argsort(-np.nan_to_num(np.abs(col), nan=-1)) if np.isfinite(col[j])]
+        ranking[f] = [{"dim": int(j), "rho": round(float(col[j]), 4), "p": float(p[j, k])}
+                      for j in order[:top_k]]
+    mig = sap = None
+    if Z.shape[1] >= 2:
+        mig = mutual_information_gap(Z, table, n_bins=n_bins)
+        sap = sap_score(Z, table)
+        if source == "measured":
+            notes.append("MIG/SAP over measured descriptors, which are not independent "
+                         "factors: compare models with them, but prefer known factors (--labels)")
+    report = InterpretReport(name, int(ld), len(ps), names, source, rho, p, ranking, mig, sap,
+                             notes)
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        if n_traversal_dims and hasattr(model, "traverse") and getattr(model, "can_decode", True):
+            dims, titles = [], []
+            for depth in range(top_k):
+                for f in names:
+                    r = ranking[f]
+                    if depth < len(r) and r[depth]["dim"] not in dims \
+                            and len(dims) < n_traversal_dims:
+                        dims.append(r[depth]["dim"])
+                        titles.append(f"z{r[depth]['dim']}\n{f}\nrho={r[depth]['rho']:+.2f}")
+            if dims:
+                # the patch whose latent is closest to the mean: a typical starting point
+                i0 = int(np.argmin(((Z - Z.mean(0)) ** 2).sum(1)))
+                log(f"traversal figure of dimensions {dims}")
+                report.figures.append(traversal_figure(
+                    model, ps.patches[i0], dims, out_dir / "traversal.png",
+                    values=traversal_values, titles=titles))
+        elif n_traversal_dims:
+            report.notes.append("no traversal figure: the model cannot decode")
+        report.write(out_dir)
+    return report

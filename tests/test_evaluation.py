@@ -1,0 +1,208 @@
+"""Tests of matrep.evaluation (evaluate / interpret library) with a tiny fake model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+pytest.importorskip("torch")
+
+from matrep.errors import BadInputError, LabelsError  # noqa: E402
+from matrep.evaluation import (evaluate_models, interpret_model, measure_descriptors,  # noqa: E402
+                               mutual_information_gap, sap_score, score_pairs,
+                               spearman_matrix)
+
+P = 32
+
+
+def _discs(size, n_discs, radius, seed):
+    rng = np.random.default_rng(seed)
+    img = np.full((size, size), 0.85, np.float32)
+    yy, xx = np.mgrid[:size, :size]
+    for _ in range(n_discs):
+        cy, cx = rng.uniform(0, size, 2)
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 < radius ** 2] = 0.15
+    return img + rng.normal(0, 0.02, img.shape).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """Six 96 px micrographs of dark discs: density and radius vary; labels.csv with both."""
+    root = tmp_path_factory.mktemp("discs")
+    (root / "images").mkdir()
+    rows = []
+    for i, (n_discs, r) in enumerate([(8, 3), (16, 3), (30, 3), (8, 5), (16, 5), (30, 5)]):
+        img = _discs(96, n_discs, r, i)
+        Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8)).save(root / "images" / f"m{i}.png")
+        rows.append({"file": f"images/m{i}.png", "density": n_discs, "radius": r, "seed": i})
+    pd.DataFrame(rows).to_csv(root / "labels.csv", index=False)
+    other = root / "other"
+    other.mkdir()
+    yy, xx = np.mgrid[:96, :96]
+    stripes = (0.5 + 0.4 * np.sin(xx / 2.5)).astype(np.float32)
+    Image.fromarray((stripes * 255).astype(np.uint8)).save(other / "stripes.png")
+    return root
+
+
+class FakeModel:
+    """Latents: z0 = dark fraction, z1 = noise, z2 = mean edge strength, z3 = constant-ish."""
+
+    name = "fake"
+    can_decode = True
+
+    def __init__(self, latent_dim=4, patch_size=P, blur=True):
+        self.latent_dim = latent_dim
+        self.patch_size_ = patch_size
+        self.blur = blur
+
+    def transform(self, X):
+        X = np.asarray(X, dtype=float)
+        rng = np.random.default_rng(0)
+        dark = (X < 0.5).mean((1, 2))
+        edge = np.abs(np.diff(X, axis=2)).mean((1, 2))
+        cols = [dark * 10, rng.normal(size=len(X)), edge * 5, 1e-3 * rng.normal(size=len(X))]
+        return np.stack(cols[:self.latent_dim], 1).astype(np.float32)
+
+    def reconstruct(self, X):
+        X = np.asarray(X, dtype=np.float32)
+        if not self.blur:
+            return X.copy()
+        from scipy.ndimage import uniform_filter
+
+        return np.stack([uniform_filter(x, 3) for x in X])
+
+    def traverse(self, x, dims, values):
+        return np.stack([[np.clip(x + 0.05 * v, 0, 1) for v in values] for _ in dims])
+
+
+def test_score_pairs_identical_and_dists_na(monkeypatch):
+    import matrep.metrics.dists as dm
+
+    monkeypatch.delenv(dm.ENV_VGG16, raising=False)
+    monkeypatch.delenv(dm.ENV_DISTS, raising=False)
+    monkeypatch.setattr(dm, "find_vgg16_weights", lambda p=None: None)
+    monkeypatch.setattr(dm, "_wheel_alpha_beta", lambda: None)
+    x = np.random.default_rng(0).random((3, P, P)).astype(np.float32)
+    sc = score_pairs(x, x)
+    np.testing.assert_allclose(sc["stsim2"], 1.0, atol=1e-6)
+    np.testing.assert_allclose(sc["stsim2_global"], 1.0, atol=1e-6)
+    assert sc["dists"].startswith("n/a (missing: ImageNet VGG16 weights")
+    with pytest.raises(BadInputError, match="unknown metric"):
+        score_pairs(x, x, ["ssim"])
+
+
+def test_evaluate_models_table_and_files(dataset, tmp_path):
+    perfect, blurred = FakeModel(blur=False), FakeModel(latent_dim=2)
+    rep = evaluate_models([perfect, blurred], dataset / "images", n=6, stride=32, seed=1,
+                          other_images=dataset / "other", metrics=("stsim2", "stsim2_global"))
+    kinds = [r["kind"] for r in rep.rows]
+    assert kinds == ["model", "model", "ceiling", "floor"]
+    assert [r["latent_dim"] for r in rep.rows[:2]] == [4, 2]
+    g = {r["kind"] + str(i): r["stsim2_global"]["mean"] for i, r in enumerate(rep.rows)}
+    assert g["model0"] == pytest.approx(1.0, abs=1e-6)      # perfect reconstruction
+    assert g["model1"] < 1.0
+    assert g["ceiling2"] > g["floor3"] + 0.05                 # discs vs stripes
+    paths = rep.write(tmp_path / "ev")
+    md = paths["markdown"].read_text()
+    assert "| model | latent | patch | n | STSIM-2 | STSIM-2 global |" in md
+    assert "ceiling" in md and "floor" in md
+    data = json.loads(paths["json"].read_text())
+    assert data["rows"][0]["n"] == 6 and len(data["scores"]["fake"]["stsim2"]) == 6
+    csv_text = paths["csv"].read_text().splitlines()
+    assert csv_text[0].startswith("name,kind,latent_dim,patch,n,stsim2_mean")
+    assert len(csv_text) == 5
+
+
+def test_evaluate_floor_from_same_folder_and_single_micrograph(dataset, tmp_path):
+    rep = evaluate_models([FakeModel()], dataset / "images", n=4, stride=32,
+                          metrics=("stsim2_global",))
+    assert "different micrograph" in rep.settings["floor_source"]
+    assert isinstance(rep.rows[-1]["stsim2_global"], dict)
+    one = tmp_path / "one"
+    one.mkdir()
+    (one / "m0.png").write_bytes((dataset / "images" / "m0.png").read_bytes())
+    rep = evaluate_models([FakeModel()], one, n=4, stride=32, metrics=("stsim2_global",))
+    assert rep.rows[-1]["stsim2_global"].startswith("n/a (only one micrograph")
+
+
+def test_mig_and_sap_on_known_structure():
+    rng = np.random.default_rng(0)
+    n = 600
+    a = rng.integers(0, 5, n).astype(float)
+    b = rng.integers(0, 4, n).astype(float)
+    f = pd.DataFrame({"a": a, "b": b})
+    disentangled = np.stack([a + 0.1 * rng.normal(size=n), b + 0.1 * rng.normal(size=n),
+                             rng.normal(size=n)], 1)
+    mixed = np.stack([a + b, a - b, rng.normal(size=n)], 1)
+    mig_d, mig_m = mutual_information_gap(disentangled, f), mutual_information_gap(mixed, f)
+    sap_d, sap_m = sap_score(disentangled, f), sap_score(mixed, f)
+    assert mig_d["score"] > 0.8 and mig_d["top_dims"] == {"a": [0, mig_d["top_dims"]["a"][1]],
+                                                          "b": [1, mig_d["top_dims"]["b"][1]]}
+    assert mig_m["score"] < mig_d["score"] - 0.4
+    assert sap_d["score"] > 0.8 and sap_m["score"] < 0.3
+    for s in (mig_d, mig_m, sap_d, sap_m):
+        assert 0.0 <= s["score"] <= 1.0
+    with pytest.raises(BadInputError):
+        mutual_information_gap(disentangled[:, :1], f)
+
+
+def test_spearman_matrix_handles_constant_and_nan():
+    z = np.stack([np.arange(10.0), np.ones(10)], 1)
+    f = pd.DataFrame({"up": np.arange(10.0) ** 2, "const": np.ones(10),
+                      "gappy": [np.nan] * 3 + list(range(7, 0, -1))})
+    rho, p = spearman_matrix(z, f)
+    assert rho.shape == (2, 3)
+    assert rho[0, 0] == pytest.approx(1.0)
+    assert rho[0, 2] == pytest.approx(-1.0)
+    assert np.isnan(rho[1]).all() and np.isnan(rho[0, 1])
+
+
+def test_measure_descriptors_tracks_density(dataset):
+    from matrep.io import load_patches
+
+    ps = load_patches(dataset / "images", patch=96, stride=96)
+    d = measure_descriptors(ps.patches, ps.micrograph_ids, min_diameter_px=2)
+    assert list(d.columns) == ["graphite_fraction", "particle_density", "mean_eq_diameter",
+                               "nodularity"]
+    gf = d["graphite_fraction"].to_numpy()
+    assert gf[2] > gf[1] > gf[0] and gf[5] > gf[3]         # more discs -> more dark phase
+    assert d["mean_eq_diameter"][3] > d["mean_eq_diameter"][0]
+    assert d["nodularity"].between(0.5, 1.0).all()           # discs are round
+
+
+def test_interpret_with_labels(dataset, tmp_path):
+    rep = interpret_model(FakeModel(), dataset / "images", labels=dataset / "labels.csv",
+                          stride=16, out_dir=tmp_path / "interp", top_k=2)
+    assert rep.factor_source == "labels"
+    assert rep.factors == ["density", "radius"]             # "seed" is bookkeeping
+    # z0 (dark fraction) and z2 (edges) both grow with the disc density; z1 is noise
+    assert {r["dim"] for r in rep.ranking["density"]} == {0, 2}
+    assert rep.ranking["density"][0]["rho"] > 0.5
+    assert abs(rep.rho[1, 0]) < 0.3
+    assert rep.rho.shape == (4, 2)
+    assert 0 <= rep.mig["score"] <= 1 and 0 <= rep.sap["score"] <= 1
+    out = tmp_path / "interp"
+    for f in ("interpret.json", "interpret.md", "interpret_spearman.csv", "traversal.png"):
+        assert (out / f).is_file()
+    md = (out / "interpret.md").read_text()
+    assert "MIG" in md and "| density | z" in md
+    rep2 = interpret_model(FakeModel(), dataset / "images", labels=dataset / "labels.csv",
+                           factors=["radius"], stride=32)
+    assert rep2.factors == ["radius"] and rep2.figures == []
+    with pytest.raises(LabelsError, match="nope"):
+        interpret_model(FakeModel(), dataset / "images", labels=dataset / "labels.csv",
+                        factors=["nope"], stride=32)
+
+
+def test_interpret_measured(dataset):
+    rep = interpret_model(FakeModel(), dataset / "images", stride=32, n=20)
+    assert rep.factor_source == "measured" and rep.n_patches == 20
+    assert rep.factors[0] == "graphite_fraction"
+    assert rep.ranking["graphite_fraction"][0]["dim"] == 0
+    assert rep.ranking["graphite_fraction"][0]["rho"] > 0.9
+    with pytest.raises(LabelsError):
+        interpret_model(FakeModel(), dataset / "images", factors=["x"], stride=32)
