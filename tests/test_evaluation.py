@@ -206,3 +206,60 @@ def test_interpret_measured(dataset):
     assert rep.ranking["graphite_fraction"][0]["rho"] > 0.9
     with pytest.raises(LabelsError):
         interpret_model(FakeModel(), dataset / "images", factors=["x"], stride=32)
+
+
+# ---------------------------------------------------------------------------------------
+# CLI, end to end with a tiny real texture-VAE (random VGG19 weights, 32 px patches)
+# ---------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_run(dataset, tmp_path_factory):
+    import torch
+
+    from matrep.io import load_patches
+    from matrep.plugins.texturevae import TextureVAEEncoder
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run = tmp_path_factory.mktemp("runs") / "tiny"
+        ps = load_patches(dataset / "images", patch=32, stride=32)
+        TextureVAEEncoder(latent_dim=4, weights="random", decoder_channels=(8, 8, 8, 8, 8),
+                          epochs=1, batch_size=8, device="cpu", batch_size_eval=16,
+                          max_patches=24).fit(ps, run_dir=run)
+    finally:
+        torch.set_num_threads(n)
+    return run
+
+
+def test_cli_evaluate_and_interpret(dataset, tiny_run, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    import matrep.metrics.dists as dm
+    from matrep.cli import main
+
+    monkeypatch.setattr(dm, "find_vgg16_weights", lambda p=None: None)
+    monkeypatch.setattr(dm, "_wheel_alpha_beta", lambda: None)
+    monkeypatch.delenv(dm.ENV_DISTS, raising=False)
+    r = CliRunner().invoke(main, ["evaluate", "--model", str(tiny_run), "--images",
+                                  str(dataset / "images"), "--n", "4", "--stride", "32",
+                                  "--other-images", str(dataset / "other"),
+                                  "--out", str(tmp_path / "ev"), "-q"])
+    assert r.exit_code == 0, r.output
+    md = (tmp_path / "ev" / "evaluation.md").read_text()
+    assert "n/a (missing: ImageNet VGG16 weights" in md
+    row = [ln for ln in md.splitlines() if ln.startswith(f"| {tiny_run}")][0]
+    assert "| 4 | 32 | 4 |" in row                             # latent, patch, n
+    r = CliRunner().invoke(main, ["interpret", "--model", str(tiny_run), "--images",
+                                  str(dataset / "images"), "--labels",
+                                  str(dataset / "labels.csv"), "--stride", "32",
+                                  "--traversal-dims", "2", "--out", str(tmp_path / "in"), "-q"])
+    assert r.exit_code == 0, r.output
+    data = json.loads((tmp_path / "in" / "interpret.json").read_text())
+    assert data["latent_dim"] == 4 and data["factors"] == ["density", "radius"]
+    assert (tmp_path / "in" / "traversal.png").stat().st_size > 1000
+    assert data["mig"]["score"] >= 0
+    # a bad metric name is a one-line error, not a traceback
+    r = CliRunner().invoke(main, ["evaluate", "--model", str(tiny_run), "--images",
+                                  str(dataset / "images"), "--metrics", "ssim",
+                                  "--out", str(tmp_path / "bad")])
+    assert r.exit_code != 0 and "unknown metric" in r.output
