@@ -474,7 +474,7 @@ def _discretize(v, n_bins):
 
 
 def _usable_factors(factors):
-    """(names, arrays) of factors with >= 2 distinct finite values, rows with NaN dropped."""
+    """Names of the factors with at least 3 finite values, not all equal."""
     cols = []
     for c in factors.columns:
         v = factors[c].to_numpy(dtype=float)

@@ -12,7 +12,6 @@ torch = pytest.importorskip("torch")
 
 from matrep.errors import BadInputError, WeightsNotFoundError  # noqa: E402
 from matrep.metrics import METRICS, dists, stsim2  # noqa: E402
-from matrep.metrics import dists as dists_mod_fn  # noqa: E402,F401
 from matrep.metrics.dists import (CHANNELS, ENV_DISTS, ENV_VGG16, build_dists_network,  # noqa: E402
                                   dists_from_features, load_alpha_beta, load_dists,
                                   missing_ingredients)
@@ -226,7 +225,6 @@ def test_dists_loads_files_and_refuses_pickles(monkeypatch, tmp_path):
     random alpha/beta as .pt): identical images score 1, symmetric, in [0, 1]."""
     from safetensors.torch import save_file
 
-    net_src = _synthetic_net(1)
     from torchvision.models import vgg16
 
     torch.manual_seed(1)
@@ -247,7 +245,6 @@ def test_dists_loads_files_and_refuses_pickles(monkeypatch, tmp_path):
     m = load_dists()
     assert m.provenance["alpha_beta_published"] is False
     assert len(m.provenance["vgg16_sha256"]) == 64
-    del net_src
 
     # a pickle with an arbitrary object is refused by weights_only loading
     torch.save({"alpha": Evil()}, tmp_path / "evil.pt")
