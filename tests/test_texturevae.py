@@ -93,12 +93,18 @@ def tr_taps():
     return ("conv1_1", "pool1", "pool2", "pool3", "pool4")
 
 
+@pytest.fixture(scope="module")
+def random_backbone():
+    # the same (cached) frozen network the tiny encoders use: building seeded random VGG19
+    # weights takes seconds
+    return TextureVAEEncoder(**TINY)._get_backbone()
+
+
 @pytest.mark.parametrize("budget", [2**30, 0])  # in memory, spilled to a temporary file
-def test_cache_matches_direct_computation(tmp_path, budget):
-    from matrep.backbone import VGG19Backbone
+def test_cache_matches_direct_computation(tmp_path, budget, random_backbone):
     from matrep.kernels import gram_matrix
 
-    bb = VGG19Backbone("random")
+    bb = random_backbone
     X = _patches(5, 32)
     cache = FeatureCache(bb, X, encoder_taps=tr_taps(), style_taps=tr_taps(), batch_size=2,
                          memory_budget=budget, directory=tmp_path)
@@ -106,7 +112,8 @@ def test_cache_matches_direct_computation(tmp_path, budget):
     idx = np.array([3, 0, 4])
     pooled, grams = cache.batch(idx, "cpu")
     with torch.no_grad():
-        feats = bb(bb.preprocess(torch.from_numpy(X[idx])[:, None]))
+        x = torch.from_numpy(X[idx])[:, None]
+        feats = bb(bb.preprocess(x).contiguous(memory_format=torch.channels_last))
     np.testing.assert_allclose(pooled.numpy(), pool_features(feats, tr_taps()).numpy(), rtol=1e-4,
                                atol=1e-5)
     for g, t in zip(grams, tr_taps()):
