@@ -1,7 +1,10 @@
 """Built-in data sets: synthetic cast-iron micrographs with physics-computed properties.
 
+``default_castiron()`` returns a cached folder with ``images/``, ``masks/`` and ``labels.csv``
+(generated on first use, under two minutes on two cores).
+
 >>> from matrep.datasets import default_castiron   # doctest: +SKIP
->>> folder = default_castiron()                      # images/, masks/, labels.csv
+>>> folder = default_castiron()                      # doctest: +SKIP
 """
 
 from .castiron import (

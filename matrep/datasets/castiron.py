@@ -376,7 +376,8 @@ def make_castiron(out_dir, *, n_micrographs=12, size=1024, seed=0, graphite_frac
     tol : float
         Relative residual tolerance of the elasticity solver.
     n_jobs : int or None
-        Worker processes; ``None`` uses ``min(os.cpu_count(), n_micrographs)``.
+        Worker processes; ``None`` uses ``min(os.cpu_count(), n_micrographs, 8)`` (a 1024²
+        worker peaks at about 0.7 GB).
     callback : callable or None
         Called as ``callback(done, total)`` after each micrograph (for progress bars).
 
@@ -396,7 +397,9 @@ def make_castiron(out_dir, *, n_micrographs=12, size=1024, seed=0, graphite_frac
     facs = design(n_micrographs, seed=seed, graphite_fraction=graphite_fraction)
     jobs = [(i, f, int(size), int(seed), str(out_dir), tuple(E), tuple(nu), float(tol), np.float32)
             for i, f in enumerate(facs)]
-    n_jobs = min(os.cpu_count() or 1, n_micrographs) if n_jobs is None else max(1, int(n_jobs))
+    if n_jobs is None:  # ~0.7 GB per 1024² worker: cap the default
+        n_jobs = min(os.cpu_count() or 1, n_micrographs, 8)
+    n_jobs = max(1, int(n_jobs))
     rows = [None] * n_micrographs
     if n_jobs == 1:
         for k, job in enumerate(jobs):

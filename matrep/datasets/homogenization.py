@@ -63,7 +63,7 @@ def lame(E, nu):
 
     >>> lam, mu = lame(210.0, 0.29)
     >>> round(lam, 2), round(mu, 2)
-    (116.08, 81.4)
+    (112.4, 81.4)
     """
     E = float(E)
     nu = float(nu)
