@@ -175,7 +175,7 @@ def group_splits(groups, *, folds: int | None = None, max_groups: int | None = N
     [('group-a', [0, 1], ['a']), ('group-b', [2], ['b']), ('group-c', [3, 4], ['c'])]
     """
     groups = np.asarray(groups).astype(str)
-    uniq = list(dict.fromkeys(sorted(set(groups.tolist()))))
+    uniq = sorted(set(groups.tolist()), key=natural_key)
     if len(uniq) < 2:
         raise LabelsError(f"a grouped split needs at least 2 groups, got {len(uniq)} "
                           f"({', '.join(uniq)}); use --split random or another --group column")
@@ -187,7 +187,10 @@ def group_splits(groups, *, folds: int | None = None, max_groups: int | None = N
         if folds < 2 or folds > len(uniq):
             raise BadInputError(None, f"--folds must lie in 2..{len(uniq)} (the number of "
                                       f"groups), got {folds}")
-        gkf = GroupKFold(n_splits=int(folds), shuffle=True, random_state=seed)
+        try:
+            gkf = GroupKFold(n_splits=int(folds), shuffle=True, random_state=seed)
+        except TypeError:  # scikit-learn < 1.6: no shuffling, balanced folds in a fixed order
+            gkf = GroupKFold(n_splits=int(folds))
         for k, (tr, te) in enumerate(gkf.split(idx, groups=groups)):
             held = sorted(set(groups[te].tolist()))
             out.append(Split(f"fold-{k}", "grouped", np.sort(tr), np.sort(te), held_out=held))
@@ -203,6 +206,18 @@ def group_splits(groups, *, folds: int | None = None, max_groups: int | None = N
         tr = idx[groups != g]
         out.append(Split(f"group-{_safe_id(g)}", "grouped", tr, te, held_out=[g]))
     return out
+
+
+def natural_key(value) -> tuple:
+    """Sort key putting "2" before "10" and numbers before text.
+
+    >>> sorted(["10", "2", "b", "a1"], key=natural_key)
+    ['2', '10', 'a1', 'b']
+    """
+    try:
+        return (0, float(value), "")
+    except (TypeError, ValueError):
+        return (1, 0.0, str(value))
 
 
 def _safe_id(value: str) -> str:
@@ -667,7 +682,7 @@ def group_summary(task: str, y_true, y_pred, groups) -> list[dict]:
     y_pred = np.asarray(y_pred)
     groups = np.asarray(groups).astype(str)
     out = []
-    for g in sorted(set(groups.tolist())):
+    for g in sorted(set(groups.tolist()), key=natural_key):
         m = groups == g
         t, p = y_true[m], y_pred[m]
         if task == "regression":
