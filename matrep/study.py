@@ -387,6 +387,13 @@ def prepare_data(images, labels, target: str, *, group: str | None = None,
     if no_target:
         _warn(notes, f"{len(no_target)} labelled image(s) have no value in target column "
                      f"{target!r} and are not used: {_first(no_target)}", warn)
+    if group is not None:
+        has_group = tab[group].notna().to_numpy()
+        no_group = [f for f, ok, g in zip(files, has_target, has_group) if ok and not g]
+        if no_group:
+            _warn(notes, f"{len(no_group)} image(s) have no value in group column {group!r} "
+                         f"and are not used: {_first(no_group)}", warn)
+        has_target = has_target & has_group
     keep = [f for f, ok in zip(files, has_target) if ok]
     if not keep:
         raise LabelsError(f"{src}: no image has a value in target column {target!r}")

@@ -293,6 +293,17 @@ def test_partial_labels_and_single_member_groups_warn_by_name(dataset, tmp_path)
     assert data.notes == msgs
 
 
+def test_images_without_a_group_value_are_left_out_by_name(dataset, tmp_path):
+    lab = pd.read_csv(dataset / "labels.csv")
+    lab.loc[4, "sample"] = np.nan
+    lab.to_csv(tmp_path / "nogroup.csv", index=False)
+    msgs = []
+    data = prepare_data(dataset / "images", tmp_path / "nogroup.csv", "modulus", group="sample",
+                        **FAST, warn=msgs.append)
+    assert "m4" not in set(data.patchset.micrograph_ids)
+    assert any("m4.png" in m and "group column 'sample'" in m for m in msgs)
+
+
 def test_group_column_groups_micrographs(dataset):
     data = _data(dataset, group="sample")
     assert sorted(set(data.groups)) == ["s0", "s1", "s2"]
