@@ -84,8 +84,10 @@ def fit_cmd(method, images, patch, stride, crop, crop_bottom, skip_bad, out, lat
 
     Example (the documented quick CPU configuration of docs/texturevae.md):
 
-        matrep fit --method texturevae --images ../shared/data/castiron_ductile/images
-        --out runs/quick --max-patches 480 --epochs 3 --batch-size 8
+    \b
+        matrep fit --method texturevae --images ../shared/data/castiron_ductile/images \\
+            --out runs/quick --max-patches 320 --epochs 4 --batch-size 8 \\
+            --param max_val_patches=48
 
     Ctrl-C writes a checkpoint; `--resume` continues it with the same losses as an
     uninterrupted run. A NaN/inf loss stops with the last good checkpoint intact.

@@ -36,7 +36,7 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -536,4 +536,4 @@ def train(model, backbone, train_cache, val_cache, *, settings: TrainSettings, s
 
 __all__ = ["TrainSettings", "train", "train_step", "forward_losses", "evaluate", "split_patches",
            "save_checkpoint", "read_checkpoint", "write_log", "resolve_device",
-           "resolve_precision", "fingerprint_arrays", "style_loss_grams", "asdict"]
+           "resolve_precision", "fingerprint_arrays", "style_loss_grams"]
