@@ -355,8 +355,16 @@ def _markdown(result, rep, figs, group_figs, out: Path) -> str:
         if params:
             line += " Parameters: " + ", ".join(f"`{k}={v}`" for k, v in params.items()) + "."
         w = fprov.get("weights")
+        b = fprov.get("backbone")
         if isinstance(w, dict) and w:
             line += f" Weights: {w.get('name', '?')} (sha256 {str(w.get('sha256', '?'))[:16]}...)."
+        elif isinstance(b, dict) and b:
+            line += (f" Backbone: {b.get('name', '?')} with {b.get('weights', '?')} weights "
+                     f"(sha256 {str(b.get('sha256', '?'))[:16]}...).")
+        keys = [f"{f['store']}:{f['key']}" for f in m.get("features", []) if f.get("key")]
+        if keys:
+            line += (f" Features: `{keys[0]}`" + (f" and {len(keys) - 1} more" if len(keys) > 1
+                                                  else "") + ".")
         if m["spec"].get("model"):
             line += (f" Model: `{m['spec']['model']}` — trained outside the study; if its training "
                      "patches include test micrographs the grouped results are optimistic.")
@@ -411,8 +419,10 @@ def _markdown(result, rep, figs, group_figs, out: Path) -> str:
                 if task == "regression" else "predicted classes, true class in red")
         L += [f"### {title}: each unseen {d['group']}", "", what + ".", "",
               f"![{title}]({p.relative_to(out).as_posix()})", ""]
-    L += ["## Reproducing", "",
-          f"Results computed now: {s.get('computed_results', '?')}; reused from an earlier "
+    L += ["## Reproducing", ""]
+    if s.get("command"):
+        L += ["```", s["command"], "```", ""]
+    L += [f"Results computed now: {s.get('computed_results', '?')}; reused from an earlier "
           f"(interrupted) run: {s.get('resumed_results', '?')}. Cached features: "
           "`features.h5` (encoders that learn nothing from the study) and `features/` "
           "(encoders fitted per split); per-result files in `.study/`.", ""]

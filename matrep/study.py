@@ -882,7 +882,11 @@ class Study:
             prov = {"encoder": spec.name, "params": enc.get_params(deep=False),
                     "provenance_error": f"{type(exc).__name__}: {exc}"}
         if spec.model:
+            from .store import state_digest
+
+            # a model retrained in the same folder must not reuse the old results
             prov["model"] = str(spec.model)
+            prov["model_state_sha256"] = state_digest(enc)
         return prov
 
     def _shared_features(self, spec: MethodSpec):
@@ -963,14 +967,21 @@ class Study:
         for spec in self.methods:
             per_split = self._per_split(spec)
             prov = self._spec_provenance(spec)
-            spec_digest = _sha({"spec": spec.describe(), "prov": prov, "per_split": per_split})
+            shared = None
+            if not per_split:
+                # computed (or found by digest) first: the results' keys then depend on the
+                # features actually used (weights, fitted state), not only on the parameters
+                shared = self._shared_features(spec)
+            spec_digest = _sha({"spec": spec.describe(), "prov": prov, "per_split": per_split,
+                                "features": shared[1]["key"] if shared else None})
             methods[spec.name] = {"spec": spec.describe(), "provenance": prov,
                                   "fitting": ("fitted inside each split on its training patches"
                                               if per_split else
                                               "given fitted model (trained outside the study)"
                                               if spec.model else "not trainable (nothing fitted)"),
                                   "features": []}
-            shared = None
+            if shared is not None:
+                methods[spec.name]["features"].append(shared[1])
             for split in splits:
                 todo, have = [], {}
                 for reg in self.regressors:
@@ -988,9 +999,6 @@ class Study:
                         X, finfo = self._split_features(spec, split)
                         methods[spec.name]["features"].append({"split": split.id, **finfo})
                     else:
-                        if shared is None:
-                            shared = self._shared_features(spec)
-                            methods[spec.name]["features"].append(shared[1])
                         X, finfo = shared
                     if not np.isfinite(X).all():
                         raise MatrepError(f"encoder {spec.name!r} produced NaN or inf features "

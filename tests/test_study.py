@@ -203,6 +203,14 @@ def test_dotted_path_regressor_and_given_model(plugins, dataset, tmp_path):
     assert len(res.records) == 6
     md = write_report(res)["markdown"].read_text()
     assert "Ridge(alpha=0.5)" in md and "trained outside the study" in md
+    # the same model folder, retrained: nothing stale is reused
+    again = Study(data, [MethodSpec("spy", model=str(model_dir))], tmp_path / "out",
+                  regressors=["sklearn.linear_model.Ridge:alpha=0.5"], split="grouped").run()
+    assert again.settings["resumed_results"] == 6
+    registry.get_encoder("spy").fit(data.patchset.patches[5:9]).save(model_dir)
+    retrained = Study(data, [MethodSpec("spy", model=str(model_dir))], tmp_path / "out",
+                      regressors=["sklearn.linear_model.Ridge:alpha=0.5"], split="grouped").run()
+    assert retrained.settings["resumed_results"] == 0
 
 
 # ---------------------------------------------------------------------------------------

@@ -147,6 +147,11 @@ def compare_cmd(methods, images, patch, stride, crop, crop_bottom, skip_bad, lab
                   log=(lambda s: None) if quiet else log,
                   progress=None if quiet else (lambda **k: progress(quiet=quiet, **k)))
     result = study.run()
+    import shlex
+    import sys
+
+    if Path(sys.argv[0]).name in ("matrep", "__main__.py"):  # not when called in-process
+        result.settings["command"] = "matrep " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     files = write_report(result, out)
     click.echo(format_summary(result))
     click.echo(f"\nreport: {files['markdown']} (also report.json, predictions.csv, "
