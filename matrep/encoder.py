@@ -18,6 +18,7 @@ Class attributes describe the encoder to ``matrep encoders``: ``name``, ``descri
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -92,7 +93,7 @@ class BaseEncoder(TransformerMixin, BaseEstimator):
         mod = type(self).__module__.split(".")[0]
         if mod != "matrep":
             try:
-                name = metadata.packages_distributions().get(mod, [mod])[0]
+                name = _packages_distributions().get(mod, [mod])[0]
                 d = metadata.distribution(name)
                 dist, version = d.metadata["Name"], d.version
             except Exception:  # noqa: BLE001 - provenance must never fail
@@ -143,6 +144,14 @@ class BaseEncoder(TransformerMixin, BaseEstimator):
         arrays = load_file(str(path / STATE_NAME)) if (path / STATE_NAME).exists() else {}
         obj._set_state(arrays, config.get("meta", {}))
         return obj
+
+
+@functools.lru_cache(maxsize=1)
+def _packages_distributions() -> dict:
+    """importlib.metadata.packages_distributions(), scanned once per process (it is slow)."""
+    from importlib import metadata
+
+    return metadata.packages_distributions()
 
 
 def _jsonable(obj):
