@@ -171,7 +171,8 @@ class TextureVAEEncoder(BaseEncoder):
             bb = VGG19Backbone(weights=self.weights, taps=self._taps(), device=dev)
             bb.eval()
             bb.requires_grad_(False)
-            bb.to(memory_format=torch.channels_last)
+            if dev.type == "cuda":  # cuDNN likes NHWC; oneDNN on CPU measured faster in NCHW
+                bb.to(memory_format=torch.channels_last)
             if isinstance(self.weights, str) and not Path(self.weights).exists():
                 _BACKBONES.clear()  # keep one: a frozen VGG19 is ~80 MB
                 _BACKBONES[key] = bb
@@ -295,7 +296,7 @@ class TextureVAEEncoder(BaseEncoder):
         floor = 0.1 * std.median() + 1e-6
         model.feat_std.copy_(torch.sqrt(std.square() + floor.square()))
         model.to(dev)
-        model.decoder.to(memory_format=torch.channels_last)
+        _set_layout(model, dev)
 
         settings = TrainSettings(epochs=int(self.epochs), batch_size=int(self.batch_size),
                                  lr=float(self.lr), kl_weight=float(self.kl_weight),
@@ -371,7 +372,9 @@ class TextureVAEEncoder(BaseEncoder):
         with torch.inference_mode():
             for s in range(0, len(X), bs):
                 x = torch.from_numpy(np.ascontiguousarray(X[s:s + bs]))[:, None].to(dev)
-                xp = bb.preprocess(x).contiguous(memory_format=torch.channels_last)
+                xp = bb.preprocess(x)
+                if dev.type == "cuda":
+                    xp = xp.contiguous(memory_format=torch.channels_last)
                 feats = bb(xp)
                 mu, lv = model.encode(pool_features(feats, tuple(self.encoder_taps), self.pooling))
                 mus.append(mu.float().cpu().numpy())
@@ -519,7 +522,7 @@ class TextureVAEEncoder(BaseEncoder):
         except (KeyError, RuntimeError, ValueError) as exc:
             raise EncoderContractError(f"saved texture-VAE state does not match its config "
                                        f"({type(exc).__name__}: {exc})") from None
-        model.decoder.to(memory_format=torch.channels_last)
+        _set_layout(model, self._torch_device())
         model.eval()
         self.model_ = model
         self.patch_size_ = int(meta["patch_size"])
@@ -575,6 +578,17 @@ class TextureVAEEncoder(BaseEncoder):
             raise BadInputError(path, "holds a checkpoint but no final model (config.json): the "
                                       "run did not finish; continue it with `matrep fit ... --resume`")
         return super().load(path)
+
+
+def _set_layout(model, dev):
+    """Channels-last convolutions on CUDA (cuDNN); NCHW on CPU, where oneDNN ran the training
+    step faster in NCHW on the benchmark machine (docs/texturevae.md)."""
+    import torch
+
+    cl = dev.type == "cuda"
+    model.decoder.channels_last = cl
+    if cl:
+        model.decoder.to(memory_format=torch.channels_last)
 
 
 def _gram(f):

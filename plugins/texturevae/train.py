@@ -201,7 +201,7 @@ def forward_losses(model, backbone, pooled, target_grams, *, style_taps, layer_w
                         enabled=autocast_dtype is not None):
         xhat = model.decode(z)
         xp = backbone.preprocess(xhat)
-        if xp.dim() == 4:
+        if dev == "cuda":  # channels-last on CUDA (the backbone's layout there)
             xp = xp.contiguous(memory_format=torch.channels_last)
         feats = backbone(xp)
     style = style_loss_grams([feats[t] for t in style_taps], target_grams, list(layer_weights),
