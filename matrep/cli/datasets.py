@@ -78,13 +78,13 @@ def path_cmd(generate, quiet):
     """Print the folder of the default cast-iron set (cached under $MATREP_CACHE or ~/.cache/matrep)."""
     from ..datasets.castiron import _complete, cache_root, default_castiron, default_castiron_name
 
-    if not generate:
-        folder = cache_root() / "datasets" / default_castiron_name()
-        if not _complete(folder):
-            raise click.ClickException(f"{folder}: not generated yet; run `matrep datasets path` "
-                                       "without --no-generate to make it (under 2 minutes)")
+    folder = cache_root() / "datasets" / default_castiron_name()
+    if _complete(folder):
         click.echo(str(folder))
         return
+    if not generate:
+        raise click.ClickException(f"{folder}: not generated yet; run `matrep datasets path` "
+                                   "without --no-generate to make it (under 2 minutes)")
     bar = progress(total=12, desc="castiron (first use)", quiet=quiet, unit="img")
     last = [0]
 
