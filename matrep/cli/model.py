@@ -74,12 +74,20 @@ def _echo(quiet):
                    "val_split=micrograph.")
 @click.option("--resume", is_flag=True,
               help="Continue the run in --out from its last checkpoint (options not given are "
-                   "taken from the run's fit.json).")
+                   "taken from the run's fit.json). Works with another --nproc.")
+@click.option("--nproc", type=click.IntRange(1), default=1,
+              help="Train with DistributedDataParallel on N processes of this machine (re-runs "
+                   "the command under torchrun; on GPUs one process per GPU). For several "
+                   "machines start torchrun yourself (docs/distributed.md).")
+@click.option("--lr-scaling", type=click.Choice(["none", "linear"]), default=None,
+              help="With several processes: none = --batch-size is the global batch and the "
+                   "learning rate is unchanged (same result as 1 process); linear = --batch-size "
+                   "per process and lr x N (default none).")
 @quiet_option
 @handle_errors
 def fit_cmd(method, images, patch, stride, crop, crop_bottom, skip_bad, out, latent_dim, epochs,
             batch_size, lr, kl_weight, layer_weights, seed, device, precision, weights,
-            checkpoint_every, max_patches, params, resume, quiet):
+            checkpoint_every, max_patches, params, resume, nproc, lr_scaling, quiet):
     """Train an encoder on micrographs and save it to a run folder.
 
     Example (the documented quick CPU configuration of docs/texturevae.md):
@@ -91,13 +99,50 @@ def fit_cmd(method, images, patch, stride, crop, crop_bottom, skip_bad, out, lat
 
     Ctrl-C writes a checkpoint; `--resume` continues it with the same losses as an
     uninterrupted run. A NaN/inf loss stops with the last good checkpoint intact.
+
+    `--nproc N` (or `torchrun --nproc-per-node N -m matrep fit ...`) trains with
+    DistributedDataParallel (gloo on CPU, NCCL on GPUs); only process 0 writes.
     """
+    import sys
+
+    from .. import distributed
+
+    if nproc > 1 and not distributed.in_torchrun():
+        argv = sys.argv[1:]
+        if "fit" not in argv:
+            raise click.ClickException("--nproc re-runs the command line under torchrun; call "
+                                       "`matrep fit --nproc N ...` from a shell, or start "
+                                       "`torchrun --nproc-per-node N -m matrep fit ...` yourself")
+        sys.exit(distributed.launch(nproc, distributed.strip_option(argv, "--nproc")))
+    if not distributed.in_torchrun():
+        return _fit(method, images, patch, stride, crop, crop_bottom, skip_bad, out, latent_dim,
+                    epochs, batch_size, lr, kl_weight, layer_weights, seed, device, precision,
+                    weights, checkpoint_every, max_patches, params, resume, lr_scaling, quiet,
+                    distributed.SINGLE)
+    dist = distributed.init(device=device or "auto")
+    try:
+        if nproc > 1 and nproc != dist.world_size and dist.is_main:
+            click.echo(f"warning: --nproc {nproc} ignored: already running under torchrun with "
+                       f"{dist.world_size} processes", err=True)
+        return _fit(method, images, patch, stride, crop, crop_bottom, skip_bad, out, latent_dim,
+                    epochs, batch_size, lr, kl_weight, layer_weights, seed, device, precision,
+                    weights, checkpoint_every, max_patches, params, resume, lr_scaling,
+                    quiet or not dist.is_main, dist)
+    finally:
+        distributed.destroy(dist)
+
+
+def _fit(method, images, patch, stride, crop, crop_bottom, skip_bad, out, latent_dim, epochs,
+         batch_size, lr, kl_weight, layer_weights, seed, device, precision, weights,
+         checkpoint_every, max_patches, params, resume, lr_scaling, quiet, dist):
     from .. import registry
+    from ..distributed import scaling_rule
 
     given = {"latent_dim": latent_dim, "epochs": epochs, "batch_size": batch_size, "lr": lr,
              "kl_weight": kl_weight, "layer_weights": _floats(layer_weights, "--layer-weights"),
              "seed": seed, "device": device, "precision": precision, "weights": weights,
-             "checkpoint_every": checkpoint_every, "max_patches": max_patches}
+             "checkpoint_every": checkpoint_every, "max_patches": max_patches,
+             "lr_scaling": lr_scaling}
     given = {k: v for k, v in given.items() if v is not None}
     given.update(parse_params(params))
     out = Path(out)
@@ -122,6 +167,9 @@ def fit_cmd(method, images, patch, stride, crop, crop_bottom, skip_bad, out, lat
     report_skipped(ps)
     log = _echo(quiet)
     log(f"{len(ps)} patches of {patch}x{patch} from {len(ps.files)} micrographs")
+    main = dist.is_main
+    if dist.is_distributed:
+        log(f"training on {dist.world_size} processes ({dist.backend}, {dist.device})")
     from ..atomic import atomic_write_text
     from ..encoder import _jsonable
 
@@ -130,10 +178,17 @@ def fit_cmd(method, images, patch, stride, crop, crop_bottom, skip_bad, out, lat
         if not resume and (out / "checkpoint").exists():
             raise click.ClickException(f"{out} already holds a training checkpoint; add --resume "
                                        "to continue it, or choose a new --out")
-        atomic_write_text(out / FIT_JSON, json.dumps(
-            {"method": method, "params": _jsonable(given),
-             "patches": {"images": [str(i) for i in images], "patch": patch, "stride": stride,
-                         "crop": parse_crop(crop), "crop_bottom": crop_bottom}}, indent=2))
+        record = {"method": method, "params": _jsonable(given),
+                  "patches": {"images": [str(i) for i in images], "patch": patch,
+                              "stride": stride, "crop": parse_crop(crop),
+                              "crop_bottom": crop_bottom}}
+        p = enc.get_params(deep=False)
+        if "batch_size" in p and "lr" in p:
+            record["distributed"] = scaling_rule(p["batch_size"], p["lr"], dist.world_size,
+                                                 p.get("lr_scaling", "none")).to_dict()
+            record["distributed"]["backend"] = dist.backend
+        if main:
+            atomic_write_text(out / FIT_JSON, json.dumps(record, indent=2))
         kw = {"run_dir": out, "resume": resume}
         if "quiet" in accepts:
             kw["quiet"] = quiet
@@ -144,7 +199,11 @@ def fit_cmd(method, images, patch, stride, crop, crop_bottom, skip_bad, out, lat
         if resume:
             raise click.ClickException(f"encoder {method!r} does not checkpoint; run without --resume")
         enc.fit(ps.patches)
-        enc.save(out)
+        if main:
+            enc.save(out)
+        dist.barrier()
+    if not main:
+        return
     hist = getattr(enc, "history_", None)
     if hist:
         first, last = hist[0].get("val_style"), hist[-1].get("val_style")

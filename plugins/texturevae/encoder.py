@@ -75,6 +75,12 @@ class TextureVAEEncoder(BaseEncoder):
         (n, 2 * latent_dim).
     batch_size_eval : int, default 32
         Batch size of encoding and decoding.
+    lr_scaling : {"none", "linear"}, default "none"
+        Under torchrun with W processes: ``"none"`` — ``batch_size`` is the global batch of
+        one step (split over the processes) and ``lr`` is used as given, so the run equals
+        the single-process run; ``"linear"`` — ``batch_size`` per process (global ``W x
+        batch_size``) and learning rate ``W x lr`` (Goyal et al. 2017). See
+        :func:`matrep.distributed.scaling_rule` and ``docs/distributed.md``.
     """
 
     name = "texturevae"
@@ -87,7 +93,8 @@ class TextureVAEEncoder(BaseEncoder):
                  decoder_channels=(256, 256, 128, 64, 32), epochs=20, batch_size=16, lr=1e-3,
                  kl_weight=1e-2, seed=0, val_fraction=0.1, val_split="region", max_patches=None,
                  max_val_patches=128, checkpoint_every=None, weights="auto", device="auto",
-                 precision="auto", cache_memory_gb=2.0, output="mu", batch_size_eval=32):
+                 precision="auto", cache_memory_gb=2.0, output="mu", batch_size_eval=32,
+                 lr_scaling="none"):
         self.latent_dim = latent_dim
         self.pooling = pooling
         self.encoder_taps = encoder_taps
@@ -110,6 +117,7 @@ class TextureVAEEncoder(BaseEncoder):
         self.cache_memory_gb = cache_memory_gb
         self.output = output
         self.batch_size_eval = batch_size_eval
+        self.lr_scaling = lr_scaling
 
     # ---------------------------------------------------------------------------------
     # validation and the frozen network
@@ -133,6 +141,8 @@ class TextureVAEEncoder(BaseEncoder):
             raise BadInputError(None, f"val_fraction must be in [0, 1), got {self.val_fraction!r}")
         if float(self.kl_weight) < 0:
             raise BadInputError(None, f"kl_weight must be >= 0, got {self.kl_weight!r}")
+        if self.lr_scaling not in ("none", "linear"):
+            raise BadInputError(None, f"lr_scaling must be 'none' or 'linear', got {self.lr_scaling!r}")
         if int(self.batch_size) < 1 or int(self.epochs) < 0:
             raise BadInputError(None, "batch_size must be >= 1 and epochs >= 0, got "
                                       f"{self.batch_size!r} and {self.epochs!r}")
@@ -151,9 +161,17 @@ class TextureVAEEncoder(BaseEncoder):
         return tuple(dict.fromkeys(tuple(self.encoder_taps) + tuple(self.style_layers)))
 
     def _torch_device(self):
+        from matrep.distributed import current
+
         from .train import resolve_device
 
-        return resolve_device(self.device)
+        dev = resolve_device(self.device)
+        ctx = current()
+        if dev.type == "cuda" and dev.index is None and ctx.is_distributed:
+            import torch
+
+            return torch.device(ctx.device)  # under torchrun: cuda:<LOCAL_RANK>
+        return dev
 
     def _get_backbone(self):
         """The frozen VGG19 on the encoder's device (built once, channels-last)."""
@@ -224,7 +242,11 @@ class TextureVAEEncoder(BaseEncoder):
         from .train import (CHECKPOINT_DIR, TrainSettings, fingerprint_arrays,
                             resolve_precision, split_patches, train)
 
-        log = log or (lambda msg: None)
+        from matrep.distributed import current, scaling_rule
+
+        ctx = current()
+        log = (log or (lambda msg: None)) if ctx.is_main else (lambda msg: None)
+        quiet = quiet or not ctx.is_main
         if hasattr(X, "patches") and hasattr(X, "micrograph_ids"):
             micrograph_ids = X.micrograph_ids if micrograph_ids is None else micrograph_ids
             coords = X.coords if coords is None else coords
@@ -301,11 +323,16 @@ class TextureVAEEncoder(BaseEncoder):
         settings = TrainSettings(epochs=int(self.epochs), batch_size=int(self.batch_size),
                                  lr=float(self.lr), kl_weight=float(self.kl_weight),
                                  layer_weights=self._layer_weights(), seed=int(self.seed),
-                                 checkpoint_every=self.checkpoint_every, precision=precision)
+                                 checkpoint_every=self.checkpoint_every, precision=precision,
+                                 extra={"lr_scaling": str(self.lr_scaling)})
         params = _jsonable(self.get_params(deep=False))
         for k in ("epochs", "checkpoint_every", "device", "cache_memory_gb", "output",
                   "batch_size_eval"):
             params.pop(k, None)  # may change on resume without changing the result
+        if params.get("lr_scaling") == "none":
+            # the default rule: the run does not depend on the number of processes (and a
+            # checkpoint written before the option existed still resumes)
+            params.pop("lr_scaling")
         fingerprint = {"data": fingerprint_arrays(X[train_idx], X[val_idx]),
                        "n_train": int(len(train_idx)), "n_val": int(len(val_idx)),
                        "params": json.dumps(params, sort_keys=True),
@@ -327,8 +354,12 @@ class TextureVAEEncoder(BaseEncoder):
         self.n_train_patches_ = int(len(train_idx))
         self.n_val_patches_ = int(len(val_idx))
         self.precision_ = precision
+        self.distributed_ = scaling_rule(int(self.batch_size), float(self.lr), ctx.world_size,
+                                         str(self.lr_scaling)).to_dict()
         if run_dir is not None and _stop_after_steps is None:
-            self.save(run_dir)
+            if ctx.is_main:  # one writer; the others wait until the model is on disk
+                self.save(run_dir)
+            ctx.barrier()
         return self
 
     # ---------------------------------------------------------------------------------
@@ -507,6 +538,8 @@ class TextureVAEEncoder(BaseEncoder):
                 "n_val_patches": getattr(self, "n_val_patches_", None),
                 "precision": getattr(self, "precision_", None),
                 "in_features": int(self.model_.feat_mean.shape[0])}
+        if getattr(self, "distributed_", None):
+            meta["distributed"] = self.distributed_
         return arrays, meta
 
     def _set_state(self, arrays, meta):
@@ -532,6 +565,8 @@ class TextureVAEEncoder(BaseEncoder):
         self.n_train_patches_ = meta.get("n_train_patches")
         self.n_val_patches_ = meta.get("n_val_patches")
         self.precision_ = meta.get("precision")
+        if meta.get("distributed"):
+            self.distributed_ = meta["distributed"]
 
     def save(self, path) -> Path:
         """Write ``config.json`` + ``state.safetensors`` into the folder ``path``.

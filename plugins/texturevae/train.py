@@ -188,18 +188,49 @@ def style_loss_grams(inputs, target_grams, weights, backend="auto"):
     return style_loss_from_grams_reference(inputs, target_grams, weights)
 
 
+class VAEForward(torch.nn.Module):
+    """The trained part of a training step as one module, for DistributedDataParallel.
+
+    ``forward(pooled, eps)`` returns ``(mu, logvar, decode(mu + exp(logvar / 2) * eps))``
+    (the single-process step's operations). DDP hooks the gradients of the head and the
+    decoder; the frozen VGG19 and the style loss stay outside it.
+    """
+
+    def __init__(self, vae, autocast_dtype=None):
+        super().__init__()
+        self.vae = vae
+        self.autocast_dtype = autocast_dtype
+
+    def forward(self, pooled, eps):
+        mu, logvar = self.vae.encode(pooled)
+        z = mu + torch.exp(0.5 * logvar) * eps
+        with torch.autocast(device_type=pooled.device.type,
+                            dtype=self.autocast_dtype or torch.float32,
+                            enabled=self.autocast_dtype is not None):
+            xhat = self.vae.decode(z)
+        return mu, logvar, xhat
+
+
 def forward_losses(model, backbone, pooled, target_grams, *, style_taps, layer_weights,
-                   generator=None, sample=True, autocast_dtype=None, style_backend="auto"):
+                   generator=None, sample=True, autocast_dtype=None, style_backend="auto",
+                   net=None, eps=None):
     """One forward pass: (style, kl, reconstruction) for cached inputs.
 
-    ``sample=False`` decodes ``mu`` (used for validation).
+    ``sample=False`` decodes ``mu`` (used for validation). With ``net`` (a
+    :class:`VAEForward`, possibly in DDP) the head and decoder run through it with the given
+    noise ``eps`` instead of drawing it from ``generator``.
     """
-    mu, logvar = model.encode(pooled)
-    z = reparameterize(mu, logvar, generator) if sample else mu
     dev = pooled.device.type
+    if net is not None:
+        mu, logvar, xhat = net(pooled, eps)
+    else:
+        mu, logvar = model.encode(pooled)
+        z = reparameterize(mu, logvar, generator) if sample else mu
+        with torch.autocast(device_type=dev, dtype=autocast_dtype or torch.float32,
+                            enabled=autocast_dtype is not None):
+            xhat = model.decode(z)
     with torch.autocast(device_type=dev, dtype=autocast_dtype or torch.float32,
                         enabled=autocast_dtype is not None):
-        xhat = model.decode(z)
         xp = backbone.preprocess(xhat)
         if dev == "cuda":  # channels-last on CUDA (the backbone's layout there)
             xp = xp.contiguous(memory_format=torch.channels_last)
@@ -234,14 +265,57 @@ def train_step(model, backbone, optimizer, pooled, target_grams, *, kl_weight, s
     return vals
 
 
+def distributed_train_step(net, backbone, optimizer, pooled, target_grams, eps, *, n_local,
+                           n_global, ctx, kl_weight, style_taps, layer_weights,
+                           autocast_dtype=None, style_backend="auto", flag=False):
+    """One DDP step on this rank's part of a global batch; returns ((loss, style, kl), flag).
+
+    ``pooled``/``target_grams``/``eps`` hold this rank's ``n_local`` of the ``n_global``
+    patches of the step (``n_local = 0``: a placeholder patch that contributes nothing). The
+    rank's mean loss is weighted by ``W * n_local / n_global``
+    (:func:`matrep.distributed.local_loss_weight`), so DDP's gradient average is the gradient
+    of the mean over the global batch. Before ``backward`` one all-reduce gives every rank the
+    global means (for the log), a common NaN verdict and the OR of ``flag`` (Ctrl-C on any
+    rank), so all ranks stop together.
+
+    Raises
+    ------
+    TrainingDivergedError
+        The global loss is NaN or inf (on every rank, before the weights are updated).
+    """
+    from matrep.distributed import local_loss_weight
+
+    style, kl, _ = forward_losses(None, backbone, pooled, target_grams, style_taps=style_taps,
+                                  layer_weights=layer_weights, autocast_dtype=autocast_dtype,
+                                  style_backend=style_backend, net=net, eps=eps)
+    loss = style + kl_weight * kl
+    local = torch.stack([loss.detach(), style.detach(), kl.detach()]).float().cpu().tolist()
+    tot = ctx.all_reduce_sum([v * n_local for v in local] + [n_local, 1.0 if flag else 0.0])
+    vals = [v / max(tot[3], 1.0) for v in tot[:3]]
+    if not all(math.isfinite(v) for v in vals):
+        raise TrainingDivergedError(f"loss is not finite (loss={vals[0]}, style={vals[1]}, "
+                                    f"kl={vals[2]})")
+    optimizer.zero_grad(set_to_none=True)
+    (loss * local_loss_weight(n_local, n_global, ctx.world_size)).backward()
+    optimizer.step()
+    return vals, tot[4] > 0
+
+
 @torch.no_grad()
 def evaluate(model, backbone, cache, *, style_taps, layer_weights, batch_size, device,
-             autocast_dtype=None, style_backend="auto"):
-    """Mean style loss (reconstruction from ``mu``) and KL over all patches of ``cache``."""
+             autocast_dtype=None, style_backend="auto", ctx=None):
+    """Mean style loss (reconstruction from ``mu``) and KL over all patches of ``cache``.
+
+    With a distributed ``ctx`` rank ``r`` evaluates batches ``r, r + W, ...`` and the sums
+    are all-reduced (every rank returns the same means).
+    """
     if cache is None or cache.n == 0:
         return float("nan"), float("nan")
+    rank, world = (ctx.rank, ctx.world_size) if ctx is not None else (0, 1)
     s_sum = k_sum = 0.0
-    for s in range(0, cache.n, batch_size):
+    for b, s in enumerate(range(0, cache.n, batch_size)):
+        if b % world != rank:
+            continue
         idx = np.arange(s, min(cache.n, s + batch_size))
         pooled, grams = cache.batch(idx, device)
         style, kl, _ = forward_losses(model, backbone, pooled, grams, style_taps=style_taps,
@@ -249,6 +323,8 @@ def evaluate(model, backbone, cache, *, style_taps, layer_weights, batch_size, d
                                       autocast_dtype=autocast_dtype, style_backend=style_backend)
         s_sum += float(style) * len(idx)
         k_sum += float(kl) * len(idx)
+    if world > 1:
+        s_sum, k_sum = ctx.all_reduce_sum([s_sum, k_sum])
     return s_sum / cache.n, k_sum / cache.n
 
 
@@ -297,7 +373,7 @@ def _optimizer_from_flat(optimizer, tensors, meta, device):
 
 
 def save_checkpoint(run_dir, *, model, optimizer, generator, position: dict, history: list,
-                    fingerprint: dict) -> Path:
+                    fingerprint: dict, extra_meta: dict | None = None) -> Path:
     """Write ``run_dir/checkpoint/`` atomically (state.safetensors + checkpoint.json)."""
     from safetensors.torch import save_file
 
@@ -308,7 +384,7 @@ def save_checkpoint(run_dir, *, model, optimizer, generator, position: dict, his
     tensors["rng.torch_cpu"] = torch.get_rng_state()
     meta = {"format": CHECKPOINT_FORMAT, "position": position, "history": history,
             "fingerprint": fingerprint, "optimizer": opt_meta,
-            "generator_device": str(generator.device)}
+            "generator_device": str(generator.device), **(extra_meta or {})}
     dest = Path(run_dir) / CHECKPOINT_DIR
     with atomic_dir(dest) as tmp:
         save_file(tensors, str(tmp / CHECKPOINT_STATE))
@@ -359,49 +435,76 @@ def write_log(run_dir, history):
 # interrupts
 # ---------------------------------------------------------------------------------------
 class _DeferInterrupt:
-    """Turn the first Ctrl-C into a flag checked between steps (a second one raises at once)."""
+    """Turn the first Ctrl-C into a flag checked between steps (a second one raises at once).
 
-    def __init__(self):
+    ``sigterm=True`` (under torchrun) treats the first SIGTERM the same way: torchrun answers
+    Ctrl-C by sending SIGTERM to its workers, which then finish the step, checkpoint and stop
+    together (within torchrun's grace period, 30 s by default).
+    """
+
+    def __init__(self, sigterm=False):
         self.flag = False
-        self._old = None
+        self._old = {}
+        self._signals = (signal.SIGINT, signal.SIGTERM) if sigterm else (signal.SIGINT,)
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            self._old = signal.getsignal(signal.SIGINT)
 
             def handler(signum, frame):
                 if self.flag:
                     raise KeyboardInterrupt
                 self.flag = True
 
-            signal.signal(signal.SIGINT, handler)
+            for sig in self._signals:
+                self._old[sig] = signal.getsignal(sig)
+                signal.signal(sig, handler)
         return self
 
     def __exit__(self, *exc):
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old = {}
         return False
 
 
 # ---------------------------------------------------------------------------------------
 # the loop
 # ---------------------------------------------------------------------------------------
+def _no_buffer_sync() -> dict:
+    """DDP keyword that turns off the per-forward buffer broadcast (renamed in torch 2.14)."""
+    import inspect
+
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    if "forward_sync_buffers" in inspect.signature(DDP.__init__).parameters:
+        return {"forward_sync_buffers": False}
+    return {"broadcast_buffers": False}
+
+
 def train(model, backbone, train_cache, val_cache, *, settings: TrainSettings, style_taps,
           device, run_dir=None, resume=False, fingerprint=None, quiet=True, log=None,
           stop_after_steps=None):
     """Train ``model`` (head + decoder) on cached inputs; return the per-epoch history.
+
+    Under torchrun (after :func:`matrep.distributed.init`) the step runs in
+    DistributedDataParallel: every rank cuts the same global batch from the epoch order,
+    keeps its part ``batch[rank::W]`` and its slice of the noise drawn for the whole global
+    batch, and weights its loss so the all-reduced gradient is the global batch mean's — the
+    run follows the single-process run over the same global batches. Only rank 0 logs and
+    writes (checkpoints, ``log.csv``); the other ranks wait at a barrier after each write.
 
     Parameters
     ----------
     model : TextureVAE
     backbone : frozen VGG19Backbone on ``device``
     train_cache, val_cache : FeatureCache (``val_cache`` may be None)
-    settings : TrainSettings
+    settings : TrainSettings (``extra["lr_scaling"]``: ``"none"`` (default) or ``"linear"``,
+        see :func:`matrep.distributed.scaling_rule`)
     style_taps : sequence of the backbone taps of the style loss
     run_dir : folder for checkpoints and ``log.csv`` (None: no checkpoints)
     resume : continue from ``run_dir/checkpoint``
     fingerprint : dict identifying data and settings; a checkpoint with another is refused
-    log : callable(str) for messages (default: silent)
+    log : callable(str) for messages (default: silent; called on rank 0 only)
     stop_after_steps : stop (after checkpointing) once this many steps ran in this call — for
         tests of resuming
 
@@ -411,20 +514,27 @@ def train(model, backbone, train_cache, val_cache, *, settings: TrainSettings, s
     """
     from tqdm.auto import tqdm
 
-    log = log or (lambda msg: None)
+    from matrep.distributed import current, scaling_rule
+
+    ctx = current()
+    W, main = ctx.world_size, ctx.is_main
+    log = (log or (lambda msg: None)) if main else (lambda msg: None)
     fingerprint = fingerprint or {}
     s = settings
+    rule = scaling_rule(s.batch_size, s.lr, W, s.extra.get("lr_scaling", "none"))
     autocast_dtype = torch.bfloat16 if s.precision == "bf16" else None
     lw = tuple(float(w) for w in s.layer_weights)
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=s.lr)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=rule.lr)
     generator = torch.Generator(device=device)
     generator.manual_seed(int(s.seed))
     torch.manual_seed(int(s.seed))
     n = train_cache.n
-    bs = int(s.batch_size)
+    bs = int(rule.effective_batch)
     n_batches = max(1, math.ceil(n / bs))
     evaluate_kw = dict(style_taps=style_taps, layer_weights=lw, batch_size=max(bs, 16),
-                       device=device, autocast_dtype=autocast_dtype, style_backend=s.style_backend)
+                       device=device, autocast_dtype=autocast_dtype, style_backend=s.style_backend,
+                       ctx=ctx if ctx.is_distributed else None)
+    log(rule.describe())
 
     history: list = []
     position = {"epoch": 0, "batch": 0, "global_step": 0,
@@ -438,17 +548,41 @@ def train(model, backbone, train_cache, val_cache, *, settings: TrainSettings, s
                                 f"checkpoint was made with other data or settings (differs in: "
                                 f"{', '.join(diff)}); resume with the original options or start "
                                 "a new run folder")
+        was = meta.get("distributed") or {}
+        if was.get("effective_batch", bs) != bs:
+            raise BadInputError(Path(run_dir) / CHECKPOINT_DIR,
+                                f"checkpoint was written with an effective batch of "
+                                f"{was['effective_batch']} ({was.get('world_size')} process(es), "
+                                f"lr scaling {was.get('rule')!r}); this run has {bs} "
+                                f"({W} process(es), lr scaling {rule.rule!r}). Resume with "
+                                f"--nproc {was.get('world_size')} or with --lr-scaling none")
         restore_checkpoint(tensors, meta, model=model, optimizer=optimizer, generator=generator,
                            device=device)
         position, history = meta["position"], meta["history"]
         log(f"resuming from epoch {position['epoch'] + 1}, batch {position['batch']} "
             f"(step {position['global_step']})")
 
+    net = None
+    if ctx.is_distributed:
+        # DDP broadcasts rank 0's parameters (all ranks hold the same anyway) and averages
+        # gradients; the buffers (feature mean/std) never change, so no per-step broadcast.
+        net = ctx.wrap_model(VAEForward(model, autocast_dtype), **_no_buffer_sync())
+
     def checkpoint(reason):
         if run_dir is None:
             return None
-        return save_checkpoint(run_dir, model=model, optimizer=optimizer, generator=generator,
-                               position=position, history=history, fingerprint=fingerprint)
+        path = None
+        if main:
+            path = save_checkpoint(run_dir, model=model, optimizer=optimizer,
+                                   generator=generator, position=position, history=history,
+                                   fingerprint=fingerprint,
+                                   extra_meta={"distributed": rule.to_dict()})
+        ctx.barrier()  # no rank goes on (or exits) before the checkpoint is on disk
+        return path or Path(run_dir) / CHECKPOINT_DIR
+
+    def save_log():
+        if run_dir is not None and main:
+            write_log(run_dir, history)
 
     if not history:  # epoch 0: the untrained model
         model.eval()
@@ -457,30 +591,48 @@ def train(model, backbone, train_cache, val_cache, *, settings: TrainSettings, s
                         "train_style": float("nan"), "train_kl": float("nan"),
                         "val_style": vs, "val_kl": vk, "seconds": 0.0,
                         "patches_per_s": float("nan")})
-        if run_dir is not None:
-            write_log(run_dir, history)
+        save_log()
         log(f"before training: held-out style loss {vs:.4g}")
 
     steps_this_call = 0
-    with _DeferInterrupt() as intr:
+    latent = int(model.latent_dim)
+    with _DeferInterrupt(sigterm=ctx.is_distributed) as intr:
         while position["epoch"] < s.epochs:
             e = position["epoch"]
             order = np.random.default_rng([int(s.seed), e]).permutation(n)
             sums = position["sums"]
             bar = tqdm(total=n_batches, initial=position["batch"], desc=f"epoch {e + 1}/{s.epochs}",
-                       disable=quiet, file=sys.stderr, dynamic_ncols=True, leave=False)
+                       disable=quiet or not main, file=sys.stderr, dynamic_ncols=True, leave=False)
             model.train()
             try:
                 while position["batch"] < n_batches:
                     b = position["batch"]
                     idx = order[b * bs:(b + 1) * bs]
                     t0 = time.perf_counter()
-                    pooled, grams = train_cache.batch(idx, device)
                     try:
-                        loss, style, kl = train_step(
-                            model, backbone, optimizer, pooled, grams, kl_weight=s.kl_weight,
-                            style_taps=style_taps, layer_weights=lw, generator=generator,
-                            autocast_dtype=autocast_dtype, style_backend=s.style_backend)
+                        if net is None:
+                            pooled, grams = train_cache.batch(idx, device)
+                            loss, style, kl = train_step(
+                                model, backbone, optimizer, pooled, grams, kl_weight=s.kl_weight,
+                                style_taps=style_taps, layer_weights=lw, generator=generator,
+                                autocast_dtype=autocast_dtype, style_backend=s.style_backend)
+                            stop = intr.flag
+                        else:
+                            # the single-process draw for the whole global batch; keep our rows
+                            eps = torch.randn((len(idx), latent), generator=generator,
+                                              device=device, dtype=torch.float32)
+                            rows = ctx.split_batch(np.arange(len(idx)))
+                            n_local = len(rows)
+                            if n_local == 0:  # more ranks than patches: a weight-0 stand-in
+                                rows = np.arange(1)
+                            pooled, grams = train_cache.batch(idx[rows], device)
+                            (loss, style, kl), stop = distributed_train_step(
+                                net, backbone, optimizer, pooled, grams,
+                                eps[torch.from_numpy(rows).to(eps.device)], n_local=n_local,
+                                n_global=len(idx), ctx=ctx, kl_weight=s.kl_weight,
+                                style_taps=style_taps, layer_weights=lw,
+                                autocast_dtype=autocast_dtype, style_backend=s.style_backend,
+                                flag=intr.flag)
                     except TrainingDivergedError as exc:
                         ck = Path(run_dir) / CHECKPOINT_DIR if run_dir is not None else None
                         where = (f"the last good checkpoint {ck} is intact; " if ck and ck.exists()
@@ -500,7 +652,7 @@ def train(model, backbone, train_cache, val_cache, *, settings: TrainSettings, s
                     steps_this_call += 1
                     bar.update(1)
                     bar.set_postfix(style=f"{style:.4g}", kl=f"{kl:.4g}", refresh=False)
-                    if intr.flag:
+                    if stop:
                         path = checkpoint("interrupt")
                         log(f"interrupted: checkpoint written to {path}; continue with --resume")
                         raise KeyboardInterrupt
@@ -524,16 +676,19 @@ def train(model, backbone, train_cache, val_cache, *, settings: TrainSettings, s
                 f"held-out style {vs:.4g} ({sums['count'] / max(sums['seconds'], 1e-9):.2f} patches/s)")
             position = {"epoch": e + 1, "batch": 0, "global_step": position["global_step"],
                         "sums": {"loss": 0.0, "style": 0.0, "kl": 0.0, "count": 0, "seconds": 0.0}}
-            if run_dir is not None:
-                write_log(run_dir, history)
+            save_log()
             checkpoint("epoch")
-            if intr.flag:
+            stop = intr.flag
+            if ctx.is_distributed:
+                stop = ctx.all_reduce_sum([1.0 if intr.flag else 0.0])[0] > 0
+            if stop:
                 log("interrupted: checkpoint written; continue with --resume")
                 raise KeyboardInterrupt
     model.eval()
     return history
 
 
-__all__ = ["TrainSettings", "train", "train_step", "forward_losses", "evaluate", "split_patches",
+__all__ = ["TrainSettings", "train", "train_step", "distributed_train_step", "VAEForward",
+           "forward_losses", "evaluate", "split_patches",
            "save_checkpoint", "read_checkpoint", "write_log", "resolve_device",
            "resolve_precision", "fingerprint_arrays", "style_loss_grams"]
