@@ -17,9 +17,11 @@ start-up and imports are not counted; pytest-benchmark records the wall time of 
   volume DDP all-reduces every step — on 2 processes;
 * ``encode_1`` / ``encode_2``: :func:`matrep.pipeline.encode_patchset` with the ``vgg19``
   encoder (random weights) on 1 and 2 processes (the sharded encode);
-* training steps 1 vs 2 processes: to be added with the DDP integration of the texture-VAE
-  loop (``docs/distributed.md``, "Training integration"); until then ``matrep fit`` under
-  torchrun runs independent copies, and timing them would mean nothing.
+* ``train_1`` / ``train_2``: :meth:`TextureVAEEncoder.fit` (DDP on 2 processes) with the
+  default decoder and latent size on ``MATREP_BENCH_TRAIN_N`` (default 32) patches of 64²,
+  global batch 16, random VGG19 weights, fp32; the throughput is the second epoch's
+  (``history_[-1]["patches_per_s"]``: global patches over the summed step times of rank 0,
+  all-reduce included; the first epoch warms up).
 
 Results print at the end and go to ``benchmarks/.distributed_results.json``. Nothing here
 asserts on time. On this 2-core machine expect little gain from 2 processes; the point is
@@ -37,6 +39,7 @@ import numpy as np
 import pytest
 
 N_ENC = int(os.environ.get("MATREP_BENCH_N", "64"))
+N_TRAIN = int(os.environ.get("MATREP_BENCH_TRAIN_N", "32"))
 ENC_SIZE = 64
 N_PARAMS = 2_304_897  # trainable parameters of the default texture-VAE (latent 64, 128² patches)
 _RESULTS: dict = {}
@@ -98,6 +101,22 @@ def _worker(rank, world, port, case, out):
             encode_patchset(enc, ps, folder / f"enc{world}.h5", chunk=16, resume=False, dist=ctx)
             res["seconds"] = time.perf_counter() - t0
             res["patches_per_s"] = N_ENC / res["seconds"]
+        elif case == "train":
+            from matrep.plugins.texturevae import TextureVAEEncoder
+            from matrep.testing import make_texture_patches
+
+            X = make_texture_patches(N_TRAIN, 64, seed=0)
+            enc = TextureVAEEncoder(weights="random", device="cpu", precision="fp32", epochs=2,
+                                    batch_size=16, val_fraction=0.0, batch_size_eval=16)
+            ctx.barrier()
+            t0 = time.perf_counter()
+            enc.fit(X)
+            res["seconds_fit"] = time.perf_counter() - t0
+            last = enc.history_[-1]
+            res["patches_per_s"] = last["patches_per_s"]
+            res["seconds_per_step"] = last["seconds"] / max(1, -(-N_TRAIN // 16))
+            res["trainable_params"] = sum(p.numel() for p in enc.model_.parameters()
+                                          if p.requires_grad)
         if ctx.is_main:
             Path(out).write_text(json.dumps(res))
     finally:
@@ -133,7 +152,7 @@ def _report():
     print("\ndistributed (gloo, CPU, OMP_NUM_THREADS=1 per process):")
     for k, v in _RESULTS.items():
         print(f"  {k:<10} {json.dumps(v)}")
-    for case in ("encode",):
+    for case in ("encode", "train"):
         a, b = _RESULTS.get(f"{case}_1"), _RESULTS.get(f"{case}_2")
         if a and b and "patches_per_s" in a:
             print(f"  {case}: 2 processes give {b['patches_per_s'] / a['patches_per_s']:.2f}x "
@@ -148,3 +167,8 @@ def test_allreduce(benchmark, tmp_path):
 @pytest.mark.parametrize("world", [1, 2])
 def test_encode(benchmark, tmp_path, world):
     _bench(benchmark, f"encode_{world}", world, "encode", tmp_path)
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_train(benchmark, tmp_path, world):
+    _bench(benchmark, f"train_{world}", world, "train", tmp_path)
