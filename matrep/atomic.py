@@ -83,6 +83,10 @@ def atomic_dir(path):
     os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp
+        mask = _umask()
+        for f in tmp.rglob("*"):  # some writers (safetensors) create files 0600
+            if f.is_file() and not f.is_symlink():
+                os.chmod(f, (f.stat().st_mode | 0o666) & 0o777 & ~mask)
         old = None
         if path.exists():
             old = path.parent / f".old-{path.name}-{os.getpid()}"

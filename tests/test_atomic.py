@@ -25,10 +25,12 @@ def test_files_get_umask_permissions(tmp_path):
         atomic_write_text(tmp_path / "r.txt", "x")
         with atomic_dir(tmp_path / "d") as d:
             (d / "f").write_text("y")
+            os.chmod(d / "f", 0o600)
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "r.txt").stat().st_mode) == 0o644
     assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "d" / "f").stat().st_mode) == 0o644
 
 
 def test_atomic_dir_replaces_whole_folder(tmp_path):
