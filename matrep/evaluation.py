@@ -263,14 +263,7 @@ class EvaluationReport:
 
     def write(self, out_dir) -> dict:
         """Write evaluation.json, evaluation.csv and evaluation.md into ``out_dir`` (atomically)."""
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        paths = {"json": out_dir / "evaluation.json", "csv": out_dir / "evaluation.csv",
-                 "markdown": out_dir / "evaluation.md"}
-        atomic_write_text(paths["json"], json.dumps(self.to_dict(), indent=2, default=_jsonable))
-        atomic_write_text(paths["csv"], self.to_csv())
-        atomic_write_text(paths["markdown"], self.to_markdown())
-        return paths
+        return _write_outputs(self, out_dir, "evaluation.json", "evaluation.csv", "evaluation.md")
 
 
 def _jsonable(o):
@@ -646,14 +639,8 @@ class InterpretReport:
 
     def write(self, out_dir) -> dict:
         """Write interpret.json, interpret_spearman.csv and interpret.md (atomically)."""
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        paths = {"json": out_dir / "interpret.json", "csv": out_dir / "interpret_spearman.csv",
-                 "markdown": out_dir / "interpret.md"}
-        atomic_write_text(paths["json"], json.dumps(self.to_dict(), indent=2, default=_jsonable))
-        atomic_write_text(paths["csv"], self.to_csv())
-        atomic_write_text(paths["markdown"], self.to_markdown())
-        return paths
+        return _write_outputs(self, out_dir, "interpret.json", "interpret_spearman.csv",
+                              "interpret.md")
 
 
 def traversal_figure(model, patch, dims, path, *, values=None, titles=None) -> Path:
@@ -781,3 +768,14 @@ def interpret_model(model, images, *, labels=None, file_column: str = "file", fa
             report.notes.append("no traversal figure: the model cannot decode")
         report.write(out_dir)
     return report
+
+
+def _write_outputs(result, out_dir, json_name: str, csv_name: str, md_name: str) -> dict:
+    """Write a result's JSON, CSV and markdown forms into ``out_dir``, each atomically."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out_dir / json_name, "csv": out_dir / csv_name, "markdown": out_dir / md_name}
+    atomic_write_text(paths["json"], json.dumps(result.to_dict(), indent=2, default=_jsonable))
+    atomic_write_text(paths["csv"], result.to_csv())
+    atomic_write_text(paths["markdown"], result.to_markdown())
+    return paths

@@ -10,19 +10,8 @@ from click.testing import CliRunner
 from matrep import registry
 from matrep.cli import main
 
-from test_study_utils import install_plugins, make_dataset
-
-
-@pytest.fixture
-def plugins(tmp_path, monkeypatch):
-    install_plugins(tmp_path / "plugins", monkeypatch)
-    yield
-    registry.refresh()
-
-
-@pytest.fixture
-def dataset(tmp_path):
-    return make_dataset(tmp_path / "data")
+from test_study_utils import dataset, plugins  # noqa: F401  (shared fixtures)
+from test_study_utils import install_plugins, make_dataset  # noqa: F401
 
 
 def _args(dataset, out, *extra):

@@ -15,21 +15,10 @@ from matrep.report import format_summary, write_report
 from matrep.study import (MethodSpec, Study, detect_task, group_splits, make_model,
                           parse_model_spec, prepare_data, random_splits, regression_metrics)
 
-from test_study_utils import install_plugins, make_dataset
+from test_study_utils import dataset, plugins  # noqa: F401  (shared fixtures)
+from test_study_utils import install_plugins, make_dataset  # noqa: F401
 
 FAST = {"patch": 32, "stride": 32}
-
-
-@pytest.fixture
-def plugins(tmp_path, monkeypatch):
-    install_plugins(tmp_path / "plugins", monkeypatch)
-    yield
-    registry.refresh()
-
-
-@pytest.fixture
-def dataset(tmp_path):
-    return make_dataset(tmp_path / "data")
 
 
 def _data(dataset, target="modulus", **kw):

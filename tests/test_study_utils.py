@@ -8,6 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
+
+from matrep import registry
 
 from plugin_utils import activate, install_example_plugin, make_dist
 
@@ -86,3 +89,17 @@ def make_dataset(folder: Path, *, n: int = 6, size: int = 96, seed: int = 0) -> 
                     f"s{i // 2},7,")
     (folder / "labels.csv").write_text("\n".join(rows) + "\n")
     return folder
+
+
+@pytest.fixture
+def plugins(tmp_path, monkeypatch):
+    """The histogram and spy plugins, registered for one test."""
+    install_plugins(tmp_path / "plugins", monkeypatch)
+    yield
+    registry.refresh()
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    """A small labelled image folder."""
+    return make_dataset(tmp_path / "data")
