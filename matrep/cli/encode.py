@@ -34,23 +34,29 @@ def parse_crop(value):
     return tuple(int(p) for p in parts)
 
 
-def patch_options(func):
-    """The patching options shared by commands that read micrographs."""
+def window_options(func):
+    """--stride, --crop and --crop-bottom (for commands whose patch size comes from a model)."""
     opts = [
-        click.option("--images", "images", required=True, multiple=True,
-                     help="Folder, glob pattern or file of micrographs (repeatable)."),
-        click.option("--patch", default=128, type=click.IntRange(8), help="Patch size in pixels."),
         click.option("--stride", default=50, type=click.IntRange(1), help="Sliding-window stride."),
         click.option("--crop", default=None, metavar="TOP,LEFT,HEIGHT,WIDTH",
                      help="Crop box applied to every image before patching (default: none)."),
         click.option("--crop-bottom", default=0, type=click.IntRange(0),
                      help="Rows removed at the bottom first (UHCS data bar: 38)."),
-        click.option("--skip-bad", is_flag=True,
-                     help="Skip unreadable or too-small images and list them at the end."),
     ]
     for o in reversed(opts):
         func = o(func)
     return func
+
+
+def patch_options(func):
+    """The patching options shared by commands that read micrographs."""
+    func = click.option("--skip-bad", is_flag=True,
+                        help="Skip unreadable or too-small images and list them at the end.")(func)
+    func = window_options(func)
+    func = click.option("--patch", default=128, type=click.IntRange(8),
+                        help="Patch size in pixels.")(func)
+    return click.option("--images", "images", required=True, multiple=True,
+                        help="Folder, glob pattern or file of micrographs (repeatable).")(func)
 
 
 def read_patchset(images, patch, stride, crop, crop_bottom, skip_bad, quiet, lazy=False, **kw):

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from ._common import handle_errors, quiet_option
-from .encode import parse_crop
+from .encode import parse_crop, window_options
 
 
 def _images_arg(images):
@@ -29,11 +29,7 @@ def _log(quiet):
                    "different micrograph of --images).")
 @click.option("-n", "--n", "n", default=100, type=click.IntRange(1),
               help="Patches per model (the paper used 100).")
-@click.option("--stride", default=50, type=click.IntRange(1), help="Sliding-window stride.")
-@click.option("--crop", default=None, metavar="TOP,LEFT,HEIGHT,WIDTH",
-              help="Crop box applied to every image before patching (default: none).")
-@click.option("--crop-bottom", default=0, type=click.IntRange(0),
-              help="Rows removed at the bottom first (UHCS data bar: 38).")
+@window_options
 @click.option("--metrics", default="stsim2,stsim2_global,dists",
               help="Comma-separated metrics: stsim2 (7x7 window), stsim2_global, dists.")
 @click.option("--seed", default=0, type=int, help="Seed of the patch choice and baselines.")
@@ -84,11 +80,7 @@ def evaluate_cmd(models, images, other_images, n, stride, crop, crop_bottom, met
                    "bookkeeping such as seed); MIG/SAP use the same list.")
 @click.option("-n", "--n", "n", default=500, type=click.IntRange(1),
               help="Random subset of patches to encode.")
-@click.option("--stride", default=50, type=click.IntRange(1), help="Sliding-window stride.")
-@click.option("--crop", default=None, metavar="TOP,LEFT,HEIGHT,WIDTH",
-              help="Crop box applied to every image before patching (default: none).")
-@click.option("--crop-bottom", default=0, type=click.IntRange(0),
-              help="Rows removed at the bottom first (UHCS data bar: 38).")
+@window_options
 @click.option("--top-k", default=5, type=click.IntRange(1), help="Dimensions listed per factor.")
 @click.option("--traversal-dims", default=6, type=click.IntRange(0),
               help="Dimensions in the traversal figure (0: no figure).")

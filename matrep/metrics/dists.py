@@ -87,27 +87,29 @@ def _wheel_alpha_beta() -> Path | None:
 
 def find_vgg16_weights(path=None) -> Path | None:
     """The VGG16 weights file DISTS would use, or None (see the module docstring for the order)."""
-    for cand in (path, os.environ.get(ENV_VGG16)):
-        if cand:
-            p = Path(cand).expanduser()
-            if not p.is_file():
-                raise WeightsNotFoundError(f"{p}: VGG16 weights file not found (given as "
-                                           f"{'vgg16_weights' if cand == path else '$' + ENV_VGG16})")
-            return p
+    given = _given_file(path, "vgg16_weights", ENV_VGG16, "VGG16 weights file")
+    if given is not None:
+        return given
     p = _torch_hub_vgg16()
     return p if p.is_file() else None
 
 
 def find_dists_weights(path=None) -> Path | None:
     """The alpha/beta file DISTS would use, or None (see the module docstring for the order)."""
-    for cand in (path, os.environ.get(ENV_DISTS)):
+    given = _given_file(path, "dists_weights", ENV_DISTS, "DISTS alpha/beta file")
+    return given if given is not None else _wheel_alpha_beta()
+
+
+def _given_file(path, argname: str, env: str, what: str) -> Path | None:
+    """The file named by the argument or else by ``$env``; an error if it names a missing file."""
+    for cand in (path, os.environ.get(env)):
         if cand:
             p = Path(cand).expanduser()
             if not p.is_file():
-                raise WeightsNotFoundError(f"{p}: DISTS alpha/beta file not found (given as "
-                                           f"{'dists_weights' if cand == path else '$' + ENV_DISTS})")
+                raise WeightsNotFoundError(f"{p}: {what} not found (given as "
+                                           f"{argname if cand == path else '$' + env})")
             return p
-    return _wheel_alpha_beta()
+    return None
 
 
 def missing_ingredients(vgg16_weights=None, dists_weights=None) -> list[str]:
