@@ -1,7 +1,7 @@
 """The structure-property study: encoders x regressors x honest splits, resumable.
 
 This is the functional core behind ``matrep compare`` (the report lives in
-:mod:`matrep.report`). The study answers the paper's question (Sharma et al. 2021, Tables 2
+:mod:`matrep.report`). The study answers the paper's question (Sardeshmukh et al. 2021, Tables 2
 and 3, Fig. 7): do an encoder's features of patches predict a property of the micrograph
 they come from, and do they still predict it for a micrograph the model has never seen?
 

@@ -1,4 +1,4 @@
-"""The texture-VAE encoder (Sharma et al. 2021): ``TextureVAEEncoder``.
+"""The texture-VAE encoder (Sardeshmukh et al. 2021): ``TextureVAEEncoder``.
 
 Registered as the ``texturevae`` entry point of group ``matrep.encoders``. Importing this
 package does not import torch; the model, training loop and figures load when used:

@@ -1,7 +1,8 @@
 """``TextureVAEEncoder``: the texture-VAE as a matrep encoder (scikit-learn shaped).
 
-Sharma, Kulkarni, Viswanathan & Subramanian (2021), "TextureVAE: Learning interpretable
-representations of material microstructures using variational autoencoders" (CC BY 4.0):
+Sardeshmukh, Reddy, Gautham & Bhattacharyya (2021), "TextureVAE: Learning Interpretable
+Representations of Material Microstructures Using Variational Autoencoders", AAAI-MAKE 2021,
+CEUR Workshop Proceedings Vol-2964, paper 59 (CC BY 4.0):
 a VAE whose reconstruction loss is the Gatys style loss on VGG19 conv1_1 and pool1..pool4,
 with a frozen pretrained VGG19 + trained fully-connected mu/log-variance head as encoder and a
 decoder of four (3x3 conv, nearest 2x upsampling, LeakyReLU 0.3) blocks.
@@ -84,7 +85,7 @@ class TextureVAEEncoder(BaseEncoder):
     """
 
     name = "texturevae"
-    description = "Texture-VAE (Sharma et al. 2021): frozen VGG19 + FC head, style-loss decoder; trainable, decodes."
+    description = "Texture-VAE (Sardeshmukh et al. 2021): frozen VGG19 + FC head, style-loss decoder; trainable, decodes."
     trainable = True
     can_decode = True
 

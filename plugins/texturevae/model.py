@@ -1,4 +1,4 @@
-"""The texture-VAE's trainable parts: the latent head and the decoder (Sharma et al. 2021).
+"""The texture-VAE's trainable parts: the latent head and the decoder (Sardeshmukh et al. 2021).
 
 The encoder is a *frozen* pretrained VGG19 (:class:`matrep.backbone.VGG19Backbone`) whose
 feature maps are pooled into a fixed-length vector (:func:`pool_features`), standardised with

@@ -7,7 +7,7 @@ Loss (per batch, mean over the patches of the batch):
     \\mathcal{L} = \\mathcal{L}_{style}(x, \\hat x) + \\beta\\,
                    \\mathrm{KL}\\big(\\mathcal N(\\mu, e^{\\lambda}) \\,\\|\\, \\mathcal N(0, I)\\big)
 
-with the style loss of Sharma et al. (2021) eq. 2 exactly as Gatys et al. (2015) normalise it
+with the style loss of Sardeshmukh et al. (2021) eq. 2 exactly as Gatys et al. (2015) normalise it
 (:math:`w_l / (4 C_l^2 M_l^2)` per layer, unnormalised Gram matrices, ``matrep.kernels``), the
 KL term summed over latent dimensions, and :math:`\\beta` = ``kl_weight``. See
 ``docs/texturevae.md`` for why the default ``kl_weight`` balances the two terms.
