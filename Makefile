@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 DEMO   ?= demo-output
 
-.PHONY: setup demo test test-all bench clean
+.PHONY: setup demo test test-all bench gpu-check clean
 
 setup: $(VENV)/.matrep-installed
 
@@ -28,6 +28,11 @@ test-all: setup
 
 bench: setup
 	$(BIN)/python -m pytest benchmarks -q --benchmark-enable --benchmark-only -m "not gpu"
+
+# GPU tests + style-loss and training-step benchmarks (< 8 min on one H100/H200); writes
+# benchmarks/gpu-results-<card>.json/.md. Without CUDA it says so and exits 0.
+gpu-check: setup
+	$(BIN)/python scripts/gpu_check.py
 
 clean:
 	rm -rf $(DEMO) .benchmarks
