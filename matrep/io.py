@@ -30,7 +30,8 @@ import numpy as np
 
 from .errors import BadInputError
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp",
+                    ".dm3", ".dm4", ".emd")  # the last three via matrep.formats (rosettasciio)
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float64)
 
 
@@ -131,6 +132,10 @@ def to_grey(arr: np.ndarray, *, path=None) -> np.ndarray:
 
 def _read_raw(path: Path) -> np.ndarray:
     suffix = path.suffix.lower()
+    if suffix in (".dm3", ".dm4", ".emd"):
+        from .formats import read_pixels
+
+        return read_pixels(path)
     if suffix in (".tif", ".tiff"):
         import tifffile
 
@@ -258,6 +263,7 @@ class PatchSet:
     crop: tuple | None = None
     crop_bottom: int = 0
     skipped: list = field(default_factory=list)
+    scale: object = None  # matrep.scale.ScalePlan: pixel sizes, resampling (None: not resolved)
 
     def __len__(self) -> int:
         return len(self.patches)
@@ -271,13 +277,14 @@ class PatchSet:
         """The patching settings as a JSON-compatible dict."""
         return {"patch": int(self.patch), "stride": int(self.stride),
                 "crop": list(self.crop) if self.crop is not None else None,
-                "crop_bottom": int(self.crop_bottom)}
+                "crop_bottom": int(self.crop_bottom),
+                **({"scale": s} if (s := getattr(self.scale, "settings", lambda: None)()) else {})}
 
     def subset(self, index) -> "PatchSet":
         """A PatchSet of the patches selected by ``index`` (mask or integer array)."""
         return PatchSet(self.patches[index], self.sources[index], self.micrograph_ids[index],
                         self.coords[index], self.patch, self.stride, self.crop, self.crop_bottom,
-                        list(self.skipped))
+                        list(self.skipped), scale=self.scale)
 
 
 def micrograph_id(path: Path, root: Path | None) -> str:
@@ -301,7 +308,7 @@ def _common_root(files: list[Path]) -> Path | None:
 
 def load_patches(images, *, patch: int = 128, stride: int = 50, crop=None, crop_bottom: int = 0,
                  skip_bad: bool = False, max_patches_per_image: int | None = None,
-                 seed: int = 0, progress=None) -> PatchSet:
+                 seed: int = 0, progress=None, scale=None) -> PatchSet:
     """Read micrographs and cut them into patches.
 
     Parameters
@@ -314,6 +321,9 @@ def load_patches(images, *, patch: int = 128, stride: int = 50, crop=None, crop_
         ``PatchSet.skipped`` instead of raising
     max_patches_per_image : int or None — keep a seeded random subset of each image's patches
     progress : callable wrapping an iterable (e.g. a progress bar), optional
+    scale : matrep.scale.ScaleOptions or ScalePlan, optional — resolve each micrograph's pixel
+        size (recorded in ``PatchSet.scale``) and, with a target, resample it after cropping;
+        micrographs left out for their scale are not read (see :mod:`matrep.scale`)
 
     Raises
     ------
@@ -322,6 +332,12 @@ def load_patches(images, *, patch: int = 128, stride: int = 50, crop=None, crop_
     files = [Path(f) for f in list_images(images)]
     root = Path(images).resolve() if not isinstance(images, (list, tuple)) and Path(images).is_dir() \
         else _common_root(files)
+    if scale is not None:  # pixel sizes; micrographs left out for their scale (matrep.scale)
+        from .scale import as_plan
+
+        scale = as_plan(scale, files, patch=patch, crop=crop, crop_bottom=crop_bottom,
+                        skip_bad=skip_bad)
+        files = [f for f in files if scale.keeps(f)]
     rng = np.random.default_rng(seed)
     all_p, all_c, all_src, all_id, skipped = [], [], [], [], []
     it = progress(files) if progress is not None else files
@@ -329,6 +345,8 @@ def load_patches(images, *, patch: int = 128, stride: int = 50, crop=None, crop_
         try:
             img = read_micrograph(f)
             img = apply_crop(img, crop, crop_bottom, path=f)
+            if scale is not None:
+                img = scale.resample(f, img)
             p, c = extract_patches(img, patch, stride, path=f)
         except BadInputError as exc:
             if not skip_bad:
@@ -347,4 +365,4 @@ def load_patches(images, *, patch: int = 128, stride: int = 50, crop=None, crop_
                             + "; ".join(f"{Path(s).name}: {m}" for s, m in skipped) + ")")
     return PatchSet(np.concatenate(all_p), np.array(all_src), np.array(all_id),
                     np.concatenate(all_c), patch, stride,
-                    tuple(crop) if crop is not None else None, crop_bottom, skipped)
+                    tuple(crop) if crop is not None else None, crop_bottom, skipped, scale=scale)

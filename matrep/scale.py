@@ -1,0 +1,620 @@
+r"""Physical scale: every micrograph's pixel size, and resampling to one pixel size.
+
+A texture statistic means something only at a known physical scale: a 128-pixel patch of a
+micrograph at 0.01 um/px covers 1.3 um, at 5 um/px 640 um. This module gives every
+micrograph a pixel size in micrometres per pixel (or an explicit "unknown") and, when asked,
+resamples each micrograph to one target pixel size before it is cut into patches, so that
+every patch covers the same area of the sample.
+
+Where a pixel size comes from (the first that is present wins; :func:`resolve_pixel_sizes`):
+
+1. ``pixel_size`` (``--pixel-size``): one value for every image;
+2. a labels column: ``pixel_size_column`` (``--pixel-size-column``), by default
+   ``pixel_size_um`` if the labels have it, else the scale-bar pair ``micron_bar`` /
+   ``micron_bar_px`` (UHCS: the bar's length and its length in pixels; a
+   ``micron_bar_units`` column, when present, gives the bar's unit, e.g. ``nm``);
+3. the file's own metadata (:mod:`matrep.formats`: TIFF vendor and resolution tags,
+   DM3/DM4/EMD axes).
+
+The source is recorded next to the value (``option``, ``labels:pixel_size_um``,
+``labels:micron_bar/micron_bar_px``, ``file:tiff:FEI_HELIOS[Scan]PixelWidth``, ...,
+``unknown``). When a label (or ``--pixel-size``) and the file's metadata disagree by more than
+:data:`CONFLICT_RTOL`, the label wins and a warning names the file and both values.
+
+Resampling (:func:`resample`): each micrograph is zoomed by ``factor = p / t`` (its pixel size
+``p`` over the target ``t``), after cropping and before patching.
+
+* Downsampling (factor < 1) is anti-aliased: a Gaussian low-pass of standard deviation
+  :math:`\sigma = (1/\mathrm{factor} - 1)/2` pixels, then bilinear interpolation
+  (``skimage.transform.rescale(..., order=1, anti_aliasing=True)``). Without the low-pass,
+  detail finer than the new pixel folds back as false, coarser texture (aliasing), and the
+  two-point statistics and Gram matrices measure exactly that spatial-frequency content.
+  Bilinear rather than cubic interpolation never overshoots the [0, 1] grey range.
+* Upsampling (factor > 1) adds no information; it is bilinear and allowed up to
+  :data:`UPSAMPLE_LIMIT` (2x). A micrograph that would need more is left out, with a warning
+  naming it and its pixel size.
+* The resampled image has ``round(H * factor)`` x ``round(W * factor)`` pixels, so its pixel
+  size is the target to within one pixel over the image's width. Patch coordinates in the
+  records are in the resampled image.
+
+``scale="auto"`` (``--scale auto``, :func:`auto_target`) picks the coarsest pixel size among
+the finest :data:`AUTO_SHARE` (90 %) of the micrographs: those 90 % are only downsampled
+(they keep what they show at that scale), the coarsest 10 % are upsampled (up to 2x) or left
+out. Micrographs that become smaller than one patch are left out with a warning as well.
+
+``min_pixel_size`` / ``max_pixel_size`` keep only micrographs within that range of pixel
+sizes (inclusive); the others are left out with a note.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import warnings
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .errors import BadInputError, LabelsError
+
+#: Largest allowed upsampling factor (target pixel size finer than the image's by at most 2x).
+UPSAMPLE_LIMIT = 2.0
+#: Share of micrographs ``--scale auto`` keeps without upsampling.
+AUTO_SHARE = 0.9
+#: Relative difference above which a label and the file's metadata "contradict".
+CONFLICT_RTOL = 0.01
+#: The conventional labels column (micrometres per pixel).
+PIXEL_SIZE_COLUMN = "pixel_size_um"
+#: The scale-bar pair (UHCS): bar length, bar length in pixels, and optionally its unit.
+BAR_COLUMNS = ("micron_bar", "micron_bar_px")
+BAR_UNITS_COLUMN = "micron_bar_units"
+UNKNOWN = "unknown"
+
+_WHERE_TO_GET_ONE = ("give --pixel-size, a labels column pixel_size_um (or micron_bar and "
+                     "micron_bar_px), or a file whose metadata states it (TIFF tags, DM3/DM4/EMD)")
+
+
+class ScaleWarning(UserWarning):
+    """A micrograph left out or a pixel size overridden because of its physical scale."""
+
+
+@dataclass(frozen=True)
+class PixelSize:
+    """A micrograph's pixel size and where it came from.
+
+    Attributes
+    ----------
+    um_per_px : float or None — micrometres per pixel; None when unknown
+    source : str — ``option``, ``labels:<column>``, ``file:<where>`` or ``unknown``
+    """
+
+    um_per_px: float | None
+    source: str
+
+    @property
+    def known(self) -> bool:
+        return self.um_per_px is not None
+
+
+# ---------------------------------------------------------------------------------------
+# values
+# ---------------------------------------------------------------------------------------
+def _number(value, what: str, path) -> float:
+    """A finite positive float, or a BadInputError naming ``path`` and ``what``."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise BadInputError(path, f"{what} must be a positive number, got {value!r}") from None
+    if not math.isfinite(v) or v <= 0:
+        raise BadInputError(path, f"{what} must be a positive number, got {value!r}")
+    return v
+
+
+def parse_scale(value) -> float | str | None:
+    """``--scale`` value: a positive number of um/px, ``"auto"``, or None.
+
+    >>> parse_scale("0.5"), parse_scale("auto"), parse_scale(None)
+    (0.5, 'auto', None)
+    """
+    if value is None or (isinstance(value, str) and value.strip() == ""):
+        return None
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    return _number(value, "--scale (micrometres per pixel, or auto)", None)
+
+
+def scale_bar_pixel_size(length, length_px, unit="um", *, path=None) -> float:
+    """Pixel size (um/px) from a scale bar: ``length`` (in ``unit``) over ``length_px`` pixels.
+
+    >>> scale_bar_pixel_size(10, 103)  # doctest: +ELLIPSIS
+    0.0970873...
+    >>> scale_bar_pixel_size(500, 50, "nm")
+    0.01
+    """
+    from .formats import unit_to_um
+
+    n = _number(length, f"scale bar length {BAR_COLUMNS[0]}", path)
+    px = _number(length_px, f"scale bar length in pixels {BAR_COLUMNS[1]}", path)
+    f = 1.0 if unit is None or (isinstance(unit, float) and math.isnan(unit)) else unit_to_um(unit)
+    if f is None:
+        raise BadInputError(path, f"unknown scale bar unit {BAR_UNITS_COLUMN}={unit!r} "
+                                  "(expected um, nm, mm, ...)")
+    return n * f / px
+
+
+def label_column_kind(columns, column: str | None = None) -> tuple[str, ...] | None:
+    """Which labels columns give the pixel size: ``(column,)``, the bar pair, or None.
+
+    ``column`` names a column explicitly (``"micron_bar"`` or ``"micron_bar/micron_bar_px"``
+    select the pair); otherwise ``pixel_size_um`` if present, else the pair if both present.
+    """
+    cols = set(map(str, columns))
+    if column is not None:
+        if column in ("micron_bar", "micron_bar/micron_bar_px") and set(BAR_COLUMNS) <= cols:
+            return BAR_COLUMNS
+        if column not in cols:
+            return ()
+        return (column,)
+    if PIXEL_SIZE_COLUMN in cols:
+        return (PIXEL_SIZE_COLUMN,)
+    if set(BAR_COLUMNS) <= cols:
+        return BAR_COLUMNS
+    return None
+
+
+def label_pixel_sizes(labels, files, *, column: str | None = None,
+                      file_column: str | None = None) -> dict[str, PixelSize]:
+    """Pixel sizes of ``files`` from a labels table (only files with a value are returned).
+
+    Parameters
+    ----------
+    labels : pandas.DataFrame from :func:`matrep.labels.read_labels`, or a CSV path
+    files : list of paths
+    column : see :func:`label_column_kind`
+
+    Raises
+    ------
+    LabelsError
+        When ``column`` is named but absent.
+    BadInputError
+        Naming the image when its value is zero, negative or not a number.
+    """
+    from .labels import match_labels, read_labels
+
+    if not hasattr(labels, "columns"):
+        labels = read_labels(labels, file_column=file_column or "file")
+    src = labels.attrs.get("path", "labels")
+    kind = label_column_kind(labels.columns, column)
+    if kind == ():
+        raise LabelsError(f"{src}: no pixel-size column {column!r} (columns are: "
+                          f"{', '.join(map(str, labels.columns))}); pass --pixel-size-column "
+                          f"{PIXEL_SIZE_COLUMN} or micron_bar")
+    if kind is None:
+        return {}
+    files = [str(f) for f in files]
+
+    class _Files:  # what match_labels needs of a PatchSet
+        sources = np.array(files)
+
+    try:
+        tab = match_labels(_Files, labels, file_column=file_column, warn=False).table
+    except LabelsError:
+        return {}  # no row matches any image: no pixel size from these labels
+    out = {}
+    for i, f in enumerate(files):
+        if kind == BAR_COLUMNS:
+            a, b = tab[BAR_COLUMNS[0]].iloc[i], tab[BAR_COLUMNS[1]].iloc[i]
+            if _missing(a) and _missing(b):
+                continue
+            unit = tab[BAR_UNITS_COLUMN].iloc[i] if BAR_UNITS_COLUMN in tab.columns else None
+            out[f] = PixelSize(scale_bar_pixel_size(a, b, None if _missing(unit) else unit, path=f),
+                               "labels:micron_bar/micron_bar_px")
+        else:
+            v = tab[kind[0]].iloc[i]
+            if _missing(v):
+                continue
+            out[f] = PixelSize(_number(v, f"pixel size {kind[0]} (um/px)", f), f"labels:{kind[0]}")
+    return out
+
+
+def _missing(v) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v)) or \
+        (isinstance(v, str) and v.strip() == "")
+
+
+def resolve_pixel_sizes(files, *, pixel_size=None, labels=None, column: str | None = None,
+                        file_column: str | None = None, read_metadata: bool = True,
+                        warn: Callable[[str], None] | None = None) -> dict[str, PixelSize]:
+    """Every file's pixel size (or unknown) by the rules of this module.
+
+    Parameters
+    ----------
+    files : list of paths
+    pixel_size : float, optional — one pixel size (um/px) for every file
+    labels : DataFrame or CSV path, optional — the labels holding ``column``
+    column : str, optional — see :func:`label_column_kind`
+    read_metadata : bool, default True — look into TIFF/DM/EMD files (also to check labels)
+    warn : callable(str), optional — receives conflict warnings (default: ``warnings.warn``)
+
+    Returns
+    -------
+    dict mapping ``str(path)`` to :class:`PixelSize`.
+    """
+    from .formats import can_state_pixel_size, read_pixel_size
+
+    warn = warn or (lambda m: warnings.warn(m, ScaleWarning, stacklevel=3))
+    files = [str(f) for f in files]
+    given = {}
+    if pixel_size is not None:
+        v = _number(pixel_size, "--pixel-size (um/px)", None)
+        given = {f: PixelSize(v, "option") for f in files}
+    elif labels is not None:
+        given = label_pixel_sizes(labels, files, column=column, file_column=file_column)
+    elif column is not None:
+        raise LabelsError(f"--pixel-size-column {column!r} needs a labels CSV (--labels or "
+                          "--pixel-size-labels)")
+    out = {}
+    for f in files:
+        found = read_pixel_size(f) if read_metadata and can_state_pixel_size(f) else None
+        g = given.get(f)
+        if g is not None:
+            if found is not None and abs(found.um_per_px - g.um_per_px) > CONFLICT_RTOL * g.um_per_px:
+                warn(f"{f}: pixel size {g.um_per_px:.6g} um/px from {g.source} contradicts "
+                     f"{found.um_per_px:.6g} um/px in the file ({found.where}); using "
+                     f"{g.um_per_px:.6g} um/px from {g.source}")
+            out[f] = g
+        elif found is not None:
+            out[f] = PixelSize(float(found.um_per_px), f"file:{found.where}")
+        else:
+            out[f] = PixelSize(None, UNKNOWN)
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# resampling
+# ---------------------------------------------------------------------------------------
+def resample(img: np.ndarray, factor: float) -> np.ndarray:
+    """Zoom a (H, W) image in [0, 1] by ``factor`` (anti-aliased when < 1; see the module doc).
+
+    ``factor == 1`` returns ``img`` itself. The result is float32 of shape
+    ``(round(H * factor), round(W * factor))``, clipped to [0, 1].
+
+    >>> resample(np.ones((10, 8), np.float32), 0.5).shape
+    (5, 4)
+    """
+    factor = float(factor)
+    if not math.isfinite(factor) or factor <= 0:
+        raise ValueError(f"resampling factor must be a positive number, got {factor!r}")
+    if abs(factor - 1.0) < 1e-9:
+        return img
+    from skimage.transform import rescale
+
+    out = rescale(np.asarray(img, dtype=np.float32), factor, order=1, mode="reflect",
+                  anti_aliasing=factor < 1.0, preserve_range=True)
+    return np.clip(out, 0.0, 1.0).astype(np.float32, copy=False)
+
+
+def auto_target(pixel_sizes, share: float = AUTO_SHARE) -> float:
+    """``--scale auto``: the smallest pixel size that at least ``share`` of ``pixel_sizes`` reach.
+
+    That is the coarsest pixel size among the finest ``share`` of the micrographs: they are
+    only downsampled, the rest are upsampled or left out.
+
+    >>> auto_target([0.1, 0.1, 0.2, 0.4, 1.0], share=0.8)
+    0.4
+    """
+    p = np.sort(np.asarray([v for v in pixel_sizes if v is not None], dtype=np.float64))
+    if not len(p):
+        raise ValueError("--scale auto needs at least one known pixel size")
+    if not 0 < share <= 1:
+        raise ValueError(f"share must be in (0, 1], got {share}")
+    k = max(1, int(math.ceil(share * len(p) - 1e-9)))
+    return float(p[k - 1])
+
+
+# ---------------------------------------------------------------------------------------
+# options and plan
+# ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ScaleOptions:
+    """What the user asked for (the CLI's ``--scale``, ``--pixel-size`` ... options).
+
+    Attributes
+    ----------
+    scale : float (um/px), ``"auto"`` or None (no resampling)
+    pixel_size : float or None — one pixel size for every micrograph
+    pixel_size_column : str or None — labels column (see :func:`label_column_kind`)
+    labels : CSV path or DataFrame holding the column, optional
+    file_column : labels column naming the image files
+    min_pixel_size, max_pixel_size : float or None — keep micrographs within this range
+    upsample_limit : float, default :data:`UPSAMPLE_LIMIT`
+    share : float, default :data:`AUTO_SHARE` (``scale="auto"``)
+    model_scale : float or None — the scale a model was trained at (used when ``scale`` is
+        None; a different ``scale`` gives a warning)
+    warn : callable(str) receiving warnings, optional
+    """
+
+    scale: float | str | None = None
+    pixel_size: float | None = None
+    pixel_size_column: str | None = None
+    labels: object = None
+    file_column: str = "file"
+    min_pixel_size: float | None = None
+    max_pixel_size: float | None = None
+    upsample_limit: float = UPSAMPLE_LIMIT
+    share: float = AUTO_SHARE
+    model_scale: float | None = None
+    warn: Callable | None = field(default=None, compare=False, repr=False)
+
+    def effective_scale(self):
+        """``scale``, or the model's recorded scale when ``scale`` is None."""
+        return self.scale if self.scale is not None else self.model_scale
+
+    def selects(self) -> bool:
+        """Whether micrographs must have a known pixel size (resampling or a range)."""
+        return self.effective_scale() is not None or self.min_pixel_size is not None \
+            or self.max_pixel_size is not None
+
+    def replace(self, **kw) -> "ScaleOptions":
+        return replace(self, **kw)
+
+
+@dataclass
+class ScalePlan:
+    """Pixel sizes of a set of micrographs and what to do with each.
+
+    Attributes
+    ----------
+    target_um_per_px : float or None — the pixel size every kept micrograph is resampled to
+    pixel_sizes : dict str(path) -> PixelSize — every micrograph considered
+    factors : dict str(path) -> float — zoom factor of each kept micrograph (1.0 without target)
+    dropped : list of (path, reason) — micrographs left out for their scale
+    auto : bool — the target was chosen by ``scale="auto"``
+    upsample_limit : float
+    """
+
+    target_um_per_px: float | None
+    pixel_sizes: dict
+    factors: dict
+    dropped: list = field(default_factory=list)
+    auto: bool = False
+    upsample_limit: float = UPSAMPLE_LIMIT
+    share: float = AUTO_SHARE
+
+    def keeps(self, path) -> bool:
+        return str(path) in self.factors
+
+    def keep(self, files) -> list:
+        """The files of ``files`` this plan keeps, in order."""
+        return [f for f in files if self.keeps(f)]
+
+    def resample(self, path, img: np.ndarray) -> np.ndarray:
+        """``img`` (the cropped micrograph ``path``) at the target pixel size."""
+        return resample(img, self.factors.get(str(path), 1.0))
+
+    def pixel_size(self, path) -> PixelSize:
+        return self.pixel_sizes.get(str(path), PixelSize(None, UNKNOWN))
+
+    def records(self, sources) -> dict:
+        """Per-patch record columns for patches cut from ``sources`` (one path per patch).
+
+        ``pixel_size_um`` is the micrograph's own pixel size (NaN when unknown),
+        ``pixel_size_source`` where it came from, ``resample_factor`` the zoom applied.
+        """
+        cache = {}
+        ps, src, fac = [], [], []
+        for s in np.asarray(sources).tolist():
+            if s not in cache:
+                p = self.pixel_size(s)
+                cache[s] = (p.um_per_px if p.known else float("nan"), p.source,
+                            float(self.factors.get(str(s), 1.0)))
+            a, b, c = cache[s]
+            ps.append(a)
+            src.append(b)
+            fac.append(c)
+        return {"pixel_size_um": np.array(ps, dtype=np.float64),
+                "pixel_size_source": np.array(src, dtype=object),
+                "resample_factor": np.array(fac, dtype=np.float64)}
+
+    def summary(self, files=None) -> dict:
+        """Scale distribution of the (kept) micrographs, for reports (JSON-compatible)."""
+        files = list(self.factors) if files is None else [str(f) for f in files]
+        vals = [self.pixel_size(f).um_per_px for f in files]
+        known = np.array([v for v in vals if v is not None], dtype=np.float64)
+        sources: dict = {}
+        for f in files:
+            s = self.pixel_size(f).source
+            s = s.split("[", 1)[0].split("(", 1)[0]
+            sources[s] = sources.get(s, 0) + 1
+        d = {"target_um_per_px": self.target_um_per_px, "auto": bool(self.auto),
+             "images": len(files), "known": int(len(known)), "unknown": int(len(files) - len(known)),
+             "sources": sources, "dropped": len(self.dropped),
+             "upsample_limit": self.upsample_limit}
+        if len(known):
+            q = np.quantile(known, [0.0, 0.1, 0.5, 0.9, 1.0])
+            d.update({"min_um_per_px": float(q[0]), "p10_um_per_px": float(q[1]),
+                      "median_um_per_px": float(q[2]), "p90_um_per_px": float(q[3]),
+                      "max_um_per_px": float(q[4])})
+        if self.auto:
+            d["auto_share"] = self.share
+        return d
+
+    def settings(self) -> dict | None:
+        """What changes the patches (None without a target): target, limit, per-file sizes."""
+        if self.target_um_per_px is None:
+            return None
+        h = hashlib.sha256(json.dumps(sorted((k, v) for k, v in self.factors.items())).encode())
+        return {"um_per_px": float(self.target_um_per_px), "auto": bool(self.auto),
+                "upsample_limit": float(self.upsample_limit), "factors_sha256": h.hexdigest()}
+
+    def describe(self) -> list[str]:
+        """Human-readable lines: the target, the distribution, the micrographs left out."""
+        s = self.summary()
+        out = []
+        if s["known"]:
+            out.append(f"pixel sizes of {s['images']} micrograph(s): {s['min_um_per_px']:.4g} to "
+                       f"{s['max_um_per_px']:.4g} um/px (median {s['median_um_per_px']:.4g}); "
+                       f"{s['unknown']} unknown; sources: "
+                       + ", ".join(f"{k} {v}" for k, v in sorted(s["sources"].items())))
+        if self.target_um_per_px is not None:
+            out.append(f"resampled to {self.target_um_per_px:.6g} um/px"
+                       + (f" (--scale auto: the coarsest pixel size of the finest "
+                          f"{self.share:.0%} of the micrographs)" if self.auto else ""))
+        if self.dropped:
+            out.append(f"{len(self.dropped)} micrograph(s) left out for their scale")
+        return out
+
+
+def _image_hw(path, crop=None, crop_bottom: int = 0) -> tuple[int, int] | None:
+    """(height, width) of a micrograph after cropping, from its header when possible."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    hw = None
+    try:
+        if suffix in (".tif", ".tiff"):
+            import tifffile
+
+            with tifffile.TiffFile(str(path)) as tif:
+                shp = tif.pages.first.shape
+                hw = (int(shp[0]), int(shp[1])) if len(shp) == 2 or shp[-1] in (1, 2, 3, 4) \
+                    else (int(shp[-2]), int(shp[-1]))
+        elif suffix in (".png", ".jpg", ".jpeg", ".bmp"):
+            from PIL import Image
+
+            with Image.open(path) as im:
+                hw = (int(im.size[1]), int(im.size[0]))
+    except Exception:  # noqa: BLE001 - unreadable here: the reader names the problem later
+        return None
+    if hw is None:
+        from .io import read_micrograph
+
+        try:
+            hw = read_micrograph(path).shape
+        except BadInputError:
+            return None
+    h, w = hw
+    if crop_bottom:
+        h -= int(crop_bottom)
+    if crop is not None:
+        h, w = int(crop[2]), int(crop[3])
+    return (h, w) if h > 0 and w > 0 else None
+
+
+def plan_scale(files, options: ScaleOptions | None = None, *, patch: int | None = None,
+               crop=None, crop_bottom: int = 0, skip_bad: bool = False) -> ScalePlan:
+    """Resolve pixel sizes, select by range, fix the target and each micrograph's factor.
+
+    Parameters
+    ----------
+    files : list of paths
+    options : ScaleOptions (default: record pixel sizes only)
+    patch : int, optional — patch size; micrographs smaller than one patch after resampling
+        are left out with a warning (not checked when None)
+    crop, crop_bottom : the cropping applied before resampling (for that check)
+    skip_bad : bool — leave out micrographs whose pixel size is missing or invalid (with a
+        warning) instead of raising
+
+    Raises
+    ------
+    BadInputError
+        Naming the micrograph: a pixel size missing when a scale or range is asked for, or a
+        zero, negative or non-numeric scale-bar value.
+    """
+    opts = options or ScaleOptions()
+    warn = opts.warn or (lambda m: warnings.warn(m, ScaleWarning, stacklevel=3))
+    files = [str(f) for f in files]
+    sizes = resolve_pixel_sizes(files, pixel_size=opts.pixel_size, labels=opts.labels,
+                                column=opts.pixel_size_column, file_column=opts.file_column,
+                                warn=warn)
+    scale = parse_scale(opts.scale)
+    if opts.model_scale is not None and scale is not None and scale != "auto" \
+            and abs(scale - opts.model_scale) > 1e-9 * opts.model_scale:
+        warn(f"the model was trained at {opts.model_scale:.6g} um/px; encoding at --scale "
+             f"{scale:.6g} um/px as asked")
+    if scale is None:
+        scale = opts.model_scale
+    dropped: list = []
+    kept = []
+    for f in files:
+        p = sizes[f]
+        if opts.selects() and not p.known:
+            why = "no pixel size (needed for --scale/--min-pixel-size/--max-pixel-size); " \
+                  + _WHERE_TO_GET_ONE
+            if not skip_bad:
+                raise BadInputError(f, why)
+            warn(f"{f}: left out: {why}")
+            dropped.append((f, "pixel size unknown"))
+            continue
+        if opts.min_pixel_size is not None and p.um_per_px < opts.min_pixel_size:
+            dropped.append((f, f"pixel size {p.um_per_px:.6g} um/px < --min-pixel-size "
+                               f"{opts.min_pixel_size:g}"))
+            continue
+        if opts.max_pixel_size is not None and p.um_per_px > opts.max_pixel_size:
+            dropped.append((f, f"pixel size {p.um_per_px:.6g} um/px > --max-pixel-size "
+                               f"{opts.max_pixel_size:g}"))
+            continue
+        kept.append(f)
+    auto = scale == "auto"
+    if auto:
+        if not kept:
+            raise BadInputError(None, "--scale auto: no micrograph left to choose a scale from")
+        scale = auto_target([sizes[f].um_per_px for f in kept], opts.share)
+    factors = {}
+    for f in kept:
+        if scale is None:
+            factors[f] = 1.0
+            continue
+        p = sizes[f].um_per_px
+        factor = p / scale
+        if factor > opts.upsample_limit * (1 + 1e-9):
+            warn(f"{f}: left out: pixel size {p:.6g} um/px ({sizes[f].source}) would need "
+                 f"{factor:.3g}x upsampling to {scale:.6g} um/px (limit "
+                 f"{opts.upsample_limit:g}x)")
+            dropped.append((f, f"needs {factor:.3g}x upsampling (pixel size {p:.6g} um/px)"))
+            continue
+        if patch is not None:
+            hw = _image_hw(f, crop, crop_bottom)
+            if hw is not None and min(round(hw[0] * factor), round(hw[1] * factor)) < patch:
+                warn(f"{f}: left out: at {scale:.6g} um/px its {hw[0]}x{hw[1]} pixels of "
+                     f"{p:.6g} um/px become {round(hw[0] * factor)}x{round(hw[1] * factor)}, "
+                     f"smaller than the {patch}x{patch} patch")
+                dropped.append((f, f"smaller than one patch at {scale:.6g} um/px"))
+                continue
+        factors[f] = factor
+    if not factors and files:
+        raise BadInputError(None, "no micrograph is left after the scale selection ("
+                            + "; ".join(f"{Path(f).name}: {r}" for f, r in dropped[:5])
+                            + (" ..." if len(dropped) > 5 else "") + ")")
+    return ScalePlan(None if scale is None else float(scale), sizes, factors, dropped, auto,
+                     float(opts.upsample_limit), float(opts.share))
+
+
+def as_plan(scale, files, **kw) -> ScalePlan:
+    """A :class:`ScalePlan` for ``files``: ``scale`` may already be one, or ScaleOptions."""
+    if isinstance(scale, ScalePlan):
+        return scale
+    if not isinstance(scale, ScaleOptions):
+        scale = ScaleOptions(scale=scale)
+    return plan_scale(files, scale, **kw)
+
+
+def model_scale(model_dir) -> float | None:
+    """The pixel size (um/px) a model in ``model_dir`` was trained at, from its ``fit.json``."""
+    p = Path(model_dir) / "fit.json"
+    if not p.is_file():
+        return None
+    try:
+        rec = json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    v = (rec.get("patches") or {}).get("scale_um_per_px")
+    return float(v) if v is not None else None
+
+
+__all__ = ["AUTO_SHARE", "CONFLICT_RTOL", "PixelSize", "ScaleOptions", "ScalePlan", "ScaleWarning",
+           "UPSAMPLE_LIMIT", "as_plan", "auto_target", "label_pixel_sizes", "model_scale",
+           "parse_scale", "plan_scale", "resample", "resolve_pixel_sizes",
+           "scale_bar_pixel_size"]
