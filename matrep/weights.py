@@ -203,36 +203,124 @@ def _network_reachable(host: str = "download.pytorch.org", timeout: float = DOWN
 
 
 # -- restricted unpickling ----------------------------------------------------------------------
+#: Work budget of the object walk after unpickling (containers + items visited).
+PICKLE_NODE_BUDGET = 1_000_000
+PICKLE_MAX_DEPTH = 20
+
+
+class _NdarrayToken:
+    """Stands for ``numpy.ndarray`` inside a weights pickle: usable only as the first argument
+    of ``_reconstruct`` (how numpy pickles arrays), not callable with arbitrary arguments."""
+
+
+def _safe_reconstruct(subtype, shape, dtype):
+    """``numpy.core.multiarray._reconstruct`` for plain ndarrays of (almost) no elements.
+
+    numpy pickles an array as ``_reconstruct(ndarray, (0,), b"b")`` followed by
+    ``__setstate__`` with the real shape and bytes; a bigger shape here can only be an attempt
+    to allocate memory the file does not hold.
+    """
+    if subtype is not _NdarrayToken:
+        raise pickle.UnpicklingError("_reconstruct of something other than numpy.ndarray")
+    if not isinstance(shape, tuple) or not all(isinstance(s, int) and 0 <= s for s in shape) \
+            or int(np.prod(shape, dtype=np.float64)) > 1024:
+        raise pickle.UnpicklingError(f"_reconstruct with shape {shape!r}")
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise pickle.UnpicklingError(f"_reconstruct with dtype {dtype!r}") from None
+    return np.ndarray.__new__(np.ndarray, shape, dt)
+
+
+def _plain_dtype(dt) -> bool:
+    """A numeric (bool/int/uint/float/complex) dtype without fields, subarrays or objects."""
+    return isinstance(dt, np.dtype) and dt.kind in "biufc" and dt.fields is None \
+        and dt.subdtype is None and not dt.hasobject
+
+
+def _safe_scalar(dtype, *args):
+    if not _plain_dtype(dtype):
+        raise pickle.UnpicklingError(f"numpy scalar of dtype {dtype!r}")
+    if len(args) != 1 or not isinstance(args[0], (bytes, str)):
+        raise pickle.UnpicklingError("numpy scalar without its bytes")
+    raw = args[0].encode("latin1") if isinstance(args[0], str) else args[0]
+    if len(raw) != dtype.itemsize:
+        raise pickle.UnpicklingError(f"numpy scalar of {dtype} with {len(raw)} bytes")
+    return np.frombuffer(raw, dtype=dtype)[0]
+
+
+def _safe_bytearray(*args):
+    if not args or not isinstance(args[0], (bytes, str, list)):
+        raise pickle.UnpicklingError("bytearray() of a size (only of bytes) is not allowed")
+    return bytearray(*args)
+
+
+def _check_array_state(state) -> None:
+    """Refuse an ndarray ``__setstate__`` whose bytes do not match its shape and dtype.
+
+    numpy trusts this state: an object array whose list is shorter than its shape crashes the
+    interpreter (segfault), so the state is checked before numpy sees it.
+    """
+    if not isinstance(state, tuple) or len(state) not in (4, 5):
+        raise pickle.UnpicklingError("malformed numpy array state")
+    shape, dtype, _fortran, raw = state[-4:]
+    if isinstance(dtype, np.dtype) and dtype.hasobject:
+        raise UnsafePickleError("object arrays are not allowed in weight files")
+    if not _plain_dtype(dtype):
+        raise pickle.UnpicklingError(f"numpy array of dtype {dtype!r} (only numeric dtypes)")
+    if not isinstance(shape, tuple) or not all(isinstance(s, int) and s >= 0 for s in shape):
+        raise pickle.UnpicklingError(f"numpy array with shape {shape!r}")
+    if not isinstance(raw, (bytes, str)):
+        raise pickle.UnpicklingError("numpy array without its bytes")
+    if len(raw) != int(np.prod(shape, dtype=np.float64)) * dtype.itemsize:
+        raise pickle.UnpicklingError(f"numpy array of shape {shape} and dtype {dtype} holds "
+                                     f"{len(raw)} bytes")
+
+
+def _check_dtype_state(state) -> None:
+    """Allow only the ``__setstate__`` of a plain dtype: no subarray, field names or fields."""
+    if not isinstance(state, tuple) or len(state) < 8 or any(s is not None for s in state[2:5]):
+        raise pickle.UnpicklingError("structured numpy dtypes are not allowed in weight files")
+
+
 _ALLOWED_GLOBALS = {
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"),
-    ("numpy._core.multiarray", "scalar"),
-    ("builtins", "set"),
-    ("builtins", "frozenset"),
-    ("builtins", "bytearray"),
-    ("builtins", "complex"),
-    ("__builtin__", "set"),
-    ("__builtin__", "frozenset"),
+    ("numpy", "ndarray"): _NdarrayToken,
+    ("numpy", "dtype"): np.dtype,
+    ("numpy.core.multiarray", "_reconstruct"): _safe_reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _safe_reconstruct,
+    ("numpy.core.multiarray", "scalar"): _safe_scalar,
+    ("numpy._core.multiarray", "scalar"): _safe_scalar,
+    ("builtins", "set"): set,
+    ("builtins", "frozenset"): frozenset,
+    ("builtins", "bytearray"): _safe_bytearray,
+    ("builtins", "complex"): complex,
+    ("__builtin__", "set"): set,
+    ("__builtin__", "frozenset"): frozenset,
 }
 
 
-class RestrictedUnpickler(pickle.Unpickler):
-    """An unpickler that builds only numpy arrays, dtypes, scalars and builtin containers.
+class RestrictedUnpickler(pickle._Unpickler):
+    """An unpickler that builds only numeric numpy arrays, dtypes, scalars and builtin containers.
 
     Any other global (``os.system``, ``builtins.eval``, an arbitrary class ...) raises
     :class:`~matrep.errors.UnsafePickleError` *before* it is looked up, so nothing else can run.
+    The allowed numpy constructors are replaced by checked versions, and every array's state
+    (shape, dtype, bytes) is checked before numpy sees it: object arrays, structured dtypes,
+    and arrays whose bytes do not match their shape are refused. This is the pure-Python
+    unpickler of the standard library, so that ``BUILD`` can be checked; the bytes of the arrays
+    are read in one piece, so it is not slower on weight files.
     """
+
+    dispatch = dict(pickle._Unpickler.dispatch)
 
     def __init__(self, file, *, source: str = "<pickle>"):
         super().__init__(file, encoding="latin1")
         self._source = source
 
     def find_class(self, module, name):
-        if (module, name) in _ALLOWED_GLOBALS:
-            return super().find_class(module, name)
+        obj = _ALLOWED_GLOBALS.get((module, name))
+        if obj is not None:
+            return obj
         raise UnsafePickleError(
             f"{self._source}: refused to unpickle {module}.{name}: only numpy arrays, dtypes and "
             "builtin containers are allowed in weight files; convert the weights to safetensors "
@@ -241,48 +329,106 @@ class RestrictedUnpickler(pickle.Unpickler):
     def persistent_load(self, pid):
         raise UnsafePickleError(f"{self._source}: refused persistent id {pid!r} in a weights pickle")
 
+    def _load_build(self):
+        state, inst = self.stack[-1], self.stack[-2]
+        if isinstance(inst, np.ndarray):
+            try:
+                _check_array_state(state)
+            except UnsafePickleError as exc:
+                raise UnsafePickleError(f"{self._source}: {exc}") from None
+        elif isinstance(inst, np.dtype):
+            _check_dtype_state(state)
+        else:
+            raise pickle.UnpicklingError(f"BUILD of a {type(inst).__name__}")
+        pickle._Unpickler.load_build(self)
+
+    dispatch[pickle.BUILD[0]] = _load_build
+
 
 def restricted_load(path_or_bytes):
-    """Unpickle a file (or bytes) with :class:`RestrictedUnpickler`; refuse object arrays."""
+    """Unpickle a file (or bytes) with :class:`RestrictedUnpickler`; refuse object arrays.
+
+    Raises
+    ------
+    UnsafePickleError
+        A global outside the allowed set, a persistent id, or an object array.
+    BadInputError
+        Anything else that is not a readable weights pickle, including one whose objects
+        (counting shared references once) exceed :data:`PICKLE_NODE_BUDGET` or nest deeper
+        than :data:`PICKLE_MAX_DEPTH`.
+    """
     if isinstance(path_or_bytes, (bytes, bytearray)):
         source, fh = "<bytes>", io.BytesIO(path_or_bytes)
     else:
         source, fh = str(path_or_bytes), open(path_or_bytes, "rb")
+    where = source if source != "<bytes>" else None
     with fh:
         try:
             obj = RestrictedUnpickler(fh, source=source).load()
         except UnsafePickleError:
             raise
-        except (pickle.UnpicklingError, EOFError, AttributeError, TypeError, ValueError) as exc:
-            raise BadInputError(source if source != "<bytes>" else None,
-                                f"not a readable weights pickle ({type(exc).__name__}: {exc})") from None
+        except Exception as exc:  # noqa: BLE001 - any reader failure is bad input
+            msg = " ".join(str(exc).split())[:200]
+            raise BadInputError(where, f"not a readable weights pickle ({type(exc).__name__}: "
+                                       f"{msg})") from None
     _refuse_object_arrays(obj, source)
     return obj
 
 
-def _refuse_object_arrays(obj, source, depth=0):
-    if depth > 20:
-        raise UnsafePickleError(f"{source}: pickle nests deeper than 20 levels")
-    if isinstance(obj, np.ndarray):
-        if obj.dtype.hasobject:
-            raise UnsafePickleError(f"{source}: object arrays are not allowed in weight files")
-    elif isinstance(obj, dict):
-        for k, v in obj.items():
-            _refuse_object_arrays(k, source, depth + 1)
-            _refuse_object_arrays(v, source, depth + 1)
-    elif isinstance(obj, (list, tuple, set, frozenset)):
-        for v in obj:
-            _refuse_object_arrays(v, source, depth + 1)
+def _refuse_object_arrays(obj, source) -> None:
+    """Walk the unpickled objects once (shared references visited once), within a budget."""
+    where = source if source != "<bytes>" else None
+    seen: set[int] = set()
+    stack = [(obj, 0)]
+    nodes = 0
+    while stack:
+        o, depth = stack.pop()
+        nodes += 1
+        if nodes > PICKLE_NODE_BUDGET:
+            raise BadInputError(where, f"not a weights pickle: more than {PICKLE_NODE_BUDGET:,} "
+                                       "objects")
+        if isinstance(o, np.ndarray):
+            if o.dtype.hasobject:
+                raise UnsafePickleError(f"{source}: object arrays are not allowed in weight files")
+            continue
+        if not isinstance(o, (dict, list, tuple, set, frozenset)):
+            continue
+        if id(o) in seen:
+            continue
+        seen.add(id(o))
+        if depth >= PICKLE_MAX_DEPTH:
+            raise BadInputError(where, f"not a weights pickle: containers nest deeper than "
+                                       f"{PICKLE_MAX_DEPTH} levels")
+        items = [x for kv in o.items() for x in kv] if isinstance(o, dict) else o
+        stack.extend((x, depth + 1) for x in items)
 
 
 # -- state dict validation and conversion -------------------------------------------------------
+#: dtypes accepted for weight tensors (converted to float32 after the checks)
+WEIGHT_DTYPES = ("float16", "float32", "float64")
+
+
 def _normalise_keys(sd: dict, path) -> dict[str, np.ndarray]:
-    """Keep the 32 conv tensors of vgg19().features (strip ``features.``), check their shapes."""
+    """Keep the 32 conv tensors of vgg19().features (strip ``features.``), check them completely.
+
+    Each tensor must be a float16/32/64 array of the expected shape with finite values; it is
+    returned as contiguous float32. Other keys (a classifier, ``num_batches_tracked`` ...) are
+    ignored.
+    """
     out = {}
     for k, v in sd.items():
+        if not isinstance(k, str):
+            continue
         key = k[len("features."):] if k.startswith("features.") else k
-        if key in EXPECTED_SHAPES:
-            out[key] = np.ascontiguousarray(np.asarray(v, dtype=np.float32))
+        if key not in EXPECTED_SHAPES:
+            continue
+        if not isinstance(v, np.ndarray):
+            raise BadInputError(path, f"tensor {k!r} is a {type(v).__name__}, expected a "
+                                      f"float array of shape {EXPECTED_SHAPES[key]}")
+        if v.dtype.name not in WEIGHT_DTYPES:
+            raise BadInputError(path, f"tensor {k!r} has dtype {v.dtype}, expected one of "
+                                      f"{', '.join(WEIGHT_DTYPES)}")
+        out[key] = v
     missing = [k for k in EXPECTED_SHAPES if k not in out]
     if missing:
         raise BadInputError(path, f"not VGG19 feature weights: missing {len(missing)} of "
@@ -293,7 +439,25 @@ def _normalise_keys(sd: dict, path) -> dict[str, np.ndarray]:
             raise BadInputError(path, f"tensor {k!r} has shape {tuple(out[k].shape)}, expected {shape}")
         if not np.isfinite(out[k]).all():
             raise BadInputError(path, f"tensor {k!r} contains NaN or inf")
+        out[k] = np.ascontiguousarray(out[k], dtype=np.float32)
+        if not np.isfinite(out[k]).all():
+            raise BadInputError(path, f"tensor {k!r} overflows float32")
     return out
+
+
+def _channel_triple(value, what: str, path, *, positive: bool = False) -> tuple[float, float, float]:
+    """Three finite floats (per-channel mean or std) from a list or its JSON text."""
+    try:
+        if isinstance(value, str):
+            value = json.loads(value)
+        arr = np.asarray(value, dtype=np.float64).reshape(-1)
+    except (ValueError, TypeError) as exc:
+        raise BadInputError(path, f"{what} must be 3 numbers (one per colour channel), got "
+                                  f"{str(value)[:60]!r} ({type(exc).__name__})") from None
+    if arr.size != 3 or not np.isfinite(arr).all() or (positive and (arr <= 0).any()):
+        raise BadInputError(path, f"{what} must be 3 finite{' positive' if positive else ''} "
+                                  f"numbers (one per colour channel), got {arr.tolist()}")
+    return tuple(float(m) for m in arr)
 
 
 def gatys_state_dict(obj, path=None) -> tuple[dict[str, np.ndarray], tuple[float, float, float]]:
@@ -313,10 +477,8 @@ def gatys_state_dict(obj, path=None) -> tuple[dict[str, np.ndarray], tuple[float
     for j, (idx, _, _) in enumerate(CONV_SPECS):
         sd[f"{idx}.weight"] = params[2 * j]
         sd[f"{idx}.bias"] = params[2 * j + 1]
-    mean = obj.get("mean value", PREPROCESSING["caffe_bgr"]["mean"])
-    mean = tuple(float(m) for m in np.asarray(mean, dtype=np.float64).reshape(-1))
-    if len(mean) != 3:
-        raise BadInputError(path, f"'mean value' must hold 3 BGR means, got {len(mean)}")
+    mean = _channel_triple(obj.get("mean value", PREPROCESSING["caffe_bgr"]["mean"]),
+                           "'mean value' (the BGR means)", path)
     return _normalise_keys(sd, path), mean
 
 
@@ -328,11 +490,24 @@ def _save_cache(arrays: dict[str, np.ndarray], meta: dict, dest: Path) -> Path:
     return dest
 
 
-def _read_meta(path) -> dict:
-    from safetensors import safe_open
+def _read_meta(path, hint: str = "") -> dict:
+    from .tensorfile import read_metadata
 
-    with safe_open(str(path), framework="numpy") as f:
-        return dict(f.metadata() or {})
+    return read_metadata(path, hint=hint)
+
+
+def _cached_meta(dest: Path) -> dict:
+    """Metadata of a cache file, or ``{}`` when it is missing or unreadable (then rebuilt)."""
+    if not dest.is_file():
+        return {}
+    try:
+        return _read_meta(dest)
+    except BadInputError as exc:
+        log.warning("%s; rebuilding it", exc)
+        return {}
+
+
+_REIMPORT = "run `matrep weights import PATH` again, or delete it"
 
 
 # -- the weights record -------------------------------------------------------------------------
@@ -384,15 +559,16 @@ class VGG19Weights:
         """The 32 conv tensors of ``vgg19().features`` as float32 numpy arrays."""
         if self._arrays is not None:
             return dict(self._arrays)
-        from safetensors.numpy import load_file
+        from .tensorfile import read_tensors
 
         if self.cache_path is None:
             raise WeightsNotFoundError(f"weights {self.name!r} have no tensor file")
-        try:
-            arrays = load_file(str(self.cache_path))
-        except (OSError, ValueError, RuntimeError) as exc:
-            raise BadInputError(self.cache_path, f"unreadable safetensors file ({exc}); delete it "
-                                                 "and run again to rebuild the cache") from None
+        hint = ""
+        if self.source == "imported":
+            hint = _REIMPORT
+        elif self.path is None or Path(self.cache_path) != Path(self.path):
+            hint = "delete it and run again to rebuild the cache"
+        arrays = read_tensors(self.cache_path, hint=hint)
         return _normalise_keys(arrays, self.cache_path)
 
     def state_dict(self) -> dict:
@@ -420,8 +596,9 @@ class VGG19Weights:
 def _from_pickle(path: Path, source: str) -> VGG19Weights:
     sha = sha256_file(path)
     dest = _weights_cache() / f"{GATYS_NAME}-{sha[:8]}.safetensors"
-    if dest.is_file() and _read_meta(dest).get("source_sha256") == sha:
-        mean = tuple(json.loads(_read_meta(dest)["mean"]))
+    meta = _cached_meta(dest)
+    if meta.get("source_sha256") == sha:
+        mean = _channel_triple(meta.get("mean"), "'mean' metadata", dest)
     else:
         arrays, mean = gatys_state_dict(restricted_load(path), path)
         _save_cache(arrays, {"format": FORMAT_TAG, "name": GATYS_NAME, "preprocessing": "caffe_bgr",
@@ -440,7 +617,7 @@ def _from_pth(path: Path, source: str, *, name=None, preprocessing="imagenet") -
         tv = path.name == TORCHVISION_FILE and sha.startswith(TORCHVISION_SHA256_PREFIX)
         name = TORCHVISION_NAME if tv else path.stem
     dest = _weights_cache() / f"{name}-{sha[:8]}.safetensors"
-    meta = _read_meta(dest) if dest.is_file() else {}
+    meta = _cached_meta(dest)
     if not (meta.get("source_sha256") == sha and meta.get("preprocessing") == preprocessing):
         try:
             try:
@@ -449,7 +626,7 @@ def _from_pth(path: Path, source: str, *, name=None, preprocessing="imagenet") -
                 if "mmap" not in str(exc):
                     raise
                 sd = torch.load(str(path), map_location="cpu", weights_only=True)
-        except (RuntimeError, pickle.UnpicklingError, EOFError, OSError, ValueError) as exc:
+        except Exception as exc:  # noqa: BLE001 - any reader failure is bad input
             raise BadInputError(path, f"not a torch checkpoint that loads with weights_only=True "
                                       f"({type(exc).__name__}); matrep never unpickles arbitrary objects: "
                                       "convert the weights to safetensors (keys of vgg19().features) "
@@ -458,24 +635,33 @@ def _from_pth(path: Path, source: str, *, name=None, preprocessing="imagenet") -
             sd = sd["state_dict"]
         if not isinstance(sd, dict):
             raise BadInputError(path, f"expected a state_dict, got {type(sd).__name__}")
-        arrays = _normalise_keys({k: v.detach().cpu().float().numpy() for k, v in sd.items()
-                                  if hasattr(v, "detach")}, path)
+        arrays = _normalise_keys({k: _tensor_to_numpy(k, v, path) for k, v in sd.items()}, path)
         pre = PREPROCESSING[preprocessing]
         _save_cache(arrays, {"format": FORMAT_TAG, "name": name, "preprocessing": preprocessing,
                              "mean": json.dumps(pre["mean"]), "std": json.dumps(pre["std"]),
                              "source_sha256": sha, "source_path": str(path)}, dest)
-    meta = _read_meta(dest)
+    meta = _read_meta(dest, "delete it and run again to rebuild the cache")
     pre = meta.get("preprocessing", preprocessing)
     return VGG19Weights(name=name, sha256=sha, path=path, preprocessing=pre,
-                        mean=tuple(json.loads(meta["mean"])), std=tuple(json.loads(meta["std"])),
+                        mean=_channel_triple(meta.get("mean"), "'mean' metadata", dest),
+                        std=_channel_triple(meta.get("std"), "'std' metadata", dest, positive=True),
                         source=source, cache_path=dest)
 
 
+def _tensor_to_numpy(key, value, path):
+    """A torch tensor as a numpy array of the same float dtype (other values pass unchanged)."""
+    if not hasattr(value, "detach"):
+        return value
+    import torch
+
+    if value.dtype not in (torch.float16, torch.float32, torch.float64):
+        raise BadInputError(path, f"tensor {key!r} has dtype {str(value.dtype).replace('torch.', '')}, "
+                                  f"expected one of {', '.join(WEIGHT_DTYPES)}")
+    return value.detach().cpu().numpy()
+
+
 def _from_safetensors(path: Path, source: str, *, preprocessing=None) -> VGG19Weights:
-    try:
-        meta = _read_meta(path)
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise BadInputError(path, f"not a readable safetensors file ({exc})") from None
+    meta = _read_meta(path, _REIMPORT if source == "imported" else "")
     pre = preprocessing or meta.get("preprocessing")
     if pre is None:
         pre = "imagenet"
@@ -484,10 +670,12 @@ def _from_safetensors(path: Path, source: str, *, preprocessing=None) -> VGG19We
                     path)
     if pre not in PREPROCESSING:
         raise BadInputError(path, f"unknown preprocessing {pre!r}; expected one of {sorted(PREPROCESSING)}")
-    mean = tuple(json.loads(meta["mean"])) if "mean" in meta and pre == meta.get("preprocessing") \
-        else PREPROCESSING[pre]["mean"]
-    std = tuple(json.loads(meta["std"])) if "std" in meta and pre == meta.get("preprocessing") \
-        else PREPROCESSING[pre]["std"]
+    recorded = pre == meta.get("preprocessing")
+    hint = f"; {_REIMPORT}" if source == "imported" else ""
+    mean = _channel_triple(meta["mean"], "'mean' metadata" + hint, path) \
+        if "mean" in meta and recorded else PREPROCESSING[pre]["mean"]
+    std = _channel_triple(meta["std"], "'std' metadata" + hint, path, positive=True) \
+        if "std" in meta and recorded else PREPROCESSING[pre]["std"]
     sha = meta.get("source_sha256") if source == "imported" and meta.get("source_sha256") else sha256_file(path)
     name = meta.get("name") or path.stem
     w = VGG19Weights(name=name, sha256=sha, path=Path(meta.get("source_path", path)) if source == "imported"
@@ -604,11 +792,17 @@ def list_sources(*, hashes: bool = True, probe_network: bool = False) -> list[So
     else:
         out.append(SourceInfo("file", "-", None, False, None, f"${ENV_WEIGHTS} not set (or use --weights PATH)"))
     ip = imported_path()
+    imported_meta = None
     if ip.is_file():
-        meta = _read_meta(ip)
+        try:
+            imported_meta = _read_meta(ip, _REIMPORT)
+        except BadInputError as exc:
+            out.append(SourceInfo("imported", "-", str(ip), False, None, f"unusable: {exc.problem}"))
+    if imported_meta is not None:
+        meta = imported_meta
         out.append(SourceInfo("imported", meta.get("name", ip.stem), str(ip), True,
                               meta.get("source_sha256"), f"imported from {meta.get('source_path', '?')}"))
-    else:
+    elif not ip.is_file():
         out.append(SourceInfo("imported", "-", str(ip), False, None, "nothing imported (matrep weights import PATH)"))
     tp = torch_hub_checkpoint()
     if tp.is_file():
