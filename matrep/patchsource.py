@@ -119,8 +119,9 @@ class MicrographPatches(_LazyArray):
     """
 
     def __init__(self, files, file_index, coords, *, patch: int, crop=None, crop_bottom: int = 0,
-                 cache_images: int = 2):
+                 cache_images: int = 2, scale=None):
         super().__init__(len(file_index), patch)
+        self.scale = scale  # matrep.scale.ScalePlan: resample after cropping
         self.files = [str(f) for f in files]
         self.file_index = np.asarray(file_index, dtype=np.int64)
         self.coords = np.asarray(coords, dtype=np.int64)
@@ -142,6 +143,8 @@ class MicrographPatches(_LazyArray):
             return img
         f = self.files[i]
         img = apply_crop(read_micrograph(f), self.crop, self.crop_bottom, path=f)
+        if self.scale is not None:
+            img = self.scale.resample(f, img)
         self._cache[i] = img
         while len(self._cache) > self.cache_images:
             self._cache.popitem(last=False)
@@ -221,16 +224,18 @@ class LazyPatchSet(PatchSet):
         if isinstance(src, MicrographPatches):
             new = MicrographPatches(src.files, src.file_index[idx], src.coords[idx], patch=self.patch,
                                     crop=src.crop, crop_bottom=src.crop_bottom,
-                                    cache_images=src.cache_images)
+                                    cache_images=src.cache_images, scale=src.scale)
         else:
             new = _IndexedPatches(src, idx)
         return LazyPatchSet(new, self.sources[idx], self.micrograph_ids[idx], self.coords[idx],
-                            self.patch, self.stride, self.crop, self.crop_bottom, list(self.skipped))
+                            self.patch, self.stride, self.crop, self.crop_bottom, list(self.skipped),
+                            scale=self.scale)
 
     def load(self) -> PatchSet:
         """All patches in memory as a plain :class:`PatchSet`."""
         return PatchSet(np.asarray(self.patches), self.sources, self.micrograph_ids, self.coords,
-                        self.patch, self.stride, self.crop, self.crop_bottom, list(self.skipped))
+                        self.patch, self.stride, self.crop, self.crop_bottom, list(self.skipped),
+                        scale=self.scale)
 
 
 class _IndexedPatches(_LazyArray):
@@ -244,10 +249,12 @@ class _IndexedPatches(_LazyArray):
         return self.base[self.idx[idx]]
 
 
-def _scan(f: Path, patch: int, crop, crop_bottom):
-    """(height, width) of the cropped image, or the problem as a string."""
+def _scan(f: Path, patch: int, crop, crop_bottom, scale=None):
+    """(height, width) of the cropped (and resampled) image, or the problem as a string."""
     try:
         img = apply_crop(read_micrograph(f), crop, crop_bottom, path=f)
+        if scale is not None:
+            img = scale.resample(f, img)
     except BadInputError as exc:
         return ("bad", exc.problem)
     h, w = img.shape
@@ -258,7 +265,7 @@ def _scan(f: Path, patch: int, crop, crop_bottom):
 
 def lazy_patches(images, *, patch: int = 128, stride: int = 50, crop=None, crop_bottom: int = 0,
                  skip_bad: bool = False, max_patches_per_image: int | None = None, seed: int = 0,
-                 progress=None, cache_images: int = 2, dist=None) -> LazyPatchSet:
+                 progress=None, cache_images: int = 2, dist=None, scale=None) -> LazyPatchSet:
     """Like :func:`matrep.io.load_patches`, but patches are read when indexed.
 
     Same parameters, records, order, errors and ``max_patches_per_image`` selection as
@@ -276,10 +283,16 @@ def lazy_patches(images, *, patch: int = 128, stride: int = 50, crop=None, crop_
     files = [Path(f) for f in list_images(images)]
     root = Path(images).resolve() if not isinstance(images, (list, tuple)) and Path(images).is_dir() \
         else _common_root(files)
+    if scale is not None:  # as in load_patches (every rank resolves the same plan)
+        from .scale import as_plan
+
+        scale = as_plan(scale, files, patch=patch, crop=crop, crop_bottom=crop_bottom,
+                        skip_bad=skip_bad)
+        files = [f for f in files if scale.keeps(f)]
     rank, world = (dist.rank, dist.world_size) if dist is not None else (0, 1)
     mine = list(range(rank, len(files), world))
     it = progress(mine) if progress is not None else mine
-    local = {i: _scan(files[i], patch, crop, crop_bottom) for i in it}
+    local = {i: _scan(files[i], patch, crop, crop_bottom, scale) for i in it}
     if world > 1:
         scanned = {}
         for part in dist.all_gather_object(local):
@@ -313,9 +326,10 @@ def lazy_patches(images, *, patch: int = 128, stride: int = 50, crop=None, crop_
                             + "; ".join(f"{Path(s).name}: {m}" for s, m in skipped) + ")")
     coords = np.concatenate(coords)
     arr = MicrographPatches(keep_files, np.concatenate(fidx), coords, patch=patch, crop=crop,
-                            crop_bottom=crop_bottom, cache_images=cache_images)
+                            crop_bottom=crop_bottom, cache_images=cache_images, scale=scale)
     return LazyPatchSet(arr, np.array(src), np.array(ids), coords, patch, stride,
-                        tuple(crop) if crop is not None else None, crop_bottom, skipped)
+                        tuple(crop) if crop is not None else None, crop_bottom, skipped,
+                        scale=scale)
 
 
 # ---------------------------------------------------------------------------------------

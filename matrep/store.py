@@ -4,8 +4,13 @@ Layout of a store file::
 
     /patches/source          (n,) str     file each patch came from
     /patches/micrograph_id   (n,) str
-    /patches/y, /patches/x   (n,) int64   top-left corner in the cropped image
-        attrs: patch, stride, crop (JSON), crop_bottom, images_digest
+    /patches/y, /patches/x   (n,) int64   top-left corner in the cropped (and resampled) image
+    /patches/pixel_size_um   (n,) float64 the micrograph's own pixel size, NaN if unknown
+    /patches/pixel_size_source (n,) str   where it came from (matrep.scale)
+    /patches/resample_factor (n,) float64 zoom applied before patching (1: none)
+        attrs: patch, stride, crop (JSON), crop_bottom, images_digest, scale (JSON: target
+               um/px and the pixel-size distribution; the three pixel-size datasets and this
+               attribute are written when the patches were read with a matrep.scale plan)
     /labels/<column>         (n,)         per-patch labels (float64 or str), optional
         attrs: source (the CSV), file_column
     /features/<key>/X        (n, n_features) float32
@@ -160,6 +165,9 @@ class FeatureStore:
                 "source": g["source"].asstr()[()],
                 "micrograph_id": g["micrograph_id"].asstr()[()],
                 "coords": np.stack([g["y"][()], g["x"][()]], axis=1),
+                **{name: g[name].asstr()[()] if g[name].dtype.kind == "O" else g[name][()]
+                   for name in ("pixel_size_um", "pixel_size_source", "resample_factor")
+                   if name in g},  # written with a matrep.scale plan
                 **_attrs(g.attrs),
             }
 
@@ -211,6 +219,11 @@ class FeatureStore:
                     g.create_dataset("y", data=patchset.coords[:, 0].astype(np.int64))
                     g.create_dataset("x", data=patchset.coords[:, 1].astype(np.int64))
                     s = patchset.settings()
+                    if getattr(patchset, "scale", None) is not None:  # pixel sizes (matrep.scale)
+                        for name, v in patchset.scale.records(patchset.sources).items():
+                            g.create_dataset(name, data=_str_array(v) if v.dtype == object else v)
+                        g.attrs["scale"] = json.dumps({**patchset.scale.summary(),
+                                                       "settings": s.get("scale")})
                     g.attrs.update({"patch": s["patch"], "stride": s["stride"],
                                     "crop": json.dumps(s["crop"]), "crop_bottom": s["crop_bottom"],
                                     "images_digest": digest})
@@ -246,7 +259,7 @@ class FeatureStore:
         return key
 
 
-_JSON_ATTRS = {"params", "provenance", "crop", "taps", "weights"}
+_JSON_ATTRS = {"params", "provenance", "crop", "taps", "weights", "scale"}
 
 
 def _attrs(attrs) -> dict:
@@ -279,7 +292,8 @@ def load_features(path, encoder: str):
     X, _ = store.read(encoder)
     rec = store.read_patches()
     table = pd.DataFrame({"source": rec["source"], "micrograph_id": rec["micrograph_id"],
-                          "y": rec["coords"][:, 0], "x": rec["coords"][:, 1]})
+                          "y": rec["coords"][:, 0], "x": rec["coords"][:, 1],
+                          **{k: rec[k] for k in ("pixel_size_um", "pixel_size_source") if k in rec}})
     labels = store.read_labels()
     if len(labels.columns):
         table = pd.concat([table, labels], axis=1)
