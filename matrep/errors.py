@@ -54,3 +54,7 @@ class LabelsError(MatrepError, ValueError):
 
 class TrainingDivergedError(MatrepError, FloatingPointError):
     """A training loss became NaN or inf."""
+
+
+class LockedError(MatrepError):
+    """Another process is writing the same output (its lock is held)."""

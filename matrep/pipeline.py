@@ -15,6 +15,7 @@ number of processes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from dataclasses import dataclass
@@ -22,8 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_path, atomic_write_text
-from .store import FeatureStore, images_digest, run_digest, state_digest
+from .atomic import atomic_path, atomic_write_text, lock
+from .errors import StoreError
+from .store import (FeatureStore, images_digest, partial_dir, remove_stale_partials,
+                    run_digest, state_digest)
 
 
 @dataclass
@@ -93,78 +96,92 @@ def encode_patchset(encoder, patchset, out, *, labels=None, labels_source: str =
     key = f"{encoder.name}-{digest[:8]}"
     store = FeatureStore(out)
 
-    if store.exists():
-        found = store.find(digest)
+    # One encode into a store at a time (its lock, matrep.atomic.lock): a second one waits,
+    # then finds the same features stored, or adds its own beside them.
+    with lock(out, on_wait=log) if main else contextlib.nullcontext():
+        found = store.find(digest) if store.exists() else None
+        if multi:
+            found = dist.broadcast_object(found)  # rank 0 looked with the lock held
         if found is not None:
             if labels is not None and main:
                 store.write(patchset, labels=labels, labels_source=labels_source)
+            if main:
+                remove_stale_partials(out, store.keys())
             if multi:
                 dist.barrier()
             X, _ = store.read(found)
+            if X.shape[0] != len(patchset):
+                raise StoreError(f"{out}: features/{found} has {X.shape[0]} rows but the images "
+                                 f"give {len(patchset)} patches; delete the file (or choose "
+                                 "another --out) and encode again")
             return EncodeResult(out, found, len(patchset), X.shape[1], reused=True)
 
-    partial = out.parent / f".{out.name}.{key}.partial"
-    meta = {"digest": digest, "chunk": chunk, "n": len(patchset)}
-    resumed = 0
-    if main and partial.exists():
-        try:
-            old = json.loads((partial / "meta.json").read_text())
-        except (OSError, json.JSONDecodeError):
-            old = None
-        if not resume or old != meta:
-            shutil.rmtree(partial)
-    if main:
-        partial.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(partial / "meta.json", json.dumps(meta))
-    if multi:
-        dist.barrier()  # the partial folder is ready for every rank
-
-    n = len(patchset)
-    starts = list(range(0, n, chunk))
-    mine = range(dist.rank, len(starts), dist.world_size) if multi else range(len(starts))
-    total = sum(min(starts[i] + chunk, n) - starts[i] for i in mine)
-    bar = progress(total=total, desc=f"encode {encoder.name}") if progress and main else None
-    parts = []
-    for i in mine:
-        s = starts[i]
-        f = partial / f"chunk-{i:06d}.npy"
-        e = min(s + chunk, n)
-        X = None
-        if f.exists():
+        partial = partial_dir(out, key)
+        meta = {"digest": digest, "chunk": chunk, "n": len(patchset)}
+        resumed = 0
+        if main and partial.exists():
             try:
-                X = np.load(f, allow_pickle=False)
-                if X.shape[0] != e - s:
-                    X = None
-                else:
-                    resumed += 1
-            except (OSError, ValueError):
-                X = None
-        if X is None:
-            X = np.asarray(encoder.transform(patchset.patches[s:e]), dtype=np.float32)
-            with atomic_path(f, suffix=".npy") as tmp:
-                with open(tmp, "wb") as fh:
-                    np.save(fh, X, allow_pickle=False)
-        parts.append(X)
-        if bar is not None:
-            bar.update(e - s)
-    if bar is not None:
-        bar.close()
-    if multi:
-        resumed = int(dist.all_reduce_sum([resumed])[0])  # also: every rank's chunks are on disk
+                old = json.loads((partial / "meta.json").read_text())
+            except (OSError, json.JSONDecodeError):
+                old = None
+            if not resume or old != meta:
+                shutil.rmtree(partial)
         if main:
-            parts = [_load_chunk(partial / f"chunk-{i:06d}.npy", min(s + chunk, n) - s)
-                     for i, s in enumerate(starts)]
-    X = np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
-    if main:
-        attrs = {**_provenance_attrs(prov), "digest": digest}
-        store.write(patchset, key=key, X=X, attrs=attrs, labels=labels, labels_source=labels_source)
-        shutil.rmtree(partial, ignore_errors=True)
-    n_feat = X.shape[1] if X.ndim == 2 else 0
-    if multi:
-        n_feat = int(dist.broadcast_object(n_feat))
-        dist.barrier()  # the store is in place when any rank returns
-    return EncodeResult(out, key, n, n_feat, reused=False, resumed_chunks=resumed,
-                        fitted_here=fitted_here)
+            partial.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(partial / "meta.json", json.dumps(meta))
+        if multi:
+            dist.barrier()  # the partial folder is ready for every rank
+
+        n = len(patchset)
+        starts = list(range(0, n, chunk))
+        mine = range(dist.rank, len(starts), dist.world_size) if multi else range(len(starts))
+        total = sum(min(starts[i] + chunk, n) - starts[i] for i in mine)
+        bar = (progress(total=total, desc=f"encode {encoder.name}") if progress and main
+               else None)
+        parts = []
+        for i in mine:
+            s = starts[i]
+            f = partial / f"chunk-{i:06d}.npy"
+            e = min(s + chunk, n)
+            X = None
+            if f.exists():
+                try:
+                    X = np.load(f, allow_pickle=False)
+                    if X.shape[0] != e - s:
+                        X = None
+                    else:
+                        resumed += 1
+                except (OSError, ValueError):
+                    X = None
+            if X is None:
+                X = np.asarray(encoder.transform(patchset.patches[s:e]), dtype=np.float32)
+                with atomic_path(f, suffix=".npy") as tmp:
+                    with open(tmp, "wb") as fh:
+                        np.save(fh, X, allow_pickle=False)
+            parts.append(X)
+            if bar is not None:
+                bar.update(e - s)
+        if bar is not None:
+            bar.close()
+        if multi:
+            # also: every rank's chunks are on disk
+            resumed = int(dist.all_reduce_sum([resumed])[0])
+            if main:
+                parts = [_load_chunk(partial / f"chunk-{i:06d}.npy", min(s + chunk, n) - s)
+                         for i, s in enumerate(starts)]
+        X = np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+        if main:
+            attrs = {**_provenance_attrs(prov), "digest": digest}
+            store.write(patchset, key=key, X=X, attrs=attrs, labels=labels,
+                        labels_source=labels_source)
+            shutil.rmtree(partial, ignore_errors=True)
+            remove_stale_partials(out, store.keys())
+        n_feat = X.shape[1] if X.ndim == 2 else 0
+        if multi:
+            n_feat = int(dist.broadcast_object(n_feat))
+            dist.barrier()  # the store is in place when any rank returns
+        return EncodeResult(out, key, n, n_feat, reused=False, resumed_chunks=resumed,
+                            fitted_here=fitted_here)
 
 
 def _load_chunk(f: Path, rows: int) -> np.ndarray:

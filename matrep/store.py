@@ -25,7 +25,16 @@ side.
 
 Every write makes a complete new file beside the old one and moves it into place
 (:func:`matrep.atomic.atomic_path`): an interrupted write leaves the previous file intact,
-and adding an encoder's features never touches the bytes of the others'.
+and adding an encoder's features never touches the bytes of the others'. Writers of one store
+take its lock (:func:`matrep.atomic.lock`, ``.<name>.lock`` beside it), so two writers both
+land.
+
+Every read checks the file first (:meth:`FeatureStore.validate`): the layout above, 1-D
+records of one length ``n``, labels of length ``n`` (real numbers or strings), feature
+matrices of shape ``(n, n_features)`` with real float or integer values; no links, external
+storage or virtual datasets (which could make a read return another file's bytes), no dataset
+declaring far more data than the file holds. Anything else is a :class:`StoreError` naming the
+file and the problem.
 """
 
 from __future__ import annotations
@@ -33,14 +42,20 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 
 from ._version import __version__
-from .atomic import atomic_path
+from .atomic import atomic_path, lock
 from .errors import StoreError
+
+#: A dataset declaring more than this many bytes must store at least 1/_BOMB_RATIO of them.
+_BOMB_MIN_BYTES = 64 * 2**20
+_BOMB_RATIO = 1000
+_FIX = "delete it (or choose another --out) and encode again"
 
 
 def images_digest(patchset) -> str:
@@ -97,15 +112,157 @@ class FeatureStore:
 
     # -- reading ------------------------------------------------------------------------
     def _open(self):
+        """The file opened for reading, after :meth:`validate`."""
         import h5py
 
         if not self.path.exists():
             raise StoreError(f"{self.path}: no such feature store; create it with `matrep encode`")
+        if not self.path.is_file():
+            raise StoreError(f"{self.path}: not a file; a feature store is one HDF5 file")
         try:
-            return h5py.File(self.path, "r")
+            f = h5py.File(self.path, "r")
         except OSError as exc:
             raise StoreError(f"{self.path}: not a readable HDF5 feature store ({exc}); "
                              "delete it or choose another --out") from None
+        try:
+            self._validate(f)
+        except BaseException:
+            f.close()
+            raise
+        return f
+
+    def validate(self) -> int:
+        """Check the file's layout (see the module docstring); return the number of patches.
+
+        Raises
+        ------
+        StoreError
+            Naming the file and the first problem found.
+        """
+        with self._open() as f:
+            return len(f["patches"]["y"])
+
+    def _bad(self, problem: str) -> StoreError:
+        return StoreError(f"{self.path}: {problem}; {_FIX}")
+
+    def _validate(self, f) -> None:
+        try:
+            self._check_tree(f, f, "", 0)
+            self._check_layout(f)
+        except StoreError:
+            raise
+        except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
+            raise self._bad(f"unreadable layout ({type(exc).__name__}: "
+                            f"{' '.join(str(exc).split())})") from None
+
+    def _check_tree(self, f, group, prefix: str, depth: int) -> None:
+        """No links, external storage, virtual datasets or size bombs anywhere in the file."""
+        import h5py
+
+        if depth > 3:
+            raise self._bad(f"{prefix} is nested deeper than a feature store's groups")
+        for name in group:
+            full = f"{prefix}/{name}"
+            link = group.get(name, getlink=True)
+            if isinstance(link, h5py.ExternalLink):
+                raise self._bad(f"{full} is an external link to {link.filename}:{link.path}; "
+                                "a feature store holds no links, and matrep does not follow "
+                                "one out of the file")
+            if isinstance(link, h5py.SoftLink):
+                raise self._bad(f"{full} is a soft link to {link.path}; a feature store holds "
+                                "no links")
+            if not isinstance(link, h5py.HardLink):
+                raise self._bad(f"{full} is a {type(link).__name__}; a feature store holds "
+                                "no links")
+            obj = group[name]
+            if isinstance(obj, h5py.Group):
+                self._check_tree(f, obj, full, depth + 1)
+            elif isinstance(obj, h5py.Dataset):
+                if obj.is_virtual:
+                    raise self._bad(f"{full} is a virtual dataset (its data would come from "
+                                    "other files); a feature store holds its data itself")
+                if obj.external:
+                    files = ", ".join(str(e[0]) for e in obj.external)
+                    raise self._bad(f"{full} keeps its data in an external file ({files}); a "
+                                    "feature store holds its data itself")
+                size = obj.size * obj.dtype.itemsize if obj.shape is not None else 0
+                if size > _BOMB_MIN_BYTES and obj.id.get_storage_size() * _BOMB_RATIO < size:
+                    raise self._bad(f"{full} declares {size / 2**30:.3g} GiB of data but the "
+                                    f"file stores {obj.id.get_storage_size()} bytes of it")
+
+    def _check_layout(self, f) -> None:
+        import h5py
+
+        def dataset(g, name, where):
+            if name not in g or not isinstance(g[name], h5py.Dataset):
+                raise self._bad(f"has no dataset {where}/{name}")
+            return g[name]
+
+        def one_d(ds, where, n=None):
+            if ds.shape is None or len(ds.shape) != 1:
+                raise self._bad(f"{where} has shape {ds.shape}, expected a 1-D array"
+                                + (f" of {n} values (one per patch record)" if n is not None
+                                   else ""))
+            if n is not None and ds.shape[0] != n:
+                raise self._bad(f"{where} has {ds.shape[0]} values, expected {n} (one per "
+                                "patch record)")
+
+        def is_str(ds):
+            return h5py.check_string_dtype(ds.dtype) is not None
+
+        if "patches" not in f or not isinstance(f["patches"], h5py.Group):
+            raise StoreError(f"{self.path}: has no /patches group, so it is not a matrep feature "
+                             "store; choose another --out (or delete the file)")
+        g = f["patches"]
+        y = dataset(g, "y", "/patches")
+        one_d(y, "/patches/y")
+        n = y.shape[0]
+        for name in ("x", "source", "micrograph_id"):
+            one_d(dataset(g, name, "/patches"), f"/patches/{name}", n)
+        for name in ("y", "x"):
+            if g[name].dtype.kind not in "iu":
+                raise self._bad(f"/patches/{name} has dtype {g[name].dtype}, expected integers")
+        for name in ("source", "micrograph_id"):
+            if not is_str(g[name]):
+                raise self._bad(f"/patches/{name} has dtype {g[name].dtype}, expected strings")
+        if "labels" in f:
+            lg = f["labels"]
+            if not isinstance(lg, h5py.Group):
+                raise self._bad("/labels is not a group")
+            for c in self._label_columns(lg):
+                ds = dataset(lg, c, "/labels")
+                one_d(ds, f"/labels/{c}", n)
+                if not (is_str(ds) or ds.dtype.kind in "biuf"):
+                    raise self._bad(f"/labels/{c} has dtype {ds.dtype}, expected real numbers "
+                                    "or strings")
+        if "features" in f:
+            fg = f["features"]
+            if not isinstance(fg, h5py.Group):
+                raise self._bad("/features is not a group")
+            for key in fg:
+                if not isinstance(fg[key], h5py.Group):
+                    raise self._bad(f"/features/{key} is not a group")
+                X = dataset(fg[key], "X", f"/features/{key}")
+                if X.shape is None or len(X.shape) != 2 or X.shape[0] != n:
+                    raise self._bad(f"/features/{key}/X has shape {X.shape}, expected ({n}, "
+                                    "n_features): a 2-D matrix with one row per patch record")
+                if X.dtype.kind not in "iuf":
+                    raise self._bad(f"/features/{key}/X has dtype {X.dtype}, expected real "
+                                    "floats or integers")
+
+    def _label_columns(self, lg) -> list[str]:
+        raw = lg.attrs.get("columns")
+        if raw is None:
+            return sorted(lg.keys())
+        if isinstance(raw, bytes):
+            raw = raw.decode("utf-8", "replace")
+        try:
+            cols = json.loads(raw) if isinstance(raw, str) else None
+        except json.JSONDecodeError:
+            cols = None
+        if not isinstance(cols, list) or not all(isinstance(c, str) for c in cols):
+            raise self._bad("/labels attribute 'columns' is not a JSON list of column names")
+        return cols
 
     def exists(self) -> bool:
         return self.path.exists()
@@ -125,8 +282,16 @@ class FeatureStore:
         with self._open() as f:
             for key in sorted(f.get("features", {}).keys()):
                 g = f["features"][key]
-                out.append({"key": key, "shape": tuple(g["X"].shape), **_attrs(g.attrs)})
+                out.append({"key": key, "shape": tuple(g["X"].shape),
+                            **self._read_attrs(g.attrs, f"/features/{key}")})
         return out
+
+    def _read_attrs(self, attrs, where) -> dict:
+        try:
+            return _attrs(attrs)
+        except (OSError, TypeError, ValueError, UnicodeDecodeError) as exc:
+            raise self._bad(f"unreadable attributes of {where} ({type(exc).__name__}: "
+                            f"{' '.join(str(exc).split())})") from None
 
     def find(self, digest: str) -> str | None:
         """Key of the features with this run digest, if stored."""
@@ -153,34 +318,48 @@ class FeatureStore:
         key = self.resolve(key_or_encoder)
         with self._open() as f:
             g = f["features"][key]
-            return g["X"][()], _attrs(g.attrs)
+            try:
+                X = g["X"][()]
+            except (OSError, ValueError) as exc:
+                raise self._bad(f"cannot read /features/{key}/X ({type(exc).__name__}: "
+                                f"{' '.join(str(exc).split())})") from None
+            if X.dtype.kind == "f" and not np.isfinite(X).all():
+                bad = int(X.size - np.isfinite(X).sum())
+                raise self._bad(f"/features/{key}/X holds {bad} NaN or infinite value(s)")
+            return X, self._read_attrs(g.attrs, f"/features/{key}")
 
     def read_patches(self) -> dict:
         """Patch records: ``source``, ``micrograph_id`` (str arrays), ``coords`` (n, 2) and settings."""
         with self._open() as f:
-            if "patches" not in f:
-                raise StoreError(f"{self.path}: has no /patches group; not a matrep feature store")
             g = f["patches"]
-            return {
-                "source": g["source"].asstr()[()],
-                "micrograph_id": g["micrograph_id"].asstr()[()],
-                "coords": np.stack([g["y"][()], g["x"][()]], axis=1),
-                **{name: g[name].asstr()[()] if g[name].dtype.kind == "O" else g[name][()]
-                   for name in ("pixel_size_um", "pixel_size_source", "resample_factor")
-                   if name in g},  # written with a matrep.scale plan
-                **_attrs(g.attrs),
-            }
+            try:
+                rec = {"source": g["source"].asstr()[()],
+                       "micrograph_id": g["micrograph_id"].asstr()[()],
+                       "coords": np.stack([g["y"][()], g["x"][()]], axis=1).astype(np.int64)}
+                for name in ("pixel_size_um", "pixel_size_source", "resample_factor"):
+                    if name in g:  # written with a matrep.scale plan
+                        rec[name] = g[name].asstr()[()] if g[name].dtype.kind == "O" else g[name][()]
+            except (OSError, ValueError, UnicodeDecodeError) as exc:
+                raise self._bad(f"cannot read /patches ({type(exc).__name__}: "
+                                f"{' '.join(str(exc).split())})") from None
+            return {**rec, **self._read_attrs(g.attrs, "/patches")}
 
     def read_labels(self):
         """Per-patch labels as a pandas DataFrame (empty if none stored)."""
+        import h5py
         import pandas as pd
 
         with self._open() as f:
             if "labels" not in f:
                 return pd.DataFrame()
             g = f["labels"]
-            cols = json.loads(g.attrs.get("columns", "[]")) or sorted(g.keys())
-            data = {c: (g[c].asstr()[()] if g[c].dtype.kind in "OS" else g[c][()]) for c in cols}
+            cols = self._label_columns(g)
+            try:
+                data = {c: (g[c].asstr()[()] if h5py.check_string_dtype(g[c].dtype) is not None
+                            else g[c][()]) for c in cols}
+            except (OSError, ValueError, UnicodeDecodeError) as exc:
+                raise self._bad(f"cannot read /labels ({type(exc).__name__}: "
+                                f"{' '.join(str(exc).split())})") from None
             return pd.DataFrame(data)
 
     # -- writing ------------------------------------------------------------------------
@@ -189,20 +368,19 @@ class FeatureStore:
         """Write patch records (+ labels) and optionally one feature matrix, atomically.
 
         If the file exists, its patch records must be those of ``patchset`` (the same images
-        and patch settings); other feature matrices are kept byte for byte.
+        and patch settings); other feature matrices are kept byte for byte. The store's lock is
+        held from reading the old file to moving the new one into place, so concurrent writers
+        all land.
         """
         import h5py
 
         digest = images_digest(patchset)
-        with atomic_path(self.path, suffix=".h5") as tmp:
+        with lock(self.path), atomic_path(self.path, suffix=".h5", locked=True) as tmp:
             if self.path.exists():
-                try:
-                    with h5py.File(self.path, "r") as old:
-                        old_digest = old["patches"].attrs.get("images_digest") \
-                            if "patches" in old else None
-                except OSError as exc:
-                    raise StoreError(f"{self.path}: not a readable HDF5 feature store "
-                                     f"({exc}); delete it or choose another --out") from None
+                with self._open() as old:
+                    old_digest = old["patches"].attrs.get("images_digest")
+                    if isinstance(old_digest, bytes):
+                        old_digest = old_digest.decode("utf-8", "replace")
                 if old_digest is not None and old_digest != digest:
                     raise StoreError(f"{self.path}: holds features of another set of patches "
                                      "(different images, patch size, stride or crop); use "
@@ -298,3 +476,52 @@ def load_features(path, encoder: str):
     if len(labels.columns):
         table = pd.concat([table, labels], axis=1)
     return X, table
+
+
+#: A partial encode of another key untouched this long (seconds) counts as abandoned.
+PARTIAL_MAX_AGE_S = 7 * 24 * 3600.0
+
+
+def partial_dir(out, key: str) -> Path:
+    """The hidden folder holding the finished chunks of encoding ``key`` into store ``out``."""
+    out = Path(out)
+    return out.parent / f".{out.name}.{key}.partial"
+
+
+def remove_stale_partials(out, stored_keys, *, keep: str | None = None) -> list[Path]:
+    """Remove the partial-encode folders of store ``out`` that are finished or abandoned.
+
+    Call with the store's lock held (no other encode into ``out`` runs). Removed: those whose
+    key is in ``stored_keys`` (the store holds the result: the writer died before cleaning
+    up), those without a readable ``meta.json`` (killed before the first chunk), and those of
+    other keys than ``keep`` untouched for :data:`PARTIAL_MAX_AGE_S`. A recent partial of
+    another key stays: running that encode again resumes from it.
+    """
+    import re
+    import time
+
+    out = Path(out)
+    pat = re.compile(rf"\.{re.escape(out.name)}\.(.+-[0-9a-f]{{8}})\.partial")
+    removed = []
+    try:
+        names = os.listdir(out.parent)
+    except OSError:
+        return removed
+    stored = set(stored_keys)
+    for name in names:
+        m = pat.fullmatch(name)
+        p = out.parent / name
+        if m is None or m.group(1) == keep or not p.is_dir() or p.is_symlink():
+            continue
+        stale = m.group(1) in stored
+        if not stale:
+            try:
+                json.loads((p / "meta.json").read_text())
+                newest = max([p.stat().st_mtime] + [c.stat().st_mtime for c in p.iterdir()])
+                stale = time.time() - newest > PARTIAL_MAX_AGE_S
+            except (OSError, ValueError):
+                stale = True
+        if stale:
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed
