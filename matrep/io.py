@@ -11,6 +11,9 @@ Reading rules (documented in ``docs/io.md``):
   [min, max] of the dtype to [0, 1]; floats already in [0, 1] are kept, other finite floats
   are min-max scaled per image (a constant image becomes 0). NaN or inf in a float image is
   an error.
+* Size limit: an image whose header claims more than :func:`max_image_pixels` pixels
+  (default 178,956,970, PIL's own decompression-bomb limit) is refused before its pixels are
+  decoded; set ``MATREP_MAX_IMAGE_PIXELS`` (a number, or ``0`` for no limit) to read bigger ones.
 * Crop (before patching): ``crop=(top, left, height, width)`` and/or ``crop_bottom=N`` rows
   (the UHCS data bar is the bottom 38 rows).
 * Patches: a sliding window of ``patch`` x ``patch`` with ``stride`` (paper: 128, 50); rows and
@@ -22,6 +25,9 @@ Reading rules (documented in ``docs/io.md``):
 from __future__ import annotations
 
 import glob as _glob
+import logging
+import os
+import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +39,10 @@ from .errors import BadInputError
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp",
                     ".dm3", ".dm4", ".emd")  # the last three via matrep.formats (rosettasciio)
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float64)
+ENV_MAX_PIXELS = "MATREP_MAX_IMAGE_PIXELS"
+#: PIL's own hard limit (twice ``PIL.Image.MAX_IMAGE_PIXELS``): about 13,400 x 13,400 pixels.
+DEFAULT_MAX_PIXELS = 178_956_970
+_PIL_LOCK = threading.Lock()
 
 
 # ---------------------------------------------------------------------------------------
@@ -74,6 +84,8 @@ def list_images(source, *, recursive: bool = False) -> list[Path]:
         return files
     if src.is_file():
         return [src]
+    if src.is_symlink():
+        raise BadInputError(src, "is a broken symbolic link (or a link loop)")
     if any(ch in str(source) for ch in "*?["):
         files = sorted(Path(p) for p in _glob.glob(str(source), recursive=True) if Path(p).is_file())
         if not files:
@@ -130,6 +142,79 @@ def to_grey(arr: np.ndarray, *, path=None) -> np.ndarray:
     raise BadInputError(path, f"expected a grey or RGB(A) image, got array of shape {arr.shape}")
 
 
+def max_image_pixels() -> int | None:
+    """The largest image (in pixels) matrep decodes: ``$MATREP_MAX_IMAGE_PIXELS`` or the default.
+
+    ``0`` (or ``none``) means no limit. The limit guards against decompression bombs: a small
+    file whose header claims billions of pixels.
+    """
+    raw = os.environ.get(ENV_MAX_PIXELS, "").strip().replace("_", "").replace(",", "")
+    if not raw:
+        return DEFAULT_MAX_PIXELS
+    if raw.lower() in ("0", "none", "off"):
+        return None
+    try:
+        value = int(float(raw))
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise BadInputError(None, f"${ENV_MAX_PIXELS} must be a number of pixels (0 for no limit), "
+                                  f"got {os.environ[ENV_MAX_PIXELS]!r}")
+    return value or None
+
+
+def _check_pixels(path: Path, height: int, width: int) -> None:
+    """Refuse an image whose header claims more pixels than :func:`max_image_pixels`."""
+    limit = max_image_pixels()
+    n = int(height) * int(width)
+    if limit is not None and n > limit:
+        raise BadInputError(path, f"image header claims {width}x{height} = {n:,} pixels, more than "
+                                  f"the limit of {limit:,} (a decompression bomb?); if the image is "
+                                  f"real, raise the limit with {ENV_MAX_PIXELS}={n}")
+
+
+class _LogCapture(logging.Handler):
+    """Collects a library's log records while it reads one file (shown only if reading fails)."""
+
+    def __init__(self, name: str):
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+        self._logger = logging.getLogger(name)
+
+    def emit(self, record):
+        self.messages.append(" ".join(record.getMessage().split()))
+
+    def __enter__(self):
+        self._propagate = self._logger.propagate
+        self._logger.addHandler(self)
+        self._logger.propagate = False
+        return self
+
+    def __exit__(self, *exc):
+        self._logger.removeHandler(self)
+        self._logger.propagate = self._propagate
+
+
+def _read_tiff(path: Path) -> np.ndarray:
+    import tifffile
+
+    with _LogCapture("tifffile") as logs:
+        try:
+            with tifffile.TiffFile(str(path)) as tif:
+                if not tif.series:
+                    raise BadInputError(path, "TIFF holds no image")
+                shape = tuple(tif.series[0].shape)
+                dims = sorted((int(d) for d in shape), reverse=True)[:2] if shape else [0, 0]
+                _check_pixels(path, *(dims + [1, 1])[:2])
+                arr = tif.series[0].asarray()
+        except BadInputError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any reader failure is bad input
+            why = " ".join(str(exc).split()) or (logs.messages[0] if logs.messages else "")
+            raise BadInputError(path, f"not a readable TIFF ({type(exc).__name__}: {why})") from None
+    return arr
+
+
 def _read_raw(path: Path) -> np.ndarray:
     suffix = path.suffix.lower()
     if suffix in (".dm3", ".dm4", ".emd"):
@@ -137,20 +222,22 @@ def _read_raw(path: Path) -> np.ndarray:
 
         return read_pixels(path)
     if suffix in (".tif", ".tiff"):
-        import tifffile
-
-        try:
-            arr = tifffile.imread(str(path))
-        except Exception as exc:  # noqa: BLE001 - any reader failure is bad input
-            raise BadInputError(path, f"not a readable TIFF ({type(exc).__name__}: {exc})") from None
-        arr = np.squeeze(arr)
+        arr = np.squeeze(_read_tiff(path))
         if arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[-1] not in (3, 4):
             arr = np.moveaxis(arr, 0, -1)  # planar RGB
         return arr
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
+        with _PIL_LOCK:  # matrep's own limit replaces PIL's (which raises without the numbers)
+            old, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+            try:
+                im = Image.open(path)
+            finally:
+                Image.MAX_IMAGE_PIXELS = old
+        with im, warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            _check_pixels(path, im.size[1], im.size[0])
             im.load()
             if im.mode == "P":
                 im = im.convert("RGBA" if "transparency" in im.info else "RGB")
@@ -161,8 +248,15 @@ def _read_raw(path: Path) -> np.ndarray:
             arr = np.array(im)
     except UnidentifiedImageError:
         raise BadInputError(path, "not an image (unrecognised file content)") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        msg = str(exc).rstrip(".")
+    except BadInputError:
+        raise
+    except PermissionError:
+        raise BadInputError(path, "cannot be read (permission denied)") from None
+    except Image.DecompressionBombError as exc:
+        raise BadInputError(path, f"{' '.join(str(exc).split())}; if the image is real, raise the "
+                                  f"limit with {ENV_MAX_PIXELS}") from None
+    except Exception as exc:  # noqa: BLE001 - any decoder failure is bad input
+        msg = " ".join(str(exc).split()).rstrip(".") or type(exc).__name__
         if "truncated" in msg.lower():
             msg = "truncated image file"
         raise BadInputError(path, f"corrupt image ({msg})") from None
@@ -179,6 +273,10 @@ def read_micrograph(path) -> np.ndarray:
     """
     path = Path(path)
     if not path.is_file():
+        if path.is_dir():
+            raise BadInputError(path, "is a folder, not an image file")
+        if path.is_symlink():
+            raise BadInputError(path, "is a broken symbolic link (or a link loop)")
         raise BadInputError(path, "no such file")
     if path.stat().st_size == 0:
         raise BadInputError(path, "empty file")

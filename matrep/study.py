@@ -362,7 +362,7 @@ def prepare_data(images, labels, target: str, *, group: str | None = None,
     if target not in df.columns:
         raise LabelsError(f"{src}: no target column {target!r} (columns are: "
                           f"{', '.join(map(str, df.columns))})")
-    target_values(df, target, source=src)
+    target_values(df, target, source=src, task=task)
     if group is not None and group not in df.columns:
         raise LabelsError(f"{src}: no group column {group!r} (columns are: "
                           f"{', '.join(map(str, df.columns))})")
