@@ -57,7 +57,8 @@ def read_labels(path, *, file_column: str = "file"):
     try:
         df = pd.read_csv(path)
     except Exception as exc:  # noqa: BLE001 - any parser failure is bad input
-        raise LabelsError(f"{path}: not a readable CSV ({type(exc).__name__}: {exc})") from None
+        raise LabelsError(f"{path}: not a readable CSV ({type(exc).__name__}: "
+                          f"{' '.join(str(exc).split())})") from None
     if file_column not in df.columns:
         raise LabelsError(f"{path}: no column {file_column!r} naming the image files "
                           f"(columns are: {', '.join(map(str, df.columns))}); "
@@ -130,15 +131,56 @@ def match_labels(patchset, labels, *, file_column: str | None = None, warn: bool
     return match
 
 
-def target_values(table, column: str, *, source: str = "labels"):
-    """Column ``column`` of a label table as an array; clear errors when missing/empty/constant."""
+def _plain(v):
+    """``np.float64(5.0)`` -> ``5.0``: numpy scalars shown as Python values."""
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def _rows(table, mask, values, k: int = 5) -> str:
+    """``row 4 (m3.png): 'oops', ...`` for the first ``k`` rows where ``mask`` holds."""
+    file_column = table.attrs.get("file_column")
+    idx = np.flatnonzero(np.asarray(mask))
+    parts = []
+    for i in idx[:k]:
+        name = ""
+        if file_column in table.columns:
+            name = f" ({Path(str(table[file_column].iloc[i])).name})"
+        parts.append(f"row {i + 1}{name}: {_plain(values.iloc[i])!r}")
+    more = f" ... ({len(idx)} rows in all)" if len(idx) > k else ""
+    return ", ".join(parts) + more
+
+
+def target_values(table, column: str, *, source: str = "labels", task: str = "auto"):
+    """Column ``column`` of a label table as an array, refusing targets that cannot be learned.
+
+    Refused with a :class:`LabelsError` naming the rows (data rows, 1 = the first row after
+    the header, with the file of the row): a missing, empty or constant column; for
+    ``task="regression"`` any value that is not a number; for ``task="auto"`` a column of
+    mostly numbers with some other values (a typo such as ``oops`` would otherwise turn a
+    regression into a classification); infinite values unless ``task="classification"``.
+    """
+    import pandas as pd
+
     if column not in table.columns:
         raise LabelsError(f"{source}: no target column {column!r} (columns are: "
                           f"{', '.join(map(str, table.columns))})")
     col = table[column]
     if col.isna().all():
         raise LabelsError(f"{source}: target column {column!r} is empty")
+    if task != "classification" and not pd.api.types.is_bool_dtype(col):
+        num = pd.to_numeric(col, errors="coerce")
+        text = (col.notna() & num.isna()).to_numpy()
+        if text.any() and (task == "regression" or num.notna().sum() >= text.sum()):
+            raise LabelsError(f"{source}: target column {column!r} has {int(text.sum())} "
+                              f"value(s) that are not numbers: {_rows(table, text, col)}; fix "
+                              "them, or use --task classification for a categorical target")
+        if task == "regression" or not text.any():
+            inf = np.isinf(num.to_numpy(dtype=np.float64, na_value=np.nan))
+            if inf.any():
+                raise LabelsError(f"{source}: target column {column!r} has {int(inf.sum())} "
+                                  f"infinite value(s): {_rows(table, inf, col)}; a property "
+                                  "value must be finite: fix them or leave them empty")
     if col.dropna().nunique() < 2:
         raise LabelsError(f"{source}: target column {column!r} is constant "
-                          f"({col.dropna().iloc[0]!r}); nothing to learn")
+                          f"({_plain(col.dropna().iloc[0])!r}); nothing to learn")
     return col.to_numpy()
