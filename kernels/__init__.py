@@ -2,15 +2,17 @@
 
 Public API
 ----------
-``gram_matrix(x, *, backend="auto", input_precision="ieee")``
+``gram_matrix(x, *, normalize=False, backend="auto", input_precision="ieee")``
     ``x`` of shape (B, C, H, W), float32/bfloat16/float16 (float64 with the torch backend);
-    returns ``G = F F^T`` of shape (B, C, C) in float32, unnormalised (F = x viewed as (B, C, H*W)).
-``style_loss(inputs, targets, weights=None, *, backend="auto", input_precision="ieee")``
+    returns ``G = F F^T`` of shape (B, C, C) in float32 (F = x viewed as (B, C, H*W)),
+    unnormalised, or divided by ``M = H*W`` with ``normalize=True``.
+``style_loss(inputs, targets, weights=None, *, reduction="mean", backend="auto", input_precision="ieee")``
     ``inputs``/``targets``: sequences of feature maps, one per layer, equal shapes and dtypes
     pairwise. Returns a 0-dim float32 tensor, the batch mean over images of
-    ``sum_l w_l / (4 C_l^2 M_l^2) * sum_ij (Gh_ij - G_ij)^2`` (Gatys et al. 2015, eq. 2-4).
+    ``sum_l w_l / (4 C_l^2 M_l^2) * sum_ij (Gh_ij - G_ij)^2`` (Gatys et al. 2015, eq. 2-4), or
+    with ``reduction="none"`` that loss for each image (shape (B,)).
     Differentiable w.r.t. ``inputs``, and w.r.t. ``targets`` when they require grad.
-``style_loss_from_grams(inputs, target_grams, weights=None, *, backend="auto", input_precision="ieee")``
+``style_loss_from_grams(inputs, target_grams, weights=None, *, reduction="mean", backend="auto", input_precision="ieee")``
     The same loss against target Gram matrices computed once with ``gram_matrix`` (each of shape
     (B, C_l, C_l), float32). The target Grams are constants (no gradient flows into them). This
     is the entry point for the texture-VAE: the VGG features of the input patches are frozen, so
@@ -42,7 +44,8 @@ from __future__ import annotations
 
 import torch
 
-from ._checks import KERNEL_DTYPES, check_grams, check_layers, check_single
+from ._checks import (KERNEL_DTYPES, REDUCTIONS, check_grams, check_layers, check_reduction,
+                      check_single)
 from .reference import gram_matrix_reference, style_loss_from_grams_reference, style_loss_reference
 
 __all__ = [
@@ -55,6 +58,7 @@ __all__ = [
     "resolve_backend",
     "BACKENDS",
     "PRECISIONS",
+    "REDUCTIONS",
 ]
 
 BACKENDS = ("auto", "torch", "triton")
@@ -105,13 +109,16 @@ def _check_precision(p):
         raise ValueError(f"input_precision must be one of {PRECISIONS}, got {p!r}")
 
 
-def gram_matrix(x, *, backend="auto", input_precision="ieee"):
-    """Unnormalised Gram matrices ``G = F F^T`` in float32.
+def gram_matrix(x, *, normalize=False, backend="auto", input_precision="ieee"):
+    """Gram matrices ``G = F F^T`` in float32, unnormalised unless ``normalize``.
 
     Parameters
     ----------
     x : torch.Tensor of shape (B, C, H, W)
         Feature maps, float32/bfloat16/float16 (float64 with ``backend="torch"``).
+    normalize : bool, default False
+        Divide G by ``M = H * W`` (the mean product per position: independent of the image
+        size, as a feature; the style loss uses the unnormalised G).
     backend : {"auto", "torch", "triton"}
     input_precision : {"ieee", "tf32", "tf32x3"}
         Product precision of float32 inputs on the Triton backend.
@@ -123,16 +130,17 @@ def gram_matrix(x, *, backend="auto", input_precision="ieee"):
     """
     _check_precision(input_precision)
     check_single(x, name="x", allow_float64=True)
-    if resolve_backend(backend, [x]) == "torch":
-        return gram_matrix_reference(x)
     B, C, H, W = x.shape
-    if B == 0 or H * W == 0:
-        return gram_matrix_reference(x)  # nothing to launch: (B, C, C) zeros/empty
+    if resolve_backend(backend, [x]) == "torch" or B == 0 or H * W == 0:
+        # torch backend, or nothing to launch: (B, C, C) zeros/empty
+        return gram_matrix_reference(x, normalize=normalize)
     from .gram_triton import gram_matrix_triton
-    return gram_matrix_triton(x, precision=input_precision)
+    G = gram_matrix_triton(x, precision=input_precision)
+    return G / (H * W) if normalize else G
 
 
-def style_loss(inputs, targets, weights=None, *, backend="auto", input_precision="ieee"):
+def style_loss(inputs, targets, weights=None, *, reduction="mean", backend="auto",
+               input_precision="ieee"):
     """Gatys style loss, batch mean over images (see the module docstring for the formula).
 
     Parameters
@@ -142,6 +150,9 @@ def style_loss(inputs, targets, weights=None, *, backend="auto", input_precision
         pairwise, all on one device, one batch size B >= 1.
     weights : sequence of float, optional
         Layer weights ``w_l`` (default 1 each).
+    reduction : {"mean", "none"}, default "mean"
+        ``"mean"``: the batch mean (0-dim, the training loss); ``"none"``: the loss of each
+        image, shape (B,) (e.g. a style distance between pairs of patches).
     backend : {"auto", "torch", "triton"}
     input_precision : {"ieee", "tf32", "tf32x3"}
         Product precision of float32 inputs on the Triton backend.
@@ -149,18 +160,21 @@ def style_loss(inputs, targets, weights=None, *, backend="auto", input_precision
     Returns
     -------
     torch.Tensor
-        0-dim float32 (float64 for float64 inputs on the torch backend).
+        0-dim, or shape (B,) for ``reduction="none"``; float32 (float64 for float64 inputs on
+        the torch backend).
     """
     _check_precision(input_precision)
+    check_reduction(reduction)
     inputs, targets, weights = check_layers(inputs, targets, weights, allow_float64=True)
     if resolve_backend(backend, [*inputs, *targets]) == "torch":
-        return style_loss_reference(inputs, targets, weights)
+        return style_loss_reference(inputs, targets, weights, reduction=reduction)
     from .gram_triton import style_loss_triton
-    return style_loss_triton(inputs, targets, weights, target=1, precision=input_precision)
+    return style_loss_triton(inputs, targets, weights, target=1, precision=input_precision,
+                             reduction=reduction)
 
 
-def style_loss_from_grams(inputs, target_grams, weights=None, *, backend="auto",
-                          input_precision="ieee"):
+def style_loss_from_grams(inputs, target_grams, weights=None, *, reduction="mean",
+                          backend="auto", input_precision="ieee"):
     """Style loss against precomputed target Gram matrices (constants).
 
     Parameters
@@ -168,14 +182,16 @@ def style_loss_from_grams(inputs, target_grams, weights=None, *, backend="auto",
     inputs : sequence of torch.Tensor of shape (B, C_l, H_l, W_l)
     target_grams : sequence of torch.Tensor of shape (B, C_l, C_l), float32
         ``gram_matrix(targets[l])``, typically computed once under ``torch.no_grad()`` and cached.
-    weights, backend, input_precision
+    weights, reduction, backend, input_precision
         As for :func:`style_loss`.
     """
     _check_precision(input_precision)
+    check_reduction(reduction)
     inputs, target_grams, weights = check_grams(inputs, target_grams, weights, allow_float64=True)
     if resolve_backend(backend, inputs) == "torch" or any(g.dtype != torch.float32
                                                           for g in target_grams):
-        return style_loss_from_grams_reference(inputs, target_grams, weights)
+        return style_loss_from_grams_reference(inputs, target_grams, weights, reduction=reduction)
     from .gram_triton import style_loss_triton
     grams = [g.detach() for g in target_grams]
-    return style_loss_triton(inputs, grams, weights, target=2, precision=input_precision)
+    return style_loss_triton(inputs, grams, weights, target=2, precision=input_precision,
+                             reduction=reduction)

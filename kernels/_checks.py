@@ -12,6 +12,15 @@ import math
 import torch
 
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+REDUCTIONS = ("mean", "none")
+
+
+def check_reduction(reduction):
+    """Check ``reduction`` of the style loss: ``"mean"`` (over the batch) or ``"none"`` (per image)."""
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS} (batch mean or one loss per "
+                         f"image), got {reduction!r}")
+    return reduction
 
 
 def _as_layer_list(seq, name):

@@ -145,7 +145,7 @@ def _style_reduce_kernel(
 
 def _style_bwd_kernel(
     D_ptr, Fh_ptr, F_ptr, dFh_ptr, dF_ptr, Gout_ptr,
-    C, M, scale,
+    C, M, scale, s_gout,
     s_hb, s_hc, s_hm, s_fb, s_fc, s_fm,
     s_ob, s_oc, s_om, s_tb, s_tc, s_tm,
     GRAD_IN: tl.constexpr, GRAD_T: tl.constexpr, PREC: tl.constexpr,
@@ -174,7 +174,9 @@ def _style_bwd_kernel(
             f = tl.load(F_ptr + b * s_fb + jj[:, None] * s_fc + offs_m[None, :] * s_fm,
                         mask=mj[:, None] & mask_m[None, :], other=0.0).to(tl.float32)
             acc_t = tl.dot(d, f, acc_t, input_precision=PREC)
-    s = tl.load(Gout_ptr).to(tl.float32) * scale  # device scalar: no host sync
+    # upstream gradient read on the device (no host sync): one scalar (s_gout = 0) for the
+    # batch mean, one value per image (s_gout = 1) for reduction='none'
+    s = tl.load(Gout_ptr + b * s_gout).to(tl.float32) * scale
     mask = mask_i[:, None] & mask_m[None, :]
     if GRAD_IN:
         out = dFh_ptr + b * s_ob + offs_i[:, None] * s_oc + offs_m[None, :] * s_om
@@ -186,7 +188,7 @@ def _style_bwd_kernel(
 
 def _style_bwd_fused_kernel(
     Fh_ptr, F_ptr, G_ptr, dFh_ptr, dF_ptr, Gout_ptr,
-    C, M, scale,
+    C, M, scale, s_gout,
     s_hb, s_hc, s_hm, s_fb, s_fc, s_fm, s_gb, s_gi, s_gj,
     s_ob, s_oc, s_om, s_tb, s_tc, s_tm,
     TARGET: tl.constexpr, GRAD_IN: tl.constexpr, GRAD_T: tl.constexpr,
@@ -235,7 +237,7 @@ def _style_bwd_fused_kernel(
             acc_h = tl.dot(d, fh_j.to(tl.float32), acc_h, input_precision=PREC_BWD)
         if GRAD_T:
             acc_t = tl.dot(d, f_j.to(tl.float32), acc_t, input_precision=PREC_BWD)
-    s = tl.load(Gout_ptr).to(tl.float32) * scale
+    s = tl.load(Gout_ptr + b * s_gout).to(tl.float32) * scale
     mask = mask_i[:, None] & mask_m[None, :]
     if GRAD_IN:
         out = dFh_ptr + b * s_ob + offs_i[:, None] * s_oc + offs_m[None, :] * s_om
@@ -399,13 +401,17 @@ def _launch_forward(fh, f, g, *, target, write_d, loss_out, loss_scale, precisio
 
 def _launch_backward(D, fh, f, g, grad_out, *, target, grad_in, grad_t, scale, precision,
                      interpret, cfg):
-    """dFh = s D Fh and dF = -s D F for one layer; s = grad_out * scale read on the device."""
+    """dFh = s D Fh and dF = -s D F for one layer; s = grad_out * scale read on the device.
+
+    ``grad_out`` is a float32 device tensor of 1 element (batch mean) or B (one per image).
+    """
     K = kernels(interpret)
     B, C, M = fh.shape
     upcast, prec, prec_bwd = _flags(fh.dtype, precision, interpret)
     dfh = torch.empty((B, C, M), device=fh.device, dtype=fh.dtype) if grad_in else None
     df = torch.empty((B, C, M), device=fh.device, dtype=fh.dtype) if grad_t else None
     dummy = fh
+    s_gout = 0 if grad_out.numel() == 1 else 1
     fp = f if f is not None else dummy
     fs = f.stride() if f is not None else (0, 0, 0)
     os_ = dfh.stride() if grad_in else (0, 0, 0)
@@ -415,7 +421,7 @@ def _launch_backward(D, fh, f, g, grad_out, *, target, grad_in, grad_t, scale, p
         gs = g.stride() if g is not None else (0, 0, 0)
         K["bwd_fused"][(triton.cdiv(C, cfg.block_c_fused), B)](
             fh, fp, gp, dfh if grad_in else dummy, df if grad_t else dummy, grad_out,
-            C, M, float(scale), *fh.stride(), *fs, *gs, *os_, *ts,
+            C, M, float(scale), s_gout, *fh.stride(), *fs, *gs, *os_, *ts,
             TARGET=target, GRAD_IN=grad_in, GRAD_T=grad_t, UPCAST=upcast, PREC=prec,
             PREC_BWD=prec_bwd, BLOCK_C=cfg.block_c_fused, BLOCK_J=cfg.block_j_fused,
             BLOCK_M=cfg.block_m_fused, num_warps=cfg.warps_fused, num_stages=1)
@@ -423,7 +429,7 @@ def _launch_backward(D, fh, f, g, grad_out, *, target, grad_in, grad_t, scale, p
         bm = cfg.block_m_bwd
         K["bwd"][(cfg.n_t, triton.cdiv(M, bm), B)](
             D, fh, fp, dfh if grad_in else dummy, df if grad_t else dummy, grad_out,
-            C, M, float(scale), *fh.stride(), *fs, *os_, *ts,
+            C, M, float(scale), s_gout, *fh.stride(), *fs, *os_, *ts,
             GRAD_IN=grad_in, GRAD_T=grad_t, PREC=prec_bwd,
             BLOCK_C=cfg.block_c, BLOCK_J=cfg.block_j, BLOCK_M=bm,
             num_warps=cfg.warps, num_stages=cfg.stages)
@@ -436,8 +442,10 @@ def _launch_backward(D, fh, f, g, grad_out, *, target, grad_in, grad_t, scale, p
 class _Spec:
     """Non-tensor arguments of :class:`StyleLossFunction` (kept out of autograd's way)."""
 
-    def __init__(self, n_layers, target, weights, precision, interpret, split=None, fused=None):
+    def __init__(self, n_layers, target, weights, precision, interpret, split=None, fused=None,
+                 reduction="mean"):
         self.n_layers = n_layers
+        self.reduction = reduction  # "mean": 0-dim batch mean; "none": one loss per image
         self.target = target  # 1: target feature maps, 2: target Gram matrices
         self.weights = weights
         self.precision = precision
@@ -447,7 +455,10 @@ class _Spec:
 
 
 class StyleLossFunction(torch.autograd.Function):
-    """``apply(spec, *inputs, *targets)`` -> 0-dim float32 loss; see ``matrep.kernels.style_loss``."""
+    """``apply(spec, *inputs, *targets)`` -> float32 loss; see ``matrep.kernels.style_loss``.
+
+    0-dim (batch mean) for ``spec.reduction == "mean"``, shape (B,) for ``"none"``.
+    """
 
     @staticmethod
     def forward(ctx, spec, *tensors):
@@ -463,6 +474,8 @@ class StyleLossFunction(torch.autograd.Function):
         sizes = [B * c.n_t * c.n_t for c in cfgs0]
         partials = torch.empty(sum(sizes), device=dev, dtype=torch.float32)
         Ds, cfgs, scales = [], [], []
+        per_image = spec.reduction == "none"
+        nb = 1 if per_image else B  # the batch mean's 1/B goes into the per-layer scale
         off = 0
         for l, ((fh, f, g), n) in enumerate(zip(views, sizes)):
             _, C, M = fh.shape
@@ -471,16 +484,23 @@ class StyleLossFunction(torch.autograd.Function):
             need_t = spec.target == 1 and ctx.needs_input_grad[1 + L + l]
             write_d = (need_in or need_t) and not cfgs0[l].fused
             D, cfg = _launch_forward(fh, f, g, target=spec.target, write_d=write_d,
-                                     loss_out=partials[off:off + n], loss_scale=s_l / B,
+                                     loss_out=partials[off:off + n], loss_scale=s_l / nb,
                                      precision=spec.precision, interpret=spec.interpret,
                                      split=spec.split, fused=spec.fused)
             off += n
             Ds.append(D)
             cfgs.append(cfg)
-            scales.append(4.0 * s_l / B)
+            scales.append(4.0 * s_l / nb)
         ctx.spec, ctx.cfgs, ctx.scales = spec, cfgs, scales
         ctx.save_for_backward(*inputs, *targets, *[d for d in Ds if d is not None])
         ctx.has_d = [d is not None for d in Ds]
+        if per_image:  # partials are laid out (B, T*T) per layer: sum tiles, then layers in order
+            out, off = None, 0
+            for n in sizes:
+                term = partials[off:off + n].view(B, -1).sum(dim=1)
+                out = term if out is None else out + term
+                off += n
+            return out
         return partials.sum()
 
     @staticmethod
@@ -489,7 +509,7 @@ class StyleLossFunction(torch.autograd.Function):
         L = spec.n_layers
         saved = ctx.saved_tensors
         inputs, targets, ds = saved[:L], saved[L:2 * L], list(saved[2 * L:])
-        g_dev = grad_out.reshape(1).to(torch.float32)
+        g_dev = grad_out.reshape(-1).to(torch.float32).contiguous()
         grads_in, grads_t = [None] * L, [None] * L
         for l in range(L):
             x, t = inputs[l], targets[l]
@@ -537,11 +557,13 @@ def gram_matrix_triton(x, *, precision="ieee"):
     return GramFunction.apply(x, precision, interpreting())
 
 
-def style_loss_triton(inputs, targets, weights, *, target, precision="ieee", split=None, fused=None):
+def style_loss_triton(inputs, targets, weights, *, target, precision="ieee", split=None, fused=None,
+                      reduction="mean"):
     """Triton style loss (arguments checked by the caller). ``target`` 1: features, 2: Grams.
 
+    ``reduction``: ``"mean"`` (0-dim batch mean) or ``"none"`` (one loss per image, shape (B,)).
     ``split`` / ``fused`` override the heuristics (tests use them to reach every code path).
     """
     spec = _Spec(len(inputs), target, list(weights), precision, interpreting(), split=split,
-                 fused=fused)
+                 fused=fused, reduction=reduction)
     return StyleLossFunction.apply(spec, *inputs, *targets)

@@ -77,6 +77,53 @@ def test_style_loss_matches_formula_with_weights():
     assert style_loss(inputs, targets, weights).item() == got.item()
 
 
+@pytest.mark.parametrize("backend", ["torch", "auto"])
+def test_reduction_none_gives_each_images_loss(backend):
+    g = _gen(11)
+    shapes = [(3, 4, 5, 6), (3, 7, 2, 3)]
+    x = [torch.randn(*s, generator=g) for s in shapes]
+    t = [torch.randn(*s, generator=g) for s in shapes]
+    w = [0.5, 3.0]
+    per = style_loss(x, t, w, reduction="none", backend=backend)
+    assert per.shape == (3,) and per.dtype == torch.float32
+    for b in range(3):
+        want = _loss_by_hand([v[b:b + 1] for v in x], [v[b:b + 1] for v in t], w)
+        assert math.isclose(per[b].item(), want, rel_tol=1e-5)
+    assert torch.allclose(per.mean(), style_loss(x, t, w, backend=backend), rtol=1e-6, atol=0)
+    grams = [gram_matrix(v) for v in t]
+    assert torch.allclose(style_loss_from_grams(x, grams, w, reduction="none", backend=backend),
+                          per, rtol=1e-6)
+    # identical pairs give exactly zero, image by image
+    assert torch.equal(style_loss(x, x, w, reduction="none"), torch.zeros(3))
+
+
+def test_reduction_none_gradient_is_per_image():
+    g = _gen(12)
+    x = torch.randn(2, 3, 4, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    t = torch.randn(2, 3, 4, 4, generator=g, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda a: style_loss_reference([a], [t], reduction="none"),
+                                    (x,))
+    # image 1's loss does not depend on image 0's features
+    style_loss_reference([x], [t], reduction="none")[1].backward()
+    assert torch.equal(x.grad[0], torch.zeros_like(x.grad[0])) and x.grad[1].abs().sum() > 0
+
+
+def test_bad_reduction_is_refused():
+    x = torch.ones(1, 2, 3, 3)
+    for fn, args in ((style_loss, ([x], [x])), (style_loss_from_grams, ([x], [gram_matrix(x)])),
+                     (style_loss_reference, ([x], [x]))):
+        with pytest.raises(ValueError, match="reduction must be one of"):
+            fn(*args, reduction="sum")
+
+
+def test_gram_matrix_normalize_divides_by_positions():
+    x = torch.randn(2, 3, 4, 5, generator=_gen(13))
+    G = gram_matrix(x)
+    assert torch.equal(gram_matrix(x, normalize=True), G / 20)
+    assert torch.equal(gram_matrix_reference(x, normalize=True), G / 20)
+    assert gram_matrix(torch.ones(1, 1, 2, 3), normalize=True).item() == 1.0
+
+
 def test_identical_inputs_give_zero_loss():
     x = torch.randn(2, 3, 5, 5, generator=_gen(4))
     assert style_loss([x], [x.clone()], backend="torch").item() == 0.0

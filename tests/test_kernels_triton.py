@@ -159,6 +159,38 @@ def test_from_grams_matches_reference(split, fused):
     assert _rel(x.grad, xd.grad) < 2e-5
 
 
+@pytest.mark.parametrize("target,split,fused", [(1, 3, False), (1, 1, True), (2, 2, False),
+                                                (2, 1, True)])
+def test_reduction_none_values_and_gradients(target, split, fused):
+    """One loss per image: values and the gradient of a weighted sum over images (a per-image
+    upstream gradient read on the device), on both backwards and with the split reduction."""
+    layers = [(3, 20, 9, 13), (3, 7, 4, 5)]  # 9*13 > 256 stores D unless fused; 4*5 recomputes
+    x = [_draw(s, torch.float32, _seed("rn", target, split, i)) for i, s in enumerate(layers)]
+    t = [_draw(s, torch.float32, _seed("rt", target, split, i)) for i, s in enumerate(layers)]
+    v = torch.tensor([0.5, -2.0, 3.0])
+    xs = [a.clone().requires_grad_() for a in x]
+    tt = [gram_matrix(b, backend="triton") for b in t] if target == 2 else t
+    per = style_loss_triton(xs, tt, [0.5, 2.0], target=target, split=split, fused=fused,
+                            reduction="none")
+    (per * v).sum().backward()
+    xd = [a.double().requires_grad_() for a in x]
+    ref = style_loss_reference(xd, [b.double() for b in t], [0.5, 2.0], reduction="none")
+    (ref * v.double()).sum().backward()
+    assert per.shape == (3,) and per.dtype == torch.float32
+    assert _rel(per, ref) < 2e-5
+    for a, b in zip(xs, xd):
+        assert _rel(a.grad, b.grad) < 2e-5
+    # the mean of the per-image losses is the default reduction
+    mean = style_loss_triton(x, tt, [0.5, 2.0], target=target, split=split, fused=fused)
+    assert math.isclose(mean.item(), per.mean().item(), rel_tol=1e-6)
+
+
+def test_gram_matrix_normalize_triton():
+    x = _draw((2, 5, 6, 7), torch.float32, _seed("gn", 0))
+    G = gram_matrix(x, backend="triton")
+    assert torch.equal(gram_matrix(x, normalize=True, backend="triton"), G / 42)
+
+
 @pytest.mark.parametrize("B,C,HW,dtype", [(3, 130, (15, 20), torch.float32),
                                           (2, 3, (1, 7), torch.float16),
                                           (1, 1, (1, 1), torch.float32)])
