@@ -236,6 +236,10 @@ class EvaluationReport:
                      f"from {s['images']} (stride {s['stride']}); 1 = same texture.")
         notes.append("- ceiling: another patch of the same micrograph (non-overlapping where "
                      "possible); floor: " + s["floor_source"] + ".")
+        if s.get("pixel_sizes"):
+            from .scale import format_summary
+
+            notes.append(f"- scale: {format_summary(s['pixel_sizes'])}.")
         return ("# Reconstruction texture similarity\n\n" + "\n".join(lines) + "\n\n"
                 + "\n".join(notes) + "\n")
 
@@ -279,7 +283,7 @@ def _jsonable(o):
 def evaluate_models(models, images, *, n: int = 100, other_images=None, stride: int = 50,
                     crop=None, crop_bottom: int = 0, seed: int = 0, metrics=DEFAULT_METRICS,
                     device=None, vgg16_weights=None, dists_weights=None, batch_size: int = 16,
-                    log=None) -> EvaluationReport:
+                    log=None, scale=None) -> EvaluationReport:
     """Texture similarity between held-out patches and their reconstructions (Table 1).
 
     Parameters
@@ -296,12 +300,19 @@ def evaluate_models(models, images, *, n: int = 100, other_images=None, stride: 
     device : "auto", "cpu", "cuda", ... (metrics only; models use their own device setting)
     vgg16_weights, dists_weights : DISTS ingredients (see :mod:`matrep.metrics.dists`)
     log : callable(str), optional — progress messages
+    scale : matrep.scale.ScaleOptions, optional — pixel sizes and resampling of ``images`` and
+        ``other_images`` (default: the scale the first model folder was trained at, if any)
 
     Returns
     -------
     EvaluationReport
     """
     from .io import load_patches
+    from .scale import ScaleOptions, model_scale
+
+    if scale is None:
+        scale = ScaleOptions(model_scale=next((s for m in models if isinstance(m, (str, Path))
+                                               and (s := model_scale(m)) is not None), None))
 
     log = log or (lambda s: None)
     metrics = tuple(metrics)
@@ -312,7 +323,8 @@ def evaluate_models(models, images, *, n: int = 100, other_images=None, stride: 
     sets = {}
     floor_source = None
     for P in sorted({_patch_size(m) for _, m in loaded}):
-        ps = load_patches(images, patch=P, stride=stride, crop=crop, crop_bottom=crop_bottom)
+        ps = load_patches(images, patch=P, stride=stride, crop=crop, crop_bottom=crop_bottom,
+                          scale=scale)
         rng = np.random.default_rng(seed)
         idx = _pick_patches(ps, n, rng)
         x = ps.patches[idx]
@@ -322,7 +334,7 @@ def evaluate_models(models, images, *, n: int = 100, other_images=None, stride: 
         partners = _ceiling_partners(ps, idx, rng)
         # floor
         if other_images is not None:
-            other = load_patches(other_images, patch=P, stride=stride)
+            other = load_patches(other_images, patch=P, stride=stride, scale=scale)
             fl = other.patches[rng.choice(len(other), len(idx), replace=len(other) < len(idx))]
             floor_source = f"a random patch of {other_images}"
         else:
@@ -367,7 +379,8 @@ def evaluate_models(models, images, *, n: int = 100, other_images=None, stride: 
     settings = {"images": str(images), "other_images": None if other_images is None
                 else str(other_images), "n": int(n), "stride": int(stride),
                 "crop": list(crop) if crop is not None else None, "crop_bottom": int(crop_bottom),
-                "seed": int(seed), "floor_source": floor_source}
+                "seed": int(seed), "floor_source": floor_source,
+                "pixel_sizes": ps.scale.summary()}
     raw = {k: {m: (v if isinstance(v, str) else np.round(v, 6).tolist()) for m, v in d.items()}
            for k, d in scores.items()}
     return EvaluationReport(model_rows + rows, metrics, settings, raw)

@@ -334,6 +334,10 @@ def _markdown(result, rep, figs, group_figs, out: Path) -> str:
     L.append(f"- Patches: {d['patches']} of {d['patch']}x{d['patch']} pixels, stride "
              f"{d['stride']}, crop {d['crop']}, bottom rows removed {d['crop_bottom']}; each patch "
              "inherits its micrograph's label.")
+    if d.get("pixel_sizes"):
+        from .scale import format_summary
+
+        L.append(f"- Scale: {format_summary(d['pixel_sizes'])}.")
     if task == "regression":
         L.append(f"- Target `{d['target']}` (regression): {d['target_min']:.4g} to "
                  f"{d['target_max']:.4g}, mean {d['target_mean']:.4g}, std {d['target_std']:.4g} "

@@ -451,21 +451,35 @@ class ScalePlan:
                 "upsample_limit": float(self.upsample_limit), "factors_sha256": h.hexdigest()}
 
     def describe(self) -> list[str]:
-        """Human-readable lines: the target, the distribution, the micrographs left out."""
-        s = self.summary()
-        out = []
-        if s["known"]:
-            out.append(f"pixel sizes of {s['images']} micrograph(s): {s['min_um_per_px']:.4g} to "
-                       f"{s['max_um_per_px']:.4g} um/px (median {s['median_um_per_px']:.4g}); "
-                       f"{s['unknown']} unknown; sources: "
-                       + ", ".join(f"{k} {v}" for k, v in sorted(s["sources"].items())))
-        if self.target_um_per_px is not None:
-            out.append(f"resampled to {self.target_um_per_px:.6g} um/px"
-                       + (f" (--scale auto: the coarsest pixel size of the finest "
-                          f"{self.share:.0%} of the micrographs)" if self.auto else ""))
-        if self.dropped:
-            out.append(f"{len(self.dropped)} micrograph(s) left out for their scale")
-        return out
+        """Human-readable lines: the distribution, the target, the micrographs left out."""
+        return [format_summary(self.summary())]
+
+
+def format_summary(s: dict) -> str:
+    """One line about a :meth:`ScalePlan.summary` (the reports' "Scale" line).
+
+    >>> format_summary({"images": 2, "known": 0, "unknown": 2, "sources": {"unknown": 2},
+    ...                 "target_um_per_px": None, "dropped": 0})
+    'pixel size unknown for all 2 micrographs; not resampled'
+    """
+    if s["known"]:
+        out = (f"pixel sizes of the {s['images']} micrographs used: {s['min_um_per_px']:.4g} to "
+               f"{s['max_um_per_px']:.4g} um/px (10/50/90 %: {s['p10_um_per_px']:.4g} / "
+               f"{s['median_um_per_px']:.4g} / {s['p90_um_per_px']:.4g}), {s['unknown']} unknown; "
+               "from " + ", ".join(f"{k} ({v})" for k, v in sorted(s["sources"].items())))
+    else:
+        out = f"pixel size unknown for all {s['images']} micrographs"
+    if s.get("target_um_per_px") is not None:
+        out += f"; resampled to {s['target_um_per_px']:.6g} um/px"
+        if s.get("auto"):
+            out += (f" (--scale auto: the coarsest pixel size of the finest "
+                    f"{s.get('auto_share', AUTO_SHARE):.0%})")
+        out += f", upsampling limit {s.get('upsample_limit', UPSAMPLE_LIMIT):g}x"
+    else:
+        out += "; not resampled"
+    if s.get("dropped"):
+        out += f"; {s['dropped']} micrograph(s) left out for their scale"
+    return out
 
 
 def _image_hw(path, crop=None, crop_bottom: int = 0) -> tuple[int, int] | None:

@@ -296,6 +296,8 @@ class StudyData:
              "groups": int(len(set(self.groups.tolist()))),
              "labels": self.labels_path,
              "image_folder": str(Path(files[0]).parent) if files else ""}
+        if getattr(ps, "scale", None) is not None:  # matrep.scale: the scale distribution
+            d["pixel_sizes"] = ps.scale.summary(files)
         if self.task == "regression":
             y = self.y.astype(float)
             per_img = {}
@@ -328,7 +330,7 @@ def prepare_data(images, labels, target: str, *, group: str | None = None,
                  file_column: str = "file", task: str = "auto", patch: int = 128,
                  stride: int = 50, crop=None, crop_bottom: int = 0, skip_bad: bool = False,
                  max_images: int | None = None, max_patches_per_image: int | None = None,
-                 seed: int = 0, warn=None, progress=None) -> StudyData:
+                 seed: int = 0, warn=None, progress=None, scale=None) -> StudyData:
     """Read the labelled micrographs, cut patches and attach target and group to each patch.
 
     Only images whose label row has a value in ``target`` are read (the others are named in
@@ -402,7 +404,10 @@ def prepare_data(images, labels, target: str, *, group: str | None = None,
         keep = sorted(rng.choice(keep, size=int(max_images), replace=False).tolist())
         notes.append(f"using a random subset of {max_images} labelled images (seed {seed})")
 
+    if scale is not None and getattr(scale, "labels", "given") is None:  # pixel sizes from labels
+        scale = scale.replace(labels=df, file_column=file_column)
     ps = load_patches(keep, patch=patch, stride=stride, crop=crop, crop_bottom=crop_bottom,
+                      scale=scale,
                       skip_bad=skip_bad, max_patches_per_image=max_patches_per_image,
                       seed=seed, progress=progress)
     if ps.skipped:

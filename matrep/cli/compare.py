@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from ._common import handle_errors, progress, quiet_option
+from ._scale import scale_options, to_options
 from .encode import parse_crop, patch_options, report_skipped
 
 
@@ -43,6 +44,7 @@ def parse_method_params(pairs, methods) -> dict:
 @click.command("compare")
 @click.argument("methods", nargs=-1, required=True)
 @patch_options
+@scale_options
 @click.option("--labels", required=True, type=click.Path(exists=True, dir_okay=False),
               help="CSV with a file column and property columns (one row per micrograph).")
 @click.option("--file-column", default="file", help="Column of --labels naming the image files.")
@@ -90,6 +92,7 @@ def parse_method_params(pairs, methods) -> dict:
 def compare_cmd(methods, images, patch, stride, crop, crop_bottom, skip_bad, labels, file_column,
                 target, group, task, models, params, regressors, split, seeds, test_size, folds,
                 max_groups, inner_folds, max_images, max_patches_per_image, n_jobs, out, resume,
+                scale,
                 quiet):
     """Compare encoders (METHOD...) on how well their features predict a property.
 
@@ -135,6 +138,8 @@ def compare_cmd(methods, images, patch, stride, crop, crop_bottom, skip_bad, lab
                         patch=patch, stride=stride, crop=parse_crop(crop),
                         crop_bottom=crop_bottom, skip_bad=skip_bad, max_images=max_images,
                         max_patches_per_image=max_patches_per_image, warn=warn,
+                        scale=to_options(scale, labels=labels, file_column=file_column,
+                                         models=list(model_of.values()), quiet=quiet),
                         progress=lambda it: progress(it, desc="read", quiet=quiet))
     report_skipped(data.patchset)
     if not quiet:

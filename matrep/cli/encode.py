@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from ._common import handle_errors, progress, quiet_option
+from ._scale import report_scale, scale_options, to_options
 
 
 def parse_params(pairs) -> dict:
@@ -115,6 +116,7 @@ def encoders_cmd(as_json):
               help="A saved/trained model folder (e.g. runs/NAME); default: a fresh encoder "
                    "(trainable ones are fitted on the encoded patches).")
 @patch_options
+@scale_options
 @click.option("--out", required=True, type=click.Path(dir_okay=False),
               help="HDF5 feature store to create or extend.")
 @click.option("--labels", default=None, type=click.Path(exists=True, dir_okay=False),
@@ -133,7 +135,7 @@ def encoders_cmd(as_json):
 @quiet_option
 @handle_errors
 def encode_cmd(method, model, images, patch, stride, crop, crop_bottom, skip_bad, out, labels,
-               file_column, params, chunk, resume, lazy, quiet):
+               file_column, params, chunk, resume, lazy, quiet, scale):
     """Encode micrographs into an HDF5 feature store.
 
     Reads the images, cuts patches (size --patch, step --stride), runs the encoder, and writes
@@ -147,18 +149,19 @@ def encode_cmd(method, model, images, patch, stride, crop, crop_bottom, skip_bad
 
     if not distributed.in_torchrun():
         return _encode(method, model, images, patch, stride, crop, crop_bottom, skip_bad, out,
-                       labels, file_column, params, chunk, resume, bool(lazy), quiet, None)
+                       labels, file_column, params, chunk, resume, bool(lazy), quiet, None,
+                       scale=scale)
     dist = distributed.init()
     try:
         return _encode(method, model, images, patch, stride, crop, crop_bottom, skip_bad, out,
                        labels, file_column, params, chunk, resume, lazy is not False,
-                       quiet or not dist.is_main, dist)
+                       quiet or not dist.is_main, dist, scale=scale)
     finally:
         distributed.destroy(dist)
 
 
 def _encode(method, model, images, patch, stride, crop, crop_bottom, skip_bad, out, labels,
-            file_column, params, chunk, resume, lazy, quiet, dist):
+            file_column, params, chunk, resume, lazy, quiet, dist, scale=None):
     from .. import registry
     from ..errors import EncoderContractError
     from ..labels import match_labels
@@ -177,8 +180,10 @@ def _encode(method, model, images, patch, stride, crop, crop_bottom, skip_bad, o
     else:
         encoder = registry.get_encoder(method, **kw)
     main = dist is None or dist.is_main
+    opts = to_options(scale, labels=labels, file_column=file_column, models=[model],
+                      quiet=quiet or not main)
     ps = read_patchset(images, patch, stride, crop, crop_bottom, skip_bad, quiet, lazy=lazy,
-                       **({"dist": dist} if lazy and dist is not None else {}))
+                       scale=opts, **({"dist": dist} if lazy and dist is not None else {}))
     table = None
     if labels:
         m = match_labels(ps, labels, file_column=file_column, warn=False)
@@ -194,6 +199,7 @@ def _encode(method, model, images, patch, stride, crop, crop_bottom, skip_bad, o
     if not main:
         return
     report_skipped(ps)
+    report_scale(ps, quiet)
     what = "reused stored" if res.reused else "wrote"
     if res.resumed_chunks:
         what += f" (resumed {res.resumed_chunks} finished chunks)"

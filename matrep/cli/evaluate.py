@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from ._common import handle_errors, quiet_option
+from ._scale import scale_options, to_options
 from .encode import parse_crop, window_options
 
 
@@ -30,6 +31,7 @@ def _log(quiet):
 @click.option("-n", "--n", "n", default=100, type=click.IntRange(1),
               help="Patches per model (the paper used 100).")
 @window_options
+@scale_options
 @click.option("--metrics", default="stsim2,stsim2_global,dists",
               help="Comma-separated metrics: stsim2 (7x7 window), stsim2_global, dists.")
 @click.option("--seed", default=0, type=int, help="Seed of the patch choice and baselines.")
@@ -45,7 +47,7 @@ def _log(quiet):
 @quiet_option
 @handle_errors
 def evaluate_cmd(models, images, other_images, n, stride, crop, crop_bottom, metrics, seed,
-                 device, vgg16_weights, dists_weights, out, quiet):
+                 device, vgg16_weights, dists_weights, out, quiet, scale):
     """Texture similarity between held-out patches and their reconstructions.
 
     For every model: mean and spread of STSIM-2 and DISTS between N patches and their
@@ -60,7 +62,8 @@ def evaluate_cmd(models, images, other_images, n, stride, crop, crop_bottom, met
                           stride=stride, crop=parse_crop(crop), crop_bottom=crop_bottom,
                           seed=seed, metrics=[m.strip() for m in metrics.split(",") if m.strip()],
                           device=device, vgg16_weights=vgg16_weights,
-                          dists_weights=dists_weights, log=_log(quiet))
+                          dists_weights=dists_weights, log=_log(quiet),
+                          scale=to_options(scale, models=list(models), quiet=quiet))
     paths = rep.write(out)
     click.echo(rep.to_markdown())
     click.echo(f"wrote {', '.join(str(p) for p in paths.values())}")

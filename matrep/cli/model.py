@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 
 from ._common import handle_errors, progress, quiet_option
+from ._scale import report_scale, scale_options, to_options
 from .encode import parse_crop, parse_params, patch_options, read_patchset, report_skipped
 
 FIT_JSON = "fit.json"
@@ -45,6 +46,7 @@ def _echo(quiet):
 @click.command("fit")
 @click.option("--method", default="texturevae", help="Encoder to train (see `matrep encoders`).")
 @patch_options
+@scale_options
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False),
               help="Run folder: checkpoints, log.csv, and the final model (config.json + "
                    "state.safetensors) for `--model`.")
@@ -87,7 +89,7 @@ def _echo(quiet):
 @handle_errors
 def fit_cmd(method, images, patch, stride, crop, crop_bottom, skip_bad, out, latent_dim, epochs,
             batch_size, lr, kl_weight, layer_weights, seed, device, precision, weights,
-            checkpoint_every, max_patches, params, resume, nproc, lr_scaling, quiet):
+            checkpoint_every, max_patches, params, resume, nproc, lr_scaling, quiet, scale):
     """Train an encoder on micrographs and save it to a run folder.
 
     Example (the documented quick CPU configuration of docs/texturevae.md):
@@ -118,7 +120,7 @@ def fit_cmd(method, images, patch, stride, crop, crop_bottom, skip_bad, out, lat
         return _fit(method, images, patch, stride, crop, crop_bottom, skip_bad, out, latent_dim,
                     epochs, batch_size, lr, kl_weight, layer_weights, seed, device, precision,
                     weights, checkpoint_every, max_patches, params, resume, lr_scaling, quiet,
-                    distributed.SINGLE)
+                    distributed.SINGLE, scale=scale)
     dist = distributed.init(device=device or "auto")
     try:
         if nproc > 1 and nproc != dist.world_size and dist.is_main:
@@ -127,14 +129,14 @@ def fit_cmd(method, images, patch, stride, crop, crop_bottom, skip_bad, out, lat
         return _fit(method, images, patch, stride, crop, crop_bottom, skip_bad, out, latent_dim,
                     epochs, batch_size, lr, kl_weight, layer_weights, seed, device, precision,
                     weights, checkpoint_every, max_patches, params, resume, lr_scaling,
-                    quiet or not dist.is_main, dist)
+                    quiet or not dist.is_main, dist, scale=scale)
     finally:
         distributed.destroy(dist)
 
 
 def _fit(method, images, patch, stride, crop, crop_bottom, skip_bad, out, latent_dim, epochs,
          batch_size, lr, kl_weight, layer_weights, seed, device, precision, weights,
-         checkpoint_every, max_patches, params, resume, lr_scaling, quiet, dist):
+         checkpoint_every, max_patches, params, resume, lr_scaling, quiet, dist, scale=None):
     from .. import registry
     from ..distributed import scaling_rule
 
@@ -163,8 +165,11 @@ def _fit(method, images, patch, stride, crop, crop_bottom, skip_bad, out, latent
         raise click.ClickException(f"encoder {method!r} has no parameter(s) {', '.join(unknown)}; "
                                    f"it takes: {', '.join(sorted(valid))}")
     enc = registry.get_encoder(method, **given)
-    ps = read_patchset(images, patch, stride, crop, crop_bottom, skip_bad, quiet)
+    # a resumed run keeps the scale it was started at (recorded in fit.json)
+    opts = to_options(scale, models=[out] if resume else [], quiet=quiet)
+    ps = read_patchset(images, patch, stride, crop, crop_bottom, skip_bad, quiet, scale=opts)
     report_skipped(ps)
+    report_scale(ps, quiet)
     log = _echo(quiet)
     log(f"{len(ps)} patches of {patch}x{patch} from {len(ps.files)} micrographs")
     main = dist.is_main
@@ -174,14 +179,17 @@ def _fit(method, images, patch, stride, crop, crop_bottom, skip_bad, out, latent
     from ..encoder import _jsonable
 
     accepts = inspect.signature(enc.fit).parameters
+    record = {"method": method, "params": _jsonable(given),
+              "patches": {"images": [str(i) for i in images], "patch": patch,
+                          "stride": stride, "crop": parse_crop(crop),
+                          "crop_bottom": crop_bottom,
+                          # the scale the model is trained at: encode applies it
+                          "scale_um_per_px": ps.scale.target_um_per_px,
+                          "pixel_sizes": ps.scale.summary()}}
     if "run_dir" in accepts:
         if not resume and (out / "checkpoint").exists():
             raise click.ClickException(f"{out} already holds a training checkpoint; add --resume "
                                        "to continue it, or choose a new --out")
-        record = {"method": method, "params": _jsonable(given),
-                  "patches": {"images": [str(i) for i in images], "patch": patch,
-                              "stride": stride, "crop": parse_crop(crop),
-                              "crop_bottom": crop_bottom}}
         p = enc.get_params(deep=False)
         if "batch_size" in p and "lr" in p:
             record["distributed"] = scaling_rule(p["batch_size"], p["lr"], dist.world_size,
@@ -201,6 +209,7 @@ def _fit(method, images, patch, stride, crop, crop_bottom, skip_bad, out, latent
         enc.fit(ps.patches)
         if main:
             enc.save(out)
+            atomic_write_text(out / FIT_JSON, json.dumps(record, indent=2))
         dist.barrier()
     if not main:
         return
