@@ -5,9 +5,9 @@ nothing is downloaded or randomly initialised), loaded with weights from
 :func:`matrep.weights.resolve_vgg19_weights`, frozen (``requires_grad=False``, always in eval
 mode) and cut after the deepest requested tap.
 
-Tap names follow Simonyan & Zisserman (2015) / Gatys et al. (2015): ``conv{b}_{i}``,
-``relu{b}_{i}`` for block ``b`` = 1..5 and layer ``i`` within it, and ``pool{b}`` after each
-block. Channel counts: block 1: 64, block 2: 128, block 3: 256, blocks 4-5: 512. Each ``pool{b}``
+Tap names (the table lives in :mod:`matrep.taps`, re-exported here) follow Simonyan &
+Zisserman (2015) / Gatys et al. (2015): ``conv{b}_{i}``, ``relu{b}_{i}`` for block ``b`` = 1..5
+and layer ``i`` within it, and ``pool{b}`` after each block. Channel counts: block 1: 64, block 2: 128, block 3: 256, blocks 4-5: 512. Each ``pool{b}``
 halves the height and width (floor). For a 128x128 input::
 
     conv1_1 (64, 128, 128)   pool1 (64, 64, 64)   pool2 (128, 32, 32)
@@ -26,76 +26,11 @@ import torch
 from torch import nn
 
 from .errors import BadInputError
-from .weights import VGG19_CFG, VGG19Weights, resolve_vgg19_weights
+from .taps import STYLE_TAPS, TAP_CHANNELS, TAP_INDEX, TAP_NAMES, check_taps, tap_shapes
+from .weights import VGG19Weights, resolve_vgg19_weights
 
-#: The paper's style layers (Gatys loss of the texture-VAE): conv1_1 and pool1..pool4.
-STYLE_TAPS = ("conv1_1", "pool1", "pool2", "pool3", "pool4")
-
-
-def _tap_table():
-    """(name, index in vgg19().features, channels) for every layer, in network order."""
-    table, idx, block, i = [], 0, 1, 1
-    channels = None
-    for v in VGG19_CFG:
-        if v == "M":
-            table.append((f"pool{block}", idx, channels))
-            idx += 1
-            block, i = block + 1, 1
-        else:
-            channels = v
-            table.append((f"conv{block}_{i}", idx, v))
-            table.append((f"relu{block}_{i}", idx + 1, v))
-            idx += 2
-            i += 1
-    return table
-
-
-_TABLE = _tap_table()
-#: All tap names in network order.
-TAP_NAMES = tuple(n for n, _, _ in _TABLE)
-#: Tap name -> index of the module in ``vgg19().features`` whose output it is.
-TAP_INDEX = {n: i for n, i, _ in _TABLE}
-#: Tap name -> number of channels.
-TAP_CHANNELS = {n: c for n, _, c in _TABLE}
-
-
-def tap_shapes(size) -> dict[str, tuple[int, int, int]]:
-    """(channels, height, width) of every tap for an input of ``size`` (int or (H, W)).
-
-    >>> tap_shapes((64, 96))["pool2"]
-    (128, 16, 24)
-    """
-    h, w = (size, size) if isinstance(size, int) else tuple(size)
-    out = {}
-    for name in TAP_NAMES:
-        if name.startswith("pool"):
-            h, w = h // 2, w // 2
-        out[name] = (TAP_CHANNELS[name], h, w)
-    return out
-
-
-def check_taps(taps) -> tuple[str, ...]:
-    """Validate tap names; return them as a tuple (order kept, duplicates dropped)."""
-    if isinstance(taps, str):
-        taps = (taps,)
-    taps = tuple(dict.fromkeys(taps))
-    if not taps:
-        raise BadInputError(None, "taps must name at least one VGG19 layer, e.g. ('pool5',)")
-    bad = [t for t in taps if t not in TAP_INDEX]
-    if bad:
-        raise BadInputError(None, f"unknown VGG19 tap(s) {bad}; valid names: {', '.join(TAP_NAMES)}")
-    return taps
-
-
-def gram_matrix(f: torch.Tensor) -> torch.Tensor:
-    """Normalised Gram matrices ``G = F F^T / M`` of features of shape (N, C, H, W).
-
-    Returns shape (N, C, C); ``M = H * W`` (Gatys et al. 2015, with the 1/M normalisation that
-    makes the value independent of the image size).
-    """
-    n, c, h, w = f.shape
-    flat = f.reshape(n, c, h * w)
-    return torch.bmm(flat, flat.transpose(1, 2)) / (h * w)
+__all__ = ["VGG19Backbone", "STYLE_TAPS", "TAP_CHANNELS", "TAP_INDEX", "TAP_NAMES", "check_taps",
+           "tap_shapes"]
 
 
 class VGG19Backbone(nn.Module):

@@ -73,9 +73,9 @@ def pool_features(f, pooling: str):
     if pooling == "gram_diag":
         return f.square().mean(dim=(2, 3))
     if pooling == "gram":
-        from matrep.backbone import gram_matrix
+        from matrep.kernels import gram_matrix
 
-        g = gram_matrix(f.float().contiguous())
+        g = gram_matrix(f.float(), normalize=True)
         iu = torch.triu_indices(g.shape[1], g.shape[2], device=g.device)
         return g[:, iu[0], iu[1]]
     raise BadInputError(None, f"pooling must be one of {POOLINGS}, got {pooling!r}")

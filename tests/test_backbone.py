@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from matrep import weights as W
-from matrep.backbone import (STYLE_TAPS, TAP_CHANNELS, TAP_NAMES, VGG19Backbone, check_taps, gram_matrix,
+from matrep.backbone import (STYLE_TAPS, TAP_CHANNELS, TAP_NAMES, VGG19Backbone, check_taps,
                              tap_shapes)
 from matrep.errors import BadInputError
 
@@ -110,11 +110,25 @@ def test_weights_info(random_w):
     assert info["name"] == "random-seed0" and info["sha256"] == random_w.sha256
 
 
-def test_gram_matrix():
+def test_one_tap_table_and_one_gram():
+    """The plugins use the backbone's tables and the kernels' Gram, not copies of their own."""
+    import matrep.backbone as backbone
+    from matrep.plugins import vgg19
+    from matrep.plugins.texturevae import encoder, model
+
+    assert not hasattr(backbone, "gram_matrix")
+    assert model.STYLE_TAPS is STYLE_TAPS and model.TAP_CHANNELS is TAP_CHANNELS
+    assert encoder.DEFAULT_TAPS is STYLE_TAPS
+    assert vgg19._taps_of("style") == STYLE_TAPS
+    assert set(TAP_CHANNELS) == set(TAP_NAMES) and TAP_CHANNELS["relu3_1"] == 256
+    # texturevae accepts every tap vgg19 accepts (its own short table once refused relu3_1)
+    encoder.TextureVAEEncoder(encoder_taps=("relu3_1",), style_layers=("relu2_1",))._validate_params()
+    with pytest.raises(BadInputError, match="relu9_1"):
+        encoder.TextureVAEEncoder(encoder_taps=("relu9_1",))._validate_params()
     f = torch.rand(2, 3, 4, 5)
-    g = gram_matrix(f)
     ref = torch.einsum("nchw,ndhw->ncd", f, f) / 20
-    torch.testing.assert_close(g, ref)
+    torch.testing.assert_close(vgg19.pool_features(f, "gram"),
+                               ref[:, [0, 0, 0, 1, 1, 2], [0, 1, 2, 1, 2, 2]])
 
 
 def test_first_conv_matches_scipy(gatys_raw):

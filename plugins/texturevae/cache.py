@@ -32,6 +32,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from matrep.kernels import gram_matrix
+
 from .model import pool_features
 
 
@@ -61,12 +63,6 @@ def target_layout(shapes: dict, taps) -> list[TargetSlot]:
         slots.append(slot)
         off += slot.size
     return slots
-
-
-def _gram(x: torch.Tensor) -> torch.Tensor:
-    B, C = x.shape[:2]
-    f = x.reshape(B, C, -1).float()
-    return torch.bmm(f, f.transpose(1, 2))
 
 
 class FeatureCache:
@@ -112,7 +108,7 @@ class FeatureCache:
                 rows = []
                 for sl in self.layout:
                     f = feats[sl.tap].float()
-                    v = _gram(f) if sl.kind == "gram" else f.contiguous()
+                    v = gram_matrix(f) if sl.kind == "gram" else f.contiguous()
                     rows.append(v.reshape(len(x), -1))
                 self.targets[s:s + len(x)] = torch.cat(rows, dim=1).cpu().numpy()
         self.n = n
@@ -156,7 +152,7 @@ class FeatureCache:
         grams = []
         for sl in self.layout:
             v = rows[:, sl.offset:sl.offset + sl.size].reshape(len(index), *sl.shape)
-            grams.append(v.contiguous() if sl.kind == "gram" else _gram(v))
+            grams.append(v.contiguous() if sl.kind == "gram" else gram_matrix(v))
         return pooled, grams
 
     def close(self):

@@ -20,8 +20,8 @@ import numpy as np
 
 from matrep.encoder import CONFIG_NAME, STATE_NAME, BaseEncoder, _jsonable, check_patches
 from matrep.errors import BadInputError, EncoderContractError, NotFittedError, WeightsNotFoundError
+from matrep.taps import STYLE_TAPS as DEFAULT_TAPS
 
-DEFAULT_TAPS = ("conv1_1", "pool1", "pool2", "pool3", "pool4")
 OUTPUTS = ("mu", "mu_logvar")
 #: The last frozen backbone built from a named weights source (shared between encoders of one
 #: process: building VGG19, and above all seeded random weights, takes seconds).
@@ -451,9 +451,12 @@ class TextureVAEEncoder(BaseEncoder):
 
         Returns
         -------
-        float64 array of shape (n,): loss(X[i], Y[i]) (0 for identical patches).
+        float64 array of shape (n,): loss(X[i], Y[i]) (0 for identical patches), the kernels'
+        per-image style loss (``matrep.kernels.style_loss(..., reduction="none")``).
         """
         import torch
+
+        from matrep.kernels import style_loss
 
         X, Y = check_patches(X, name="X"), check_patches(Y, name="Y")
         if X.shape != Y.shape:
@@ -468,12 +471,9 @@ class TextureVAEEncoder(BaseEncoder):
                 a = torch.from_numpy(np.ascontiguousarray(X[s:s + bs]))[:, None].to(dev)
                 b = torch.from_numpy(np.ascontiguousarray(Y[s:s + bs]))[:, None].to(dev)
                 fa, fb = bb(bb.preprocess(a)), bb(bb.preprocess(b))
-                tot = torch.zeros(len(a), dtype=torch.float64, device=dev)
-                for t, w in zip(taps, lw):
-                    C, M = fa[t].shape[1], fa[t].shape[2] * fa[t].shape[3]
-                    d = (_gram(fa[t]) - _gram(fb[t])).double()
-                    tot += w / (4.0 * C * C * M * M) * d.square().sum(dim=(1, 2))
-                out.append(tot.cpu().numpy())
+                per = style_loss([fa[t] for t in taps], [fb[t] for t in taps], list(lw),
+                                 reduction="none")
+                out.append(per.double().cpu().numpy())
         return np.concatenate(out) if out else np.zeros(0)
 
     def reconstruct(self, X):
@@ -625,13 +625,6 @@ def _set_layout(model, dev):
     model.decoder.channels_last = cl
     if cl:
         model.decoder.to(memory_format=torch.channels_last)
-
-
-def _gram(f):
-    import torch
-
-    F = f.float().flatten(2)
-    return torch.bmm(F, F.transpose(1, 2))
 
 
 def bb_sha(backbone) -> str:

@@ -32,11 +32,9 @@ import math
 import torch
 from torch import nn
 
-#: The paper's style layers: conv1_1 and the pooling layer of each scale.
-STYLE_TAPS = ("conv1_1", "pool1", "pool2", "pool3", "pool4")
-#: Channels of the VGG19 taps used here.
-TAP_CHANNELS = {"conv1_1": 64, "relu1_1": 64, "pool1": 64, "pool2": 128, "pool3": 256,
-                "pool4": 512, "pool5": 512}
+# the paper's style layers and the channels of every VGG19 tap: one table, in matrep.taps
+from matrep.taps import STYLE_TAPS, TAP_CHANNELS  # noqa: F401  (re-exported)
+
 POOLINGS = ("meanstd", "mean")
 LEAKY_SLOPE = 0.3
 
