@@ -49,15 +49,23 @@ def window_options(func):
     return func
 
 
-def patch_options(func):
-    """The patching options shared by commands that read micrographs."""
+def patch_options(func=None, *, images_required: bool = True, images_help: str = ""):
+    """The patching options shared by commands that read micrographs.
+
+    ``@patch_options`` or ``@patch_options(images_required=False, images_help="...")`` (the
+    command then checks that it has images).
+    """
+    if func is None:
+        return lambda f: patch_options(f, images_required=images_required,
+                                       images_help=images_help)
     func = click.option("--skip-bad", is_flag=True,
                         help="Skip unreadable or too-small images and list them at the end.")(func)
     func = window_options(func)
     func = click.option("--patch", default=128, type=click.IntRange(8),
                         help="Patch size in pixels.")(func)
-    return click.option("--images", "images", required=True, multiple=True,
-                        help="Folder, glob pattern or file of micrographs (repeatable).")(func)
+    return click.option("--images", "images", required=images_required, multiple=True,
+                        help="Folder, glob pattern or file of micrographs (repeatable)."
+                             + (f" {images_help}" if images_help else ""))(func)
 
 
 def read_patchset(images, patch, stride, crop, crop_bottom, skip_bad, quiet, lazy=False, **kw):

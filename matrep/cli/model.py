@@ -8,6 +8,7 @@ whose ``fit`` accepts ``run_dir`` (the texture-VAE) checkpoint into the run fold
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 from pathlib import Path
@@ -45,7 +46,8 @@ def _echo(quiet):
 
 @click.command("fit")
 @click.option("--method", default="texturevae", help="Encoder to train (see `matrep encoders`).")
-@patch_options
+@patch_options(images_required=False,
+               images_help="Required, except with --resume (default: the run's fit.json).")
 @scale_options
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False),
               help="Run folder: checkpoints, log.csv, and the final model (config.json + "
@@ -148,12 +150,18 @@ def _fit(method, images, patch, stride, crop, crop_bottom, skip_bad, out, latent
     given = {k: v for k, v in given.items() if v is not None}
     given.update(parse_params(params))
     out = Path(out)
-    if resume and (out / FIT_JSON).is_file():
-        saved = json.loads((out / FIT_JSON).read_text())
-        if saved.get("method") != method:
-            raise click.ClickException(f"{out} was trained with --method {saved.get('method')}, "
-                                       f"not {method}")
-        given = {**saved.get("params", {}), **given}
+    from ..atomic import recover_dir
+
+    recover_dir(out / "checkpoint")  # a checkpoint swap killed between its two renames
+    if resume:
+        saved = _resume_options(out, method=method, images=images, patch=patch, stride=stride,
+                                crop=crop, crop_bottom=crop_bottom, skip_bad=skip_bad)
+        method, images, patch, stride = (saved["method"], saved["images"], saved["patch"],
+                                         saved["stride"])
+        crop, crop_bottom, skip_bad = saved["crop"], saved["crop_bottom"], saved["skip_bad"]
+        given = {**saved["params"], **given}
+    elif not images:
+        raise click.UsageError("Missing option '--images'.")
 
     cls = registry.encoder_class(method)
     if not getattr(cls, "trainable", False):
@@ -195,14 +203,17 @@ def _fit(method, images, patch, stride, crop, crop_bottom, skip_bad, out, latent
             record["distributed"] = scaling_rule(p["batch_size"], p["lr"], dist.world_size,
                                                  p.get("lr_scaling", "none")).to_dict()
             record["distributed"]["backend"] = dist.backend
-        if main:
-            atomic_write_text(out / FIT_JSON, json.dumps(record, indent=2))
+        if resume and not (out / "checkpoint").is_dir():
+            raise click.ClickException(f"{out} holds no checkpoint to resume from; start "
+                                       "without --resume")
+        record["patches"]["skip_bad"] = bool(skip_bad)
         kw = {"run_dir": out, "resume": resume}
         if "quiet" in accepts:
             kw["quiet"] = quiet
         if "log" in accepts:
             kw["log"] = log
-        enc.fit(ps, **kw)
+        with _run_folder(out, record, main=main):
+            enc.fit(ps, **kw)
     else:
         if resume:
             raise click.ClickException(f"encoder {method!r} does not checkpoint; run without --resume")
@@ -219,6 +230,139 @@ def _fit(method, images, patch, stride, crop, crop_bottom, skip_bad, out, latent
         click.echo(f"held-out style loss: {first:.4g} before training -> {last:.4g} after "
                    f"{hist[-1].get('epoch')} epochs", err=True)
     click.echo(f"model saved to {out} (load it with --model {out})")
+
+
+def _resume_options(out: Path, **cli) -> dict:
+    """The options of a resumed run: those given on the command line, the rest from fit.json.
+
+    ``cli`` holds the command's method, images, patch, stride, crop, crop_bottom and skip_bad;
+    click tells which of them were given. Returns them (``crop`` as the option's string) and
+    ``params``, the encoder parameters recorded in fit.json.
+
+    Raises
+    ------
+    BadInputError
+        fit.json is not a JSON object of the form fit writes (naming the file and the entry).
+    """
+    from click.core import ParameterSource
+
+    from ..errors import BadInputError
+
+    ctx = click.get_current_context(silent=True)
+
+    def given(name):
+        src = ctx.get_parameter_source(name) if ctx is not None else ParameterSource.COMMANDLINE
+        return src not in (None, ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
+
+    path = out / FIT_JSON
+    fix = ("; restore it, or delete it and give the run's options (--images, --patch, "
+           "--stride ...) again")
+    out_opts = dict(cli, params={})
+    if not path.is_file():
+        if not cli["images"]:
+            raise click.UsageError(f"{out} has no {FIT_JSON} to take --images from; give "
+                                   "--images (and the run's other options)")
+        return out_opts
+    try:
+        rec = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadInputError(path, f"corrupt run record, not JSON ({type(exc).__name__}: "
+                                  f"{' '.join(str(exc).split())}){fix}") from None
+    except OSError as exc:
+        raise BadInputError(path, f"cannot be read ({exc.strerror or exc})") from None
+
+    def bad(what):
+        return BadInputError(path, f"{what}, not what `matrep fit` writes{fix}")
+
+    if not isinstance(rec, dict):
+        raise bad(f"holds a JSON {type(rec).__name__} instead of an object")
+    method, params = rec.get("method"), rec.get("params", {})
+    if not isinstance(method, str) or not method:
+        raise bad("has no 'method' string")
+    if not isinstance(params, dict):
+        raise bad("'params' is not an object")
+    pat = rec.get("patches", {})
+    if not isinstance(pat, dict):
+        raise bad("'patches' is not an object")
+
+    def is_int(v, lo):
+        return isinstance(v, int) and not isinstance(v, bool) and v >= lo
+
+    checks = {"images": lambda v: isinstance(v, list) and v and all(isinstance(i, str) for i in v),
+              "patch": lambda v: is_int(v, 8), "stride": lambda v: is_int(v, 1),
+              "crop": lambda v: v is None or (isinstance(v, list) and len(v) == 4
+                                              and all(is_int(i, -2**62) for i in v)),
+              "crop_bottom": lambda v: is_int(v, 0), "skip_bad": lambda v: isinstance(v, bool)}
+    for name, ok in checks.items():
+        if name in pat and not ok(pat[name]):
+            raise bad(f"'patches.{name}' is {pat[name]!r}")
+    if given("method") and cli["method"] != method:
+        raise click.ClickException(f"{out} was trained with --method {method}, not "
+                                   f"{cli['method']}")
+    out_opts.update(method=method, params=params)
+    for name in ("images", "patch", "stride", "crop", "crop_bottom", "skip_bad"):
+        if name in pat and not given(name):
+            v = pat[name]
+            out_opts[name] = (tuple(v) if name == "images" else
+                              ",".join(map(str, v)) if name == "crop" and v is not None else v)
+    if not out_opts["images"]:
+        raise bad("has no 'patches.images' list; give --images")
+    return out_opts
+
+
+@contextlib.contextmanager
+def _run_folder(out: Path, record: dict, *, main: bool):
+    """Write fit.json and train in the run folder ``out``, holding its lock.
+
+    If training fails: a fit.json this run wrote goes back to what it was unless a new
+    checkpoint was written, no fit.json stays without a checkpoint, and a folder this run
+    created and left without a checkpoint is removed. Another ``fit`` training into ``out``
+    is refused (:class:`matrep.errors.LockedError`).
+    """
+    if not main:
+        yield
+        return
+    import shutil
+
+    from ..atomic import atomic_write_bytes, atomic_write_text, lock
+    from ..errors import LockedError
+
+    existed = out.exists()
+    fit_json = out / FIT_JSON
+    before = fit_json.read_bytes() if fit_json.is_file() else None
+    ck = out / "checkpoint" / "checkpoint.json"
+
+    def ck_state():
+        try:
+            st = ck.stat()
+        except OSError:
+            return None
+        return st.st_ino, st.st_size, st.st_mtime_ns
+
+    ck_before = ck_state()
+    try:
+        held = lock(out / "fit", wait=False)
+        held.__enter__()
+    except LockedError:
+        raise LockedError(f"{out}: another `matrep fit` is training in this run folder; wait "
+                          "for it to finish or choose another --out") from None
+    try:
+        atomic_write_text(fit_json, json.dumps(record, indent=2))
+        yield
+    except BaseException:
+        now = ck_state()
+        if now is None and not existed:
+            shutil.rmtree(out, ignore_errors=True)
+        elif now is None:
+            fit_json.unlink(missing_ok=True)
+        elif now == ck_before:  # no new checkpoint: the run's record stays as it was
+            if before is None:
+                fit_json.unlink(missing_ok=True)
+            else:
+                atomic_write_bytes(fit_json, before)
+        raise
+    finally:
+        held.__exit__(None, None, None)
 
 
 def _load_decoder_model(model):

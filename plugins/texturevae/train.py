@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from matrep.atomic import atomic_dir, atomic_write_text
+from matrep.atomic import atomic_dir, atomic_write_text, recover_dir
 from matrep.errors import BadInputError, TrainingDivergedError
 
 from .model import kl_divergence, reparameterize
@@ -396,6 +396,7 @@ def read_checkpoint(run_dir):
     from safetensors.torch import load_file
 
     d = Path(run_dir) / CHECKPOINT_DIR
+    recover_dir(d)  # a checkpoint write killed between the two renames of its folder swap
     if not (d / CHECKPOINT_JSON).is_file() or not (d / CHECKPOINT_STATE).is_file():
         raise BadInputError(d, "no checkpoint to resume from (expected checkpoint.json and "
                                "state.safetensors); start without --resume")
