@@ -225,6 +225,13 @@ class FeatureStore:
         for name in ("source", "micrograph_id"):
             if not is_str(g[name]):
                 raise self._bad(f"/patches/{name} has dtype {g[name].dtype}, expected strings")
+        for name, want in (("pixel_size_um", "f"), ("resample_factor", "f"),
+                           ("pixel_size_source", "str")):  # written with a matrep.scale plan
+            if name in g:
+                one_d(dataset(g, name, "/patches"), f"/patches/{name}", n)
+                if not (is_str(g[name]) if want == "str" else g[name].dtype.kind in "iuf"):
+                    raise self._bad(f"/patches/{name} has dtype {g[name].dtype}, expected "
+                                    + ("strings" if want == "str" else "real numbers"))
         if "labels" in f:
             lg = f["labels"]
             if not isinstance(lg, h5py.Group):
