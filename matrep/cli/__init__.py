@@ -26,6 +26,7 @@ COMMANDS = {
     "compare": ("matrep.cli.compare", "compare_cmd", "Structure-property study across encoders."),
     "evaluate": ("matrep.cli.evaluate", "evaluate_cmd", "Texture similarity of reconstructions (STSIM-2, DISTS)."),
     "interpret": ("matrep.cli.evaluate", "interpret_cmd", "Correlate latent dimensions with known factors."),
+    "design": ("matrep.cli.design", "design_cmd", "Design microstructures with target properties, checked by physics."),
 }
 
 

@@ -1,0 +1,440 @@
+"""Inverse design: from target properties to latents, decoded, checked by physics.
+
+The loop, per target (all of it in :class:`Designer`):
+
+1. **Surrogate.** One :class:`~matrep.design.surrogate.LatentGP` per property on the training
+   latents (the dimensions the encoder uses) -> patch-level values, wrapped in a
+   :class:`~matrep.design.surrogate.CorrectedSurrogate` that learns, from every physics check,
+   what decoding and segmentation change.
+2. **Search.** :func:`~matrep.design.search.propose`: several starts, gradient search of the
+   expected squared error inside the prior's ball, a batch of candidates kept apart.
+3. **Physics.** The batch is decoded, segmented and solved; the values go into the
+   correction GP; repeat until ``budget`` solver calls for this target are spent.
+4. **Designs.** Of the checked candidates, the ``n`` with the smallest physics error that are
+   distinct (pairwise style distance at least the median distance between two patches of one
+   micrograph; :mod:`matrep.design.distinct`); each reported with the surrogate's prediction
+   made *before* its check (mean +- std), its physics value, error and solver residual.
+5. **Large designs.** Each design tiled to ``size x size`` (:mod:`matrep.design.tiling`) and
+   checked by physics too.
+
+The baseline (:meth:`Designer.baseline`) spends the same solver budget on random draws from the
+prior N(0, I) and keeps the best distinct ``n`` by physics error: what the loop must beat.
+
+Without a solver for the target properties the designs are the surrogate's best distinct
+candidates, reported with predictions only.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import DesignError
+
+
+@dataclass
+class DesignSettings:
+    """Settings of the design loop.
+
+    Attributes
+    ----------
+    n : int, default 8 — designs per target
+    budget : int, default 24 — solver calls per target (physics in the loop)
+    batch : int, default 6 — candidates checked per round
+    tolerance : float, default 0.02 — relative error that scales the search objective
+    quantile : float, default 0.99 — prior mass of the search ball
+    n_starts : int, default 16 — search starts per round
+    min_latent_distance : float, default 1.0 — candidates of one target kept this far apart
+    threshold : "otsu" or float — segmentation of designed images
+    size : int, default 512 — side of the large designs (0: none)
+    overlap : int or None — blended seam width of the large designs (default patch // 4)
+    tile_jitter : float, default 0.25 — latent spread of the tiles of a large design
+    allow_extrapolation : bool, default False — accept targets outside the data's range
+    distinct : bool, default True — require designs to be style-distinct
+    seed : int, default 0
+    """
+
+    n: int = 8
+    budget: int = 24
+    batch: int = 6
+    tolerance: float = 0.02
+    quantile: float = 0.99
+    n_starts: int = 16
+    min_latent_distance: float = 1.0
+    threshold: object = "otsu"
+    size: int = 512
+    overlap: int | None = None
+    tile_jitter: float = 0.25
+    allow_extrapolation: bool = False
+    distinct: bool = True
+    seed: int = 0
+
+    def check(self, physics: bool) -> None:
+        if self.n < 1:
+            raise DesignError(f"-n: expected at least 1 design, got {self.n}")
+        if physics and self.budget < self.n:
+            raise DesignError(f"--budget {self.budget} solver calls cannot check {self.n} designs; "
+                              f"give --budget >= {self.n} (or fewer -n)")
+        if not 0 < self.quantile < 1:
+            raise DesignError(f"--quantile: expected a prior mass in (0, 1), got {self.quantile}")
+        if self.tolerance <= 0:
+            raise DesignError(f"--tolerance: expected a positive relative error, got {self.tolerance}")
+
+
+@dataclass
+class Candidate:
+    """One decoded latent: prediction, and physics when checked."""
+
+    latent: np.ndarray                       # full latent vector
+    predicted: dict                          # property -> (mean, std), made before the check
+    image: np.ndarray
+    physics: object = None                   # PhysicsResult or None
+    round: int = 0
+    source: str = "search"
+
+    def errors(self, targets) -> dict:
+        if self.physics is None:
+            return {}
+        return {p: (self.physics.values[p] - t) / abs(t) if t else self.physics.values[p] - t
+                for p, t in targets.items()}
+
+    def worst_error(self, targets) -> float:
+        e = self.errors(targets)
+        return max(abs(v) for v in e.values()) if e else np.nan
+
+
+@dataclass
+class TargetResult:
+    """Designs for one target (and their large versions), with everything checked on the way."""
+
+    targets: dict
+    extrapolation: dict
+    method: str                              # "designed" or "random prior (baseline)"
+    designs: list                            # chosen Candidates
+    distinct: np.ndarray                     # per design: met the distinctness rule
+    candidates: list                         # every checked (or proposed) Candidate
+    solver_calls: int
+    budget: int
+    seconds: float
+    style_distances: np.ndarray | None = None   # pairwise, of the designs
+    large: list = field(default_factory=list)   # per design: dict(image, mask, physics) or None
+
+    def design_errors(self, prop: str) -> np.ndarray:
+        return np.array([c.errors(self.targets).get(prop, np.nan) for c in self.designs])
+
+
+class Designer:
+    """Holds the model, the surrogates and the solver; designs for any number of targets.
+
+    Parameters
+    ----------
+    model : a trained decoding encoder (``decode``, ``latent_dim``)
+    data : matrep.design.training.TrainingData
+    properties : list of str — the properties that get surrogates
+    solver : matrep.design.physics.Solver or None — physics check (None: predictions only)
+    settings : DesignSettings
+    style : matrep.design.distinct.StyleDistance or None — None: no style distances
+    log : callable, optional
+    """
+
+    def __init__(self, model, data, properties, *, solver=None, settings=None, style=None,
+                 log=None):
+        from .search import prior_radius
+        from .surrogate import CorrectedSurrogate, LatentGP
+
+        self.model = model
+        self.data = data
+        self.properties = list(properties)
+        self.solver = solver
+        self.settings = settings or DesignSettings()
+        self.settings.check(physics=solver is not None)
+        self.style = style
+        self.log = log or (lambda s: None)
+        self.rng = np.random.default_rng(self.settings.seed)
+        self.active = data.active_dims()
+        self.latent_dim = int(data.latents.shape[1])
+        self.radius = prior_radius(len(self.active), self.settings.quantile)
+        t0 = time.perf_counter()
+        Za = data.latents[:, self.active]
+        self.surrogates = {}
+        for p in self.properties:
+            gp = LatentGP(seed=self.settings.seed).fit(Za, data.values[p])
+            self.surrogates[p] = CorrectedSurrogate(gp, seed=self.settings.seed)
+        self.fit_seconds = time.perf_counter() - t0
+        self.log(f"surrogates fitted on {len(Za)} patches x {len(self.active)} active latent "
+                 f"dims in {self.fit_seconds:.1f} s")
+        self.reference_distance = None
+        if style is not None and self.settings.distinct:
+            from .distinct import within_micrograph_distances
+
+            d = within_micrograph_distances(style, data.patchset.patches,
+                                            data.patchset.micrograph_ids, seed=self.settings.seed)
+            self.within_micrograph = d
+            self.reference_distance = float(np.median(d)) if len(d) else None
+
+    # ------------------------------------------------------------------------- helpers
+    def full(self, Za) -> np.ndarray:
+        """Full latent vectors: the active dimensions given, the others at the prior mean 0."""
+        Za = np.atleast_2d(Za)
+        Z = np.zeros((len(Za), self.latent_dim), dtype=np.float32)
+        Z[:, self.active] = Za
+        return Z
+
+    def predict(self, Z) -> dict:
+        """property -> (mean, std) arrays for full latents ``Z``."""
+        Za = np.atleast_2d(Z)[:, self.active]
+        return {p: s.predict(Za, return_std=True) for p, s in self.surrogates.items()}
+
+    def check_targets(self, targets: dict) -> dict:
+        """Validate targets against the data's patch-level range; return extrapolation flags."""
+        flags = {}
+        for p, t in targets.items():
+            if p not in self.surrogates:
+                raise DesignError(f"target {p!r} has no surrogate (properties: "
+                                  f"{', '.join(self.surrogates)})")
+            lo, hi = self.data.range(p)
+            out = not (lo <= t <= hi)
+            if out and not self.settings.allow_extrapolation:
+                raise DesignError(f"target {p}={t:g} lies outside the data's patch-level range "
+                                  f"[{lo:.4g}, {hi:.4g}]; choose a target inside it, or pass "
+                                  "--allow-extrapolation to design anyway (flagged in the output)")
+            flags[p] = bool(out)
+        return flags
+
+    def _scales(self, targets):
+        out = {}
+        for p, t in targets.items():
+            s = self.settings.tolerance * abs(t)
+            out[p] = s if s > 0 else self.settings.tolerance * float(np.std(self.data.values[p]) or 1.0)
+        return out
+
+    def _check(self, Z, predicted, rnd, source) -> list:
+        from .physics import check_designs
+
+        imgs = np.asarray(self.model.decode(np.asarray(Z, np.float32)), dtype=np.float32)
+        res = [None] * len(Z)
+        if self.solver is not None:
+            res, _ = check_designs(imgs, self.solver, threshold=self.settings.threshold)
+        return [Candidate(latent=np.asarray(Z[i], np.float32),
+                          predicted={p: (float(m[i]), float(s[i])) for p, (m, s) in predicted.items()},
+                          image=imgs[i], physics=res[i], round=rnd, source=source)
+                for i in range(len(Z))]
+
+    def _choose(self, cands, targets, n):
+        if self.solver is not None:
+            err = np.array([c.worst_error(targets) for c in cands])
+        else:  # no physics: the surrogate's expected error ranks them
+            err = np.array([sum((c.predicted[p][0] - t) ** 2 + c.predicted[p][1] ** 2
+                                for p, t in targets.items()) for c in cands])
+        D = None
+        if self.style is not None:
+            D = self.style.pairwise(np.stack([c.image for c in cands]))
+        if D is not None and self.reference_distance is not None:
+            from .distinct import select_distinct
+
+            idx, flags = select_distinct(err, D, n, self.reference_distance)
+        else:
+            idx = np.argsort(np.where(np.isfinite(err), err, np.inf), kind="stable")[:n]
+            flags = np.ones(len(idx), dtype=bool) if D is None else np.zeros(len(idx), bool)
+        sd = D[np.ix_(idx, idx)] if D is not None else None
+        return [cands[i] for i in idx], flags, sd
+
+    def _large(self, designs, rnd_seed):
+        from .physics import segment, solve_mask
+        from .tiling import large_design
+
+        out = []
+        S = self.settings
+        if not S.size:
+            return out
+        for k, c in enumerate(designs):
+            img = large_design(self.model, c.latent, S.size, overlap=S.overlap,
+                               jitter=S.tile_jitter, active=self.active, seed=rnd_seed + k)
+            rec = {"image": img, "physics": None}
+            if self.solver is not None:
+                mask = segment(img, threshold=S.threshold, dark_phase=self.solver.dark_phase)
+                rec["physics"] = solve_mask(self.solver, mask)
+            out.append(rec)
+        return out
+
+    # ------------------------------------------------------------------------- designing
+    def design(self, targets: dict, *, n=None) -> TargetResult:
+        """Designs for ``targets`` (property -> value): the loop of the module docstring."""
+        from .search import propose
+
+        S = self.settings
+        n = S.n if n is None else int(n)
+        flags = self.check_targets(targets)
+        targets = {p: float(t) for p, t in targets.items()}
+        sur = {p: self.surrogates[p] for p in targets}
+        scales = self._scales(targets)
+        pool = self.data.latents[:, self.active]
+        t0 = time.perf_counter()
+        cands, calls, rnd = [], 0, 0
+        if self.solver is not None:
+            while calls < S.budget:
+                k = min(S.batch, S.budget - calls)
+                done = np.array([c.latent[self.active] for c in cands]) if cands else None
+                Za, _ = propose(sur, targets, scales, pool=pool, radius=self.radius, n=k,
+                                n_starts=S.n_starts, min_distance=S.min_latent_distance,
+                                exclude=done, rng=self.rng)
+                if len(Za) == 0:
+                    break
+                Z = self.full(Za)
+                new = self._check(Z, self.predict(Z), rnd, "search")
+                calls += len(new)
+                for p in sur:
+                    sur[p].add(Za, [c.physics.values[p] for c in new])
+                cands += new
+                best = min(c.worst_error(targets) for c in cands)
+                self.log(f"  round {rnd}: {calls}/{S.budget} solver calls, best error so far "
+                         f"{100 * best:.2f} %")
+                rnd += 1
+        else:
+            Za, _ = propose(sur, targets, scales, pool=pool, radius=self.radius, n=3 * n,
+                            n_starts=max(S.n_starts, 3 * n), min_distance=S.min_latent_distance,
+                            rng=self.rng)
+            Z = self.full(Za)
+            cands = self._check(Z, self.predict(Z), 0, "search")
+        designs, distinct, sd = self._choose(cands, targets, n)
+        large = self._large(designs, S.seed * 1000 + 17)
+        return TargetResult(targets=targets, extrapolation=flags, method="designed",
+                            designs=designs, distinct=distinct, candidates=cands,
+                            solver_calls=calls, budget=S.budget if self.solver else 0,
+                            seconds=time.perf_counter() - t0, style_distances=sd, large=large)
+
+    def baseline(self, targets: dict, *, n=None, large: bool = False) -> TargetResult:
+        """Best ``n`` distinct of ``budget`` random prior draws, by physics error."""
+        if self.solver is None:
+            raise DesignError("the random-sampling baseline needs a physics solver to rank its "
+                              "samples; run with --no-baseline")
+        S = self.settings
+        n = S.n if n is None else int(n)
+        flags = self.check_targets(targets)
+        targets = {p: float(t) for p, t in targets.items()}
+        t0 = time.perf_counter()
+        Z = self.rng.standard_normal((S.budget, self.latent_dim)).astype(np.float32)
+        cands = self._check(Z, self.predict(Z), 0, "prior")
+        designs, distinct, sd = self._choose(cands, targets, n)
+        big = self._large(designs, S.seed * 1000 + 29) if large else []
+        return TargetResult(targets=targets, extrapolation=flags, method="random prior (baseline)",
+                            designs=designs, distinct=distinct, candidates=cands,
+                            solver_calls=len(cands), budget=S.budget,
+                            seconds=time.perf_counter() - t0, style_distances=sd, large=big)
+
+
+@dataclass
+class DesignResult:
+    """Everything one ``design`` call produced (one or more targets)."""
+
+    results: list                 # TargetResult per target (designed)
+    baselines: list               # TargetResult per target (random prior) or empty
+    settings: DesignSettings
+    properties: list
+    sources: dict                 # property -> how the training values were obtained
+    notes: list
+    info: dict                    # model, data, timings, reference distance ...
+
+
+def make_designer(model, images, labels, properties, *, material="castiron", physics=None,
+                  settings=None, masks=None, file_column="file", stride=128, crop=None,
+                  crop_bottom=0, max_patches=None, n_jobs=1, style_weights=None, log=None,
+                  progress=None):
+    """Load the model, build the training data and the surrogates: a ready :class:`Designer`.
+
+    Parameters
+    ----------
+    model : run folder or a loaded encoder (through :func:`matrep.load_model`)
+    images, labels : the training micrographs and their labels CSV
+    properties : list of str — label columns to design for
+    material : str, default "castiron" — the registered physics solver to use
+    physics : bool or None
+        ``None`` (default): check by physics when the material's solver computes every
+        property; ``True``: require it (a clear error otherwise); ``False``: never.
+    settings : DesignSettings
+    style_weights : VGG19 weights for the style distances (default: the model's own, else
+        "auto"); ``False``: no style distances
+    other parameters : see :func:`matrep.design.training.load_training_data`
+    """
+    from ..registry import load_model
+    from .distinct import StyleDistance
+    from .physics import get_solver
+    from .training import load_training_data
+
+    log = log or (lambda s: None)
+    settings = settings or DesignSettings()
+    if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
+        model = load_model(model)
+    if not getattr(model, "can_decode", False) or not callable(getattr(model, "decode", None)):
+        raise DesignError(f"encoder {getattr(model, 'name', type(model).__name__)!r} cannot decode "
+                          "latents into images; design needs a generative model such as a "
+                          "trained texturevae run")
+    solver = None
+    if physics is not False:
+        solver = get_solver(material)
+        if physics:
+            solver.check(properties)
+        elif any(p not in solver.properties for p in properties):
+            missing = [p for p in properties if p not in solver.properties]
+            log(f"no physics check: material {material!r} has no solver for "
+                f"{', '.join(missing)}; designs get surrogate predictions only")
+            solver = None
+    settings.check(physics=solver is not None)
+    data = load_training_data(model, images, labels, properties, solver=solver, masks=masks,
+                              file_column=file_column, stride=stride, crop=crop,
+                              crop_bottom=crop_bottom, max_patches=max_patches,
+                              seed=settings.seed, n_jobs=n_jobs, log=log, progress=progress)
+    style = None
+    if style_weights is not False:
+        w = style_weights or getattr(model, "weights", None)
+        style = StyleDistance(weights=w if isinstance(w, str) else "auto")
+    return Designer(model, data, properties, solver=solver, settings=settings, style=style,
+                    log=log)
+
+
+def design(model, images, labels, targets: dict, *, baseline: bool = True, designer=None,
+           **kwargs) -> DesignResult:
+    """Designs for each target set in ``targets``; the library call behind ``matrep design``.
+
+    Parameters
+    ----------
+    model, images, labels : see :func:`make_designer`
+    targets : dict of property -> value, or a list of such dicts (one design run each)
+    baseline : bool, default True — also run the random-prior baseline at the same budget
+    designer : Designer, optional — reuse one (skips loading and fitting)
+    **kwargs : passed to :func:`make_designer`
+
+    Returns
+    -------
+    DesignResult
+    """
+    t0 = time.perf_counter()
+    tlist = [targets] if isinstance(targets, dict) else list(targets)
+    if not tlist or not all(tlist):
+        raise DesignError("no target given: pass --target COLUMN=VALUE")
+    props = list(dict.fromkeys(p for t in tlist for p in t))
+    des = designer or make_designer(model, images, labels, props, **kwargs)
+    for t in tlist:  # refuse bad targets before any work
+        des.check_targets(t)
+    t_setup = time.perf_counter() - t0
+    results, bases = [], []
+    for t in tlist:
+        des.log("designing for " + ", ".join(f"{p}={v:g}" for p, v in t.items()))
+        results.append(des.design(t))
+        if baseline and des.solver is not None:
+            bases.append(des.baseline(t))
+    info = {"model": str(model) if not hasattr(model, "decode") else getattr(model, "name", "model"),
+            "images": str(images), "labels": str(labels),
+            "latent_dim": des.latent_dim, "active_dims": [int(i) for i in des.active],
+            "prior_radius": des.radius, "n_training_patches": len(des.data.latents),
+            "training_ranges": {p: des.data.range(p) for p in props},
+            "solver": None if des.solver is None else {"material": des.solver.material,
+                                                        "description": des.solver.description},
+            "reference_style_distance": des.reference_distance,
+            "seconds": {"setup": t_setup, "surrogate_fit": des.fit_seconds,
+                        "total": time.perf_counter() - t0}}
+    return DesignResult(results=results, baselines=bases, settings=des.settings,
+                        properties=props, sources=des.data.sources, notes=list(des.data.notes),
+                        info=info)

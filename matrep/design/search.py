@@ -1,0 +1,158 @@
+r"""Searching the latent space for targets, inside the prior's high-density region.
+
+The objective of a latent :math:`z` for targets :math:`t_p` is the expected squared error of
+the surrogates, each property scaled by its tolerance :math:`s_p` (``tolerance x |t_p|``):
+
+.. math::
+
+    a(z) = \sum_p \frac{(\mu_p(z) - t_p)^2 + \sigma_{f,p}^2(z)}{s_p^2}
+           + \lambda \max(0, \lVert z\rVert^2 - r^2)^2 ,
+
+the first term the mean squared distance of the property to its target under the surrogate
+(so both "off target" and "unsure" cost), the second a penalty that keeps :math:`z` inside the
+ball :math:`\lVert z\rVert^2 \le r^2 = \chi^2_{d}(q)` holding a fraction ``q`` of the prior
+:math:`N(0, I_d)` mass (``d`` the active dimensions). Each start is minimised by L-BFGS-B with
+the analytic gradient and then projected into the ball.
+
+One-to-many: several starts (the training latents the surrogate ranks best, and draws from the
+prior) give several minima; :func:`select_diverse` keeps candidates at least a given latent
+distance apart.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.optimize import minimize
+from scipy.stats import chi2
+
+
+def prior_radius(dim: int, quantile: float = 0.99) -> float:
+    """Radius of the ball holding ``quantile`` of the mass of N(0, I_dim).
+
+    >>> round(prior_radius(1, 0.95), 3)
+    1.96
+    """
+    if not 0 < quantile < 1:
+        raise ValueError(f"quantile must lie in (0, 1), got {quantile}")
+    return float(np.sqrt(chi2.ppf(quantile, int(dim))))
+
+
+def project_to_ball(Z, radius: float) -> np.ndarray:
+    """Scale rows of ``Z`` longer than ``radius`` back onto the sphere of that radius."""
+    Z = np.atleast_2d(np.asarray(Z, dtype=np.float64)).copy()
+    n = np.linalg.norm(Z, axis=1)
+    far = n > radius
+    Z[far] *= (radius / n[far])[:, None]
+    return Z
+
+
+def objective(surrogates, targets, scales, z, radius: float, penalty: float = 10.0):
+    """:math:`a(z)` and its gradient (see the module docstring).
+
+    Parameters
+    ----------
+    surrogates : dict of property -> surrogate with ``predict_grad`` (LatentGP, CorrectedSurrogate)
+    targets, scales : dict of property -> float
+    z : array of shape (d,)
+    """
+    val, grad = 0.0, np.zeros_like(z, dtype=np.float64)
+    for p, s in surrogates.items():
+        m, v, gm, gv = s.predict_grad(z)
+        e = m - targets[p]
+        w = 1.0 / scales[p] ** 2
+        val += w * (e * e + v)
+        grad += w * (2 * e * gm + gv)
+    excess = float(z @ z) - radius ** 2
+    if excess > 0:
+        val += penalty * excess ** 2
+        grad += penalty * 4 * excess * z
+    return val, grad
+
+
+def score(surrogates, targets, scales, Z) -> np.ndarray:
+    """Expected scaled squared error (noise included) of each row of ``Z``; lower is better."""
+    out = np.zeros(len(Z))
+    for p, s in surrogates.items():
+        m, sd = s.predict(Z, return_std=True)
+        out += ((m - targets[p]) ** 2 + sd ** 2) / scales[p] ** 2
+    return out
+
+
+def optimise(surrogates, targets, scales, starts, radius: float, *, maxiter: int = 60):
+    """Minimise :func:`objective` from each start; the results projected into the ball.
+
+    Returns
+    -------
+    ndarray of shape (n_starts, d)
+    """
+    out = []
+    for z0 in np.atleast_2d(starts):
+        res = minimize(lambda z: objective(surrogates, targets, scales, z, radius),
+                       np.asarray(z0, dtype=np.float64), jac=True, method="L-BFGS-B",
+                       options={"maxiter": int(maxiter)})
+        out.append(res.x)
+    return project_to_ball(np.array(out), radius) if out else np.zeros((0, np.shape(starts)[-1]))
+
+
+def select_diverse(Z, scores, k: int, min_distance: float, exclude=None) -> np.ndarray:
+    """Greedy choice of up to ``k`` rows of ``Z``, best score first, pairwise apart.
+
+    A row is taken only if it lies at least ``min_distance`` (Euclidean) from every row taken
+    before and from every row of ``exclude`` (latents already checked). Fewer than ``k`` rows
+    come back when not enough are far enough apart.
+
+    Returns
+    -------
+    int ndarray of the chosen row indices, in the order chosen
+    """
+    Z = np.atleast_2d(np.asarray(Z, dtype=np.float64))
+    taken = [] if exclude is None else [np.asarray(e, np.float64) for e in np.atleast_2d(exclude)
+                                        if np.size(e)]
+    chosen = []
+    for i in np.argsort(scores, kind="stable"):
+        if len(chosen) >= k:
+            break
+        if all(np.linalg.norm(Z[i] - t) >= min_distance for t in taken):
+            chosen.append(int(i))
+            taken.append(Z[i])
+    return np.array(chosen, dtype=np.int64)
+
+
+def propose(surrogates, targets, scales, *, pool, radius: float, n: int, n_starts: int = 16,
+            min_distance: float = 1.0, exclude=None, rng=None, maxiter: int = 60):
+    """Up to ``n`` diverse latents the surrogates expect to meet the targets.
+
+    Parameters
+    ----------
+    surrogates, targets, scales : dicts by property (see :func:`objective`)
+    pool : array of shape (m, d)
+        Latents to start from (the training latents): the ``n_starts // 2`` best by
+        :func:`score` that lie ``min_distance`` apart; the rest of the starts are prior draws
+        inside the ball.
+    radius : float — the prior ball (:func:`prior_radius`)
+    n : int — latents wanted
+    exclude : array of shape (k, d), optional — latents already checked (kept at a distance)
+    rng : numpy Generator
+
+    Returns
+    -------
+    Z : ndarray of shape (<= n, d)
+    scores : ndarray — :func:`score` of each
+    """
+    rng = np.random.default_rng(0) if rng is None else rng
+    pool = np.atleast_2d(np.asarray(pool, dtype=np.float64))
+    d = pool.shape[1]
+    n_pool = max(1, n_starts // 2)
+    sp = score(surrogates, targets, scales, pool)
+    starts = [pool[select_diverse(pool, sp, n_pool, min_distance)]]
+    n_rand = max(0, n_starts - len(starts[0]))
+    if n_rand:
+        starts.append(project_to_ball(rng.standard_normal((n_rand, d)), radius))
+    starts = np.concatenate(starts)
+    Z = optimise(surrogates, targets, scales, starts, radius, maxiter=maxiter)
+    s = score(surrogates, targets, scales, Z)
+    pick = select_diverse(Z, s, n, min_distance, exclude=exclude)
+    if len(pick) < n:  # relax the distance to previous checks before giving fewer
+        more = [i for i in select_diverse(Z, s, n, min_distance / 4, exclude=exclude) if i not in pick]
+        pick = np.concatenate([pick, np.array(more[: n - len(pick)], dtype=np.int64)])
+    return Z[pick], s[pick]
