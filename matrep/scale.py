@@ -104,12 +104,14 @@ class PixelSize:
 # ---------------------------------------------------------------------------------------
 def _number(value, what: str, path) -> float:
     """A finite positive float, or a BadInputError naming ``path`` and ``what``."""
+    shown = value.item() if isinstance(value, np.generic) else value
+    shown = repr(shown) if isinstance(shown, str) else shown
     try:
         v = float(value)
     except (TypeError, ValueError):
-        raise BadInputError(path, f"{what} must be a positive number, got {value!r}") from None
+        raise BadInputError(path, f"{what} must be a positive number, got {shown}") from None
     if not math.isfinite(v) or v <= 0:
-        raise BadInputError(path, f"{what} must be a positive number, got {value!r}")
+        raise BadInputError(path, f"{what} must be a positive number, got {shown}")
     return v
 
 

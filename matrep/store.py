@@ -480,6 +480,9 @@ def load_features(path, encoder: str):
                           "y": rec["coords"][:, 0], "x": rec["coords"][:, 1],
                           **{k: rec[k] for k in ("pixel_size_um", "pixel_size_source") if k in rec}})
     labels = store.read_labels()
+    # the pixel size used (record) replaces a labels column of the same name
+    labels = labels.drop(columns=[c for c in ("pixel_size_um", "pixel_size_source")
+                                  if c in table.columns and c in labels.columns])
     if len(labels.columns):
         table = pd.concat([table, labels], axis=1)
     return X, table

@@ -161,11 +161,22 @@ def _particle_field(rng, pts, halfwidth, taper, pad=3.0):
     return field, lo[0], lo[1], ratio
 
 
-def _graphite_field(rng, size, factors, pixel_size_um=PIXEL_SIZE_UM):
-    """Periodic depth field phi (>0 inside graphite) and a depth-ratio map for shading."""
+def _graphite_field(rng, size, factors, pixel_size_um=PIXEL_SIZE_UM, oversample=1):
+    """Periodic depth field phi (>0 inside graphite) and a depth-ratio map for shading.
+
+    With ``oversample`` S > 1 the same particles (same random draws, placed by the same
+    collision checks on the ``size`` grid) are also rasterised on a grid S times finer, and
+    that fine field (phi in fine pixels) is returned.
+    """
+    import copy
+
     H = W = size
+    S = int(oversample)
     phi = np.full((H, W), -50.0, np.float32)
     depth = np.zeros((H, W), np.float32)
+    if S > 1:
+        phi_f = np.full((H * S, W * S), -50.0 * S, np.float32)
+        depth_f = np.zeros((H * S, W * S), np.float32)
     d_mean = factors.eq_diameter_um / pixel_size_um
     # lognormal sizes around d_mean; number from the target area fraction
     sig = 0.35
@@ -183,6 +194,7 @@ def _graphite_field(rng, size, factors, pixel_size_um=PIXEL_SIZE_UM):
         w = np.sqrt(area / (4 * (aspect - 1) * (1 - 0.45 * taper) + np.pi))
         length = 2 * w * (aspect - 1)
         pts = _centerline(rng, length, degeneracy, n=max(2, int(length / max(w, 1.0)) + 2))
+        twin = copy.deepcopy(rng) if S > 1 else None  # the fine copy draws the same outline
         field, r0, c0, ratio = _particle_field(rng, pts, w, taper)
         for _attempt in range(8):
             cy, cx = rng.uniform(0, H), rng.uniform(0, W)
@@ -194,6 +206,15 @@ def _graphite_field(rng, size, factors, pixel_size_um=PIXEL_SIZE_UM):
         phi[np.ix_(rows, cols)] = np.maximum(sub, field)
         dsub = depth[np.ix_(rows, cols)]
         depth[np.ix_(rows, cols)] = np.maximum(dsub, ratio)
+        if S > 1:
+            ff, fr0, fc0, fratio = _particle_field(twin, pts * S, w * S, taper, pad=3.0 * S)
+            fy = (np.arange(ff.shape[0]) + fr0 + int(cy) * S) % (H * S)
+            fx = (np.arange(ff.shape[1]) + fc0 + int(cx) * S) % (W * S)
+            ix = np.ix_(fy, fx)
+            phi_f[ix] = np.maximum(phi_f[ix], ff)
+            depth_f[ix] = np.maximum(depth_f[ix], fratio)
+    if S > 1:
+        return phi_f, depth_f
     return phi, depth
 
 
@@ -255,7 +276,8 @@ def render_micrograph(rng, phi, depth, *, pixel_size_um=PIXEL_SIZE_UM):
     return np.clip(np.round(img * 255.0), 0, 255).astype(np.uint8)
 
 
-def generate_micrograph(factors, *, size=1024, seed=0, pixel_size_um=PIXEL_SIZE_UM):
+def generate_micrograph(factors, *, size=1024, seed=0, pixel_size_um=PIXEL_SIZE_UM,
+                        oversample=1):
     """One synthetic micrograph and its graphite mask.
 
     Parameters
@@ -266,29 +288,44 @@ def generate_micrograph(factors, *, size=1024, seed=0, pixel_size_um=PIXEL_SIZE_
         Image edge in pixels (the field of view grows with it; the pixel size is fixed).
     seed : int or sequence of int
         Seed of :func:`numpy.random.default_rng`; same seed, same output.
+    oversample : int, default 1
+        Render the same microstructure on a grid this many times finer: the image has
+        ``size * oversample`` pixels of ``pixel_size_um / oversample`` each. The particles
+        (sizes, shapes, positions) and their outline roughness are those of the
+        ``oversample=1`` image with the same seed; the optical rendering (blur, texture,
+        noise) is drawn again at the finer pixel. Used to test resampling to a physical
+        scale (``tests/test_scale.py``).
 
     Returns
     -------
-    image : ndarray of shape (size, size), uint8
-    mask : ndarray of shape (size, size), bool (True = graphite); periodic.
+    image : ndarray of shape (size * oversample,) * 2, uint8
+    mask : ndarray of the same shape, bool (True = graphite); periodic.
     """
     if int(size) < 32:
         raise BadInputError(None, f"size: expected at least 32 pixels, got {size}")
     rng = np.random.default_rng(seed)
-    phi, depth = _graphite_field(rng, int(size), factors, pixel_size_um)
+    S = int(oversample)
+    if S < 1:
+        raise BadInputError(None, f"oversample: expected a positive integer, got {oversample}")
+    phi, depth = _graphite_field(rng, int(size), factors, pixel_size_um, oversample=S)
     # irregular, slightly crinkled outlines (real nodules are not perfect circles)
-    phi = phi + _smooth_noise(rng, phi.shape, 1.5, std=0.55)
+    rough = _smooth_noise(rng, (int(size), int(size)), 1.5, std=0.55)
+    if S > 1:  # the same roughness, interpolated (periodically) onto the fine grid, in fine px
+        c = (np.arange(int(size) * S) + 0.5) / S - 0.5
+        yy, xx = np.meshgrid(c, c, indexing="ij")
+        rough = S * ndimage.map_coordinates(rough, [yy, xx], order=1, mode="grid-wrap")
+    phi = phi + rough
     mask = phi > 0
     # drop specks of graphite smaller than a few pixels left by the roughness
     lab, n = ndimage.label(mask)
     if n:
         sizes = np.bincount(lab.ravel())
-        small = sizes < 6
+        small = sizes < 6 * S * S
         small[0] = False
         if small.any():
             mask[small[lab]] = False
             phi[small[lab]] = np.minimum(phi[small[lab]], -0.5)
-    image = render_micrograph(rng, phi, depth, pixel_size_um=pixel_size_um)
+    image = render_micrograph(rng, phi, depth, pixel_size_um=pixel_size_um / S)
     return image, mask
 
 
