@@ -9,7 +9,7 @@ from importlib.metadata import EntryPoint
 import pytest
 
 from matrep import registry
-from matrep.errors import EncoderNotFoundError
+from matrep.errors import EncoderContractError, EncoderNotFoundError
 from matrep.registry import PluginWarning, _load_entry_points
 from matrep.testing import check_encoder
 
@@ -88,7 +88,8 @@ def test_unknown_name_lists_installed_and_says_how():
 def test_bad_params_list_accepted_ones(tmp_path, monkeypatch):
     install_example_plugin(tmp_path)
     activate(monkeypatch, tmp_path)
-    with pytest.raises(Exception, match="it accepts: bins"):
+    with pytest.raises(EncoderContractError, match="does not accept these parameters .*nbins"
+                                                  ".*it accepts: bins"):
         registry.get_encoder("histogram", nbins=3)
 
 
