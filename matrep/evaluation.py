@@ -20,8 +20,8 @@ Two library entry points, behind ``matrep evaluate`` and ``matrep interpret``:
 :func:`interpret_model`
     For every latent dimension its Spearman correlation with each factor: numeric columns of a
     labels CSV (every patch inherits its micrograph's row) or, without labels, descriptors
-    measured on each patch (dark phase by a per-micrograph Otsu threshold, then
-    :func:`matrep.datasets.descriptors.measure_mask`: graphite fraction, particle density,
+    measured on each patch (dark phase by :func:`matrep.metrics.morphology.segment_dark_phase`,
+    then :func:`matrep.datasets.descriptors.measure_mask`: graphite fraction, particle density,
     mean equivalent diameter, nodularity). It ranks the dimensions that track each factor,
     draws traversals of the top ones, and scores disentanglement by the Mutual Information Gap
     (Chen et al. 2018) and the Separated Attribute Predictability (Kumar et al. 2018):
@@ -62,6 +62,11 @@ import numpy as np
 
 from .atomic import atomic_path, atomic_write_text
 from .errors import BadInputError, LabelsError, MatrepError
+# one implementation each, in matrep.metrics (re-exported here for the reports' users)
+from .metrics.correlation import Spearman, spearman, spearman_matrix  # noqa: F401
+from .metrics.morphology import (DESCRIPTORS, MEASURED_DESCRIPTORS,  # noqa: F401
+                                 MIN_CONTRAST, descriptor_array, fidelity_from_arrays,
+                                 measure_descriptors, segment_dark_phase)
 
 #: metric key -> (column title, description)
 METRIC_INFO = {
@@ -178,9 +183,11 @@ def score_pairs(x, y, metrics=DEFAULT_METRICS, *, device=None, vgg16_weights=Non
 # ---------------------------------------------------------------------------------------
 # evaluate
 # ---------------------------------------------------------------------------------------
-def _pick_patches(ps, n: int, rng) -> np.ndarray:
-    k = min(int(n), len(ps))
-    return np.sort(rng.choice(len(ps), k, replace=False))
+def _pick_patches(ps, n: int, rng, pool=None) -> np.ndarray:
+    """Up to ``n`` patch indices drawn without replacement (from ``pool`` when given)."""
+    pool = np.arange(len(ps)) if pool is None else np.asarray(pool)
+    k = min(int(n), len(pool))
+    return np.sort(rng.choice(pool, k, replace=False))
 
 
 def _ceiling_partners(ps, idx, rng) -> np.ndarray:
@@ -204,15 +211,20 @@ class EvaluationReport:
     """Result of :func:`evaluate_models`: one row per model and per baseline.
 
     ``rows``: list of dicts with ``name``, ``kind`` (``"model"``, ``"ceiling"``, ``"floor"``),
-    ``latent_dim``, ``patch``, ``n`` and per metric either a summary dict (mean, std, sem,
-    median, n) or a string saying why it is not available. ``scores`` keeps the raw per-patch
-    values (row name -> metric -> list).
+    ``latent_dim``, ``patch``, ``n``, per metric either a summary dict (mean, std, sem,
+    median, n) or a string saying why it is not available, ``fidelity`` (descriptor ->
+    ``{"rho", "p", "n", "note"}``, rho None with the note when undefined; None for a floor
+    without partners) and, for models, ``specificity`` (dict from
+    :func:`matrep.metrics.specificity.own_vs_other` without the per-patch arrays, or a string
+    saying why not). ``scores`` keeps the raw per-patch values (row name -> metric -> list),
+    ``patches`` the patches drawn (patch size -> list of [micrograph id, y, x]).
     """
 
     rows: list
     metrics: tuple
     settings: dict
     scores: dict = field(default_factory=dict)
+    patches: dict = field(default_factory=dict)
 
     def table(self) -> list[list[str]]:
         head = ["model", "latent", "patch", "n"] + [METRIC_INFO[m][0] for m in self.metrics]
@@ -226,6 +238,30 @@ class EvaluationReport:
             body.append(cells)
         return [head] + body
 
+    def fidelity_table(self) -> tuple[list[list[str]], list[str]]:
+        """Rows of the descriptor-fidelity table and the notes of its undefined cells."""
+        head = ["model", "n"] + [DESCRIPTORS[k][0] for k in MEASURED_DESCRIPTORS] \
+            + ["specificity"]
+        body, notes = [head], []
+        for r in self.rows:
+            fid = r.get("fidelity")
+            if fid is None:
+                continue
+            cells = [r["name"], str(r["n"])]
+            for k in MEASURED_DESCRIPTORS:
+                f = fid[k]
+                if f["rho"] is None:
+                    notes.append(f"{r['name']}, {DESCRIPTORS[k][0]}: {f['note']}")
+                    cells.append(f"undefined [{len(notes)}]")
+                else:
+                    cells.append(f"{f['rho']:+.2f}" + (f" (n={f['n']})" if f["n"] != r["n"]
+                                                       else ""))
+            sp = r.get("specificity")
+            cells.append("-" if sp is None else sp if isinstance(sp, str) else
+                         f"{100 * sp['frac_own_lower']:.0f} % (own/other {sp['ratio']:.2f})")
+            body.append(cells)
+        return body, notes
+
     def to_markdown(self) -> str:
         t = self.table()
         lines = ["| " + " | ".join(t[0]) + " |", "|" + "---|" * len(t[0])]
@@ -233,15 +269,39 @@ class EvaluationReport:
         notes = [f"- {METRIC_INFO[m][0]}: {METRIC_INFO[m][1]}." for m in self.metrics]
         s = self.settings
         notes.append(f"- mean ± standard deviation over n patches drawn with seed {s['seed']} "
-                     f"from {s['images']} (stride {s['stride']}); 1 = same texture.")
+                     f"from {s['images']} (stride {s['stride']})"
+                     + (", only patches the model(s) held out from training" if s.get("held_out")
+                        else "") + "; 1 = same texture.")
         notes.append("- ceiling: another patch of the same micrograph (non-overlapping where "
                      "possible); floor: " + s["floor_source"] + ".")
         if s.get("pixel_sizes"):
             from .scale import format_summary
 
             notes.append(f"- scale: {format_summary(s['pixel_sizes'])}.")
-        return ("# Reconstruction texture similarity\n\n" + "\n".join(lines) + "\n\n"
-                + "\n".join(notes) + "\n")
+        out = ("# Reconstruction texture similarity\n\n" + "\n".join(lines) + "\n\n"
+               + "\n".join(notes) + "\n")
+        ft, undefined = self.fidelity_table()
+        if len(ft) > 1:
+            lines = ["| " + " | ".join(ft[0]) + " |", "|" + "---|" * len(ft[0])]
+            lines += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in ft[1:]]
+            fnotes = [
+                "- Spearman rho across the n patches between each descriptor measured on the "
+                "input patch and on its reconstruction (baselines: on the partner patch), both "
+                "segmented the same way: graphite = pixels at or below the image's Otsu "
+                f"threshold, none when its two classes differ by less than "
+                f"{s.get('min_contrast', MIN_CONTRAST)} in grey level "
+                "(`matrep.metrics.morphology`); descriptors of "
+                "`matrep.datasets.descriptors.measure_mask` in pixel units, particles under "
+                f"{s.get('min_diameter_px', 3.0):g} px left out. (n=k): patches where the "
+                "descriptor is defined on both sides (mean diameter and nodularity need a "
+                "particle).",
+                "- specificity: share of patches whose own reconstruction is closer in style "
+                "loss than the reconstruction of a patch of another micrograph; own/other: "
+                "ratio of the mean style losses."]
+            fnotes += [f"- [{i}] {u}" for i, u in enumerate(undefined, start=1)]
+            out += ("\n## Descriptor fidelity\n\n" + "\n".join(lines) + "\n\n"
+                    + "\n".join(fnotes) + "\n")
+        return out
 
     def to_csv(self) -> str:
         buf = io.StringIO()
@@ -249,6 +309,9 @@ class EvaluationReport:
         head = ["name", "kind", "latent_dim", "patch", "n"]
         for m in self.metrics:
             head += [f"{m}_mean", f"{m}_std", f"{m}_sem", f"{m}_note"]
+        for k in MEASURED_DESCRIPTORS:
+            head += [f"fidelity_rho_{k}", f"fidelity_n_{k}", f"fidelity_note_{k}"]
+        head += ["specificity_frac_own_lower", "specificity_ratio", "specificity_note"]
         w.writerow(head)
         for r in self.rows:
             row = [r["name"], r["kind"], r.get("latent_dim") if r.get("latent_dim") is not None
@@ -257,13 +320,21 @@ class EvaluationReport:
                 v = r[m]
                 row += ["", "", "", v] if isinstance(v, str) else \
                     [f"{v['mean']:.6f}", f"{v['std']:.6f}", f"{v['sem']:.6f}", ""]
+            fid = r.get("fidelity") or {}
+            for k in MEASURED_DESCRIPTORS:
+                f = fid.get(k)
+                row += ["", "", ""] if f is None else \
+                    ["" if f["rho"] is None else f"{f['rho']:.6f}", f["n"], f["note"] or ""]
+            sp = r.get("specificity")
+            row += ["", "", sp] if isinstance(sp, str) else ["", "", ""] if sp is None else \
+                [f"{sp['frac_own_lower']:.6f}", f"{sp['ratio']:.6f}", ""]
             w.writerow(row)
         return buf.getvalue()
 
     def to_dict(self) -> dict:
         return {"rows": self.rows, "metrics": list(self.metrics), "settings": self.settings,
                 "metric_info": {m: METRIC_INFO[m][1] for m in self.metrics},
-                "scores": self.scores}
+                "scores": self.scores, "patches": self.patches}
 
     def write(self, out_dir) -> dict:
         """Write evaluation.json, evaluation.csv and evaluation.md into ``out_dir`` (atomically)."""
@@ -282,23 +353,30 @@ def _jsonable(o):
 
 def evaluate_models(models, images, *, n: int = 100, other_images=None, stride: int = 50,
                     crop=None, crop_bottom: int = 0, seed: int = 0, metrics=DEFAULT_METRICS,
-                    device=None, vgg16_weights=None, dists_weights=None, batch_size: int = 16,
+                    held_out: bool = False, device=None, vgg16_weights=None, dists_weights=None,
+                    batch_size: int = 16, min_diameter_px: float = 3.0,
                     log=None, scale=None) -> EvaluationReport:
-    """Texture similarity between held-out patches and their reconstructions (Table 1).
+    """Texture similarity, descriptor fidelity and specificity of reconstructions (Table 1).
 
     Parameters
     ----------
     models : list of model folders or fitted encoders with ``reconstruct``
-    images : folder, glob or list of micrographs (held out from training)
+    images : folder, glob or list of micrographs (held out from training, or the training
+        images with ``held_out=True``)
     n : int, default 100 — patches per model (fewer if the images have fewer)
     other_images : folder/glob/list, optional — another material for the floor baseline;
         without it, the floor pairs each patch with a patch of a different micrograph in
         ``images``
     stride, crop, crop_bottom : patching of the images (see :func:`matrep.io.load_patches`)
-    seed : int, default 0 — patch choice and baseline partners
+    seed : int, default 0 — patch choice, baseline partners and specificity partners
     metrics : names from :data:`METRIC_INFO`
+    held_out : bool, default False
+        Draw the patches only from those every model held out from training
+        (``model.held_out_patches(patchset)``, the run's validation split). ``images`` and the
+        patching must then be those of training; a run folder's ``fit.json`` is checked.
     device : "auto", "cpu", "cuda", ... (metrics only; models use their own device setting)
     vgg16_weights, dists_weights : DISTS ingredients (see :mod:`matrep.metrics.dists`)
+    min_diameter_px : particles narrower than this are left out of the descriptors
     log : callable(str), optional — progress messages
     scale : matrep.scale.ScaleOptions, optional — pixel sizes and resampling of ``images`` and
         ``other_images`` (default: the scale the first model folder was trained at, if any)
@@ -306,6 +384,11 @@ def evaluate_models(models, images, *, n: int = 100, other_images=None, stride: 
     Returns
     -------
     EvaluationReport
+        Per model, besides the texture metrics: ``fidelity`` (descriptor -> Spearman rho of
+        the descriptor measured on input and reconstruction, :mod:`matrep.metrics.morphology`;
+        ``None`` with a note when undefined) and ``specificity`` (own-vs-other distance,
+        :func:`matrep.metrics.specificity.own_vs_other`, with the model's ``style_distance``).
+        The ceiling and floor rows carry the fidelity of their partner patches.
     """
     from .io import load_patches
     from .scale import ScaleOptions, model_scale
@@ -320,16 +403,26 @@ def evaluate_models(models, images, *, n: int = 100, other_images=None, stride: 
     if not loaded:
         raise BadInputError(None, "no model given; pass at least one --model")
     rows, scores = [], {}
-    sets = {}
+    sets, picked = {}, {}
     floor_source = None
-    for P in sorted({_patch_size(m) for _, m in loaded}):
+    sizes = sorted({_patch_size(m) for _, m in loaded})
+    for P in sizes:
         ps = load_patches(images, patch=P, stride=stride, crop=crop, crop_bottom=crop_bottom,
                           scale=scale)
         rng = np.random.default_rng(seed)
-        idx = _pick_patches(ps, n, rng)
+        pool = None
+        if held_out:
+            pool = _held_out_pool(ps, [(nm, m) for nm, m in loaded if _patch_size(m) == P],
+                                  images, stride, crop, crop_bottom)
+            log(f"{len(pool)} held-out patches of {len(ps)}")
+        idx = _pick_patches(ps, n, rng, pool)
         x = ps.patches[idx]
-        sets[P] = x
-        tag = "" if len({_patch_size(m) for _, m in loaded}) == 1 else f" ({P} px)"
+        tag = "" if len(sizes) == 1 else f" ({P} px)"
+        log(f"measuring descriptors of {len(idx)} patches{tag}")
+        dx = descriptor_array(x, min_diameter_px=min_diameter_px)
+        sets[P] = (x, ps.micrograph_ids[idx], dx)
+        picked[str(P)] = [[str(ps.micrograph_ids[i]), int(ps.coords[i][0]), int(ps.coords[i][1])]
+                          for i in idx]
         # ceiling
         partners = _ceiling_partners(ps, idx, rng)
         # floor
@@ -346,27 +439,33 @@ def evaluate_models(models, images, *, n: int = 100, other_images=None, stride: 
                             "(pass --other-images for another material)")
             if any(f is None for f in fl):
                 fl = None
+            else:
+                fl = np.stack(fl)
         log(f"scoring the same-micrograph baseline on {len(idx)} patches{tag}")
         sc = score_pairs(x, ps.patches[partners], metrics, device=device,
                          vgg16_weights=vgg16_weights, dists_weights=dists_weights,
                          batch_size=batch_size)
         rows.append(_row(f"baseline: same micrograph (ceiling){tag}", "ceiling", None, P, len(idx),
                          sc, metrics))
+        rows[-1]["fidelity"] = _fidelity(dx, ps.patches[partners], min_diameter_px,
+                                         "other patch")
         scores[rows[-1]["name"]] = sc
         if fl is None:
             sc = {m: "n/a (only one micrograph; pass --other-images)" for m in metrics}
         else:
             log(f"scoring the other-material baseline on {len(idx)} patches{tag}")
-            sc = score_pairs(x, np.stack(fl), metrics, device=device,
+            sc = score_pairs(x, fl, metrics, device=device,
                              vgg16_weights=vgg16_weights, dists_weights=dists_weights,
                              batch_size=batch_size)
         rows.append(_row(f"baseline: other material (floor){tag}", "floor", None, P, len(idx),
                          sc, metrics))
+        rows[-1]["fidelity"] = (None if fl is None else
+                                _fidelity(dx, fl, min_diameter_px, "other patch"))
         scores[rows[-1]["name"]] = sc
     model_rows = []
     for name, model in loaded:
         P = _patch_size(model)
-        x = sets[P]
+        x, ids, dx = sets[P]
         log(f"reconstructing {len(x)} patches with {name}")
         rec = np.asarray(model.reconstruct(x), dtype=np.float32)
         if rec.shape != x.shape:
@@ -374,16 +473,90 @@ def evaluate_models(models, images, *, n: int = 100, other_images=None, stride: 
         rec = np.clip(rec, 0.0, 1.0)
         sc = score_pairs(x, rec, metrics, device=device, vgg16_weights=vgg16_weights,
                          dists_weights=dists_weights, batch_size=batch_size)
-        model_rows.append(_row(name, "model", _latent_dim(model), P, len(x), sc, metrics))
+        row = _row(name, "model", _latent_dim(model), P, len(x), sc, metrics)
+        log(f"descriptor fidelity and specificity of {name}")
+        row["fidelity"] = _fidelity(dx, rec, min_diameter_px, "reconstruction")
+        row["specificity"] = _specificity(model, x, rec, ids, seed)
+        model_rows.append(row)
         scores[name] = sc
     settings = {"images": str(images), "other_images": None if other_images is None
                 else str(other_images), "n": int(n), "stride": int(stride),
                 "crop": list(crop) if crop is not None else None, "crop_bottom": int(crop_bottom),
-                "seed": int(seed), "floor_source": floor_source,
+                "seed": int(seed), "floor_source": floor_source, "held_out": bool(held_out),
+                "min_diameter_px": float(min_diameter_px), "min_contrast": MIN_CONTRAST,
                 "pixel_sizes": ps.scale.summary()}
     raw = {k: {m: (v if isinstance(v, str) else np.round(v, 6).tolist()) for m, v in d.items()}
            for k, d in scores.items()}
-    return EvaluationReport(model_rows + rows, metrics, settings, raw)
+    return EvaluationReport(model_rows + rows, metrics, settings, raw, picked)
+
+
+def _fidelity(dx, other, min_diameter_px, other_name) -> dict:
+    """Descriptor -> Spearman dict of input descriptors ``dx`` against ``other`` patches."""
+    do = descriptor_array(other, min_diameter_px=min_diameter_px)
+    return {k: v.to_dict() for k, v in fidelity_from_arrays(dx, do, other_name=other_name).items()}
+
+
+def _specificity(model, x, rec, ids, seed):
+    """Own-vs-other style loss of a model's reconstructions, or why it is not available."""
+    from .metrics.specificity import own_vs_other
+
+    if not hasattr(model, "style_distance"):
+        return "n/a (the model has no style_distance)"
+    if len(set(np.asarray(ids).tolist())) < 2:
+        return "n/a (patches of one micrograph only)"
+    r = own_vs_other(x, rec, ids, model.style_distance, seed=seed)
+    return {k: r[k] for k in ("frac_own_lower", "own_mean", "other_mean", "own_median",
+                              "other_median", "ratio", "n")}
+
+
+def _held_out_pool(ps, models, images, stride, crop, crop_bottom) -> np.ndarray:
+    """Indices of ``ps`` that every model held out from training."""
+    keep = np.ones(len(ps), bool)
+    for name, model in models:
+        if not hasattr(model, "held_out_patches"):
+            raise BadInputError(None, f"{name}: this model does not say which patches it held "
+                                      "out from training; evaluate it on other images without "
+                                      "--held-out")
+        _check_training_patching(name, images, stride, crop, crop_bottom)
+        val = model.held_out_patches(ps)
+        key = {(s, int(c[0]), int(c[1])) for s, c in zip(val.sources.tolist(), val.coords)}
+        keep &= np.array([(s, int(c[0]), int(c[1])) in key
+                          for s, c in zip(ps.sources.tolist(), ps.coords)])
+    pool = np.flatnonzero(keep)
+    if len(pool) == 0:
+        raise BadInputError(None, "the models hold out no common patch of these images; "
+                                  "evaluate them one at a time")
+    return pool
+
+
+def _check_training_patching(name, images, stride, crop, crop_bottom):
+    """With a run folder's ``fit.json``: the images and patching must be those of training."""
+    from .io import list_images
+
+    fit = Path(name) / "fit.json"
+    if not fit.is_file():
+        return
+    rec = json.loads(fit.read_text()).get("patches", {})
+    want = {"stride": rec.get("stride"), "crop": rec.get("crop"),
+            "crop_bottom": rec.get("crop_bottom", 0)}
+    got = {"stride": int(stride), "crop": list(crop) if crop is not None else None,
+           "crop_bottom": int(crop_bottom)}
+    diff = [f"--{k.replace('_', '-')} {want[k]} (got {got[k]})" for k in want
+            if want[k] is not None and want[k] != got[k]]
+    tr = rec.get("images")
+    if tr:
+        def files(src):
+            return sorted(str(Path(f).resolve()) for f in list_images(
+                src[0] if isinstance(src, (list, tuple)) and len(src) == 1 else src))
+        try:
+            same = files(tr) == files(images)
+        except MatrepError:
+            same = False
+        if not same:
+            diff.insert(0, f"--images {' '.join(map(str, tr))}")
+    if diff:
+        raise BadInputError(fit, "--held-out replays the training split, which needs the "
+                                 f"training patching: {'; '.join(diff)}")
 
 
 def _row(name, kind, latent, P, n, sc, metrics):
@@ -394,82 +567,8 @@ def _row(name, kind, latent, P, n, sc, metrics):
 
 
 # ---------------------------------------------------------------------------------------
-# descriptors measured on patches
-# ---------------------------------------------------------------------------------------
-MEASURED_DESCRIPTORS = ("graphite_fraction", "particle_density", "mean_eq_diameter", "nodularity")
-
-
-def measure_descriptors(patches, micrograph_ids=None, *, min_diameter_px: float = 3.0,
-                        dark_phase: bool = True):
-    """Graphite descriptors of each patch, measured from the image.
-
-    The second phase is segmented with an Otsu threshold computed per micrograph (over all its
-    patches, which is steadier than per patch): pixels darker than it are graphite
-    (``dark_phase=False``: brighter). Each patch's mask then goes through
-    :func:`matrep.datasets.descriptors.measure_mask` (non-periodic, pixel units): graphite area
-    fraction, particle density (particles per 10^6 px^2), mean equivalent diameter (px) and
-    ISO 945-4 style nodularity, over particles at least ``min_diameter_px`` wide.
-
-    Returns
-    -------
-    pandas.DataFrame of shape (n_patches, 4)
-    """
-    import pandas as pd
-    from skimage.filters import threshold_otsu
-
-    from .datasets.descriptors import measure_mask
-
-    patches = np.asarray(patches)
-    ids = np.zeros(len(patches), dtype=object) if micrograph_ids is None else np.asarray(micrograph_ids)
-    thr = {}
-    for mid in dict.fromkeys(ids.tolist()):
-        sel = patches[ids == mid]
-        thr[mid] = float(threshold_otsu(sel.reshape(-1))) if np.ptp(sel) > 0 else float(sel.flat[0])
-    recs = []
-    for p, mid in zip(patches, ids.tolist()):
-        mask = p < thr[mid] if dark_phase else p > thr[mid]
-        d = measure_mask(mask, pixel_size_um=1.0, min_diameter_um=min_diameter_px, periodic=False)
-        recs.append({"graphite_fraction": d["graphite_fraction"],
-                     "particle_density": d["particle_density"],
-                     "mean_eq_diameter": d["mean_eq_diameter"], "nodularity": d["nodularity"]})
-    return pd.DataFrame.from_records(recs, columns=list(MEASURED_DESCRIPTORS))
-
-
-# ---------------------------------------------------------------------------------------
 # correlation and disentanglement
 # ---------------------------------------------------------------------------------------
-def spearman_matrix(Z, factors):
-    """Spearman rho and p-value of each latent dimension with each factor.
-
-    Parameters
-    ----------
-    Z : array of shape (n, d)
-    factors : pandas.DataFrame of shape (n, K); rows with NaN in a factor are left out for it
-
-    Returns
-    -------
-    rho, p : arrays of shape (d, K) (NaN where a factor or dimension is constant)
-    """
-    from scipy.stats import spearmanr
-
-    Z = np.asarray(Z, dtype=float)
-    d, K = Z.shape[1], factors.shape[1]
-    rho = np.full((d, K), np.nan)
-    p = np.full((d, K), np.nan)
-    for k, col in enumerate(factors.columns):
-        v = factors[col].to_numpy(dtype=float)
-        ok = np.isfinite(v)
-        if ok.sum() < 3 or np.ptp(v[ok]) == 0:
-            continue
-        for j in range(d):
-            z = Z[ok, j]
-            if np.ptp(z) == 0:
-                continue
-            r = spearmanr(z, v[ok])
-            rho[j, k], p[j, k] = float(r.statistic), float(r.pvalue)
-    return rho, p
-
-
 def _discretize(v, n_bins):
     v = np.asarray(v, dtype=float)
     u = np.unique(v)
@@ -737,11 +836,12 @@ def interpret_model(model, images, *, labels=None, file_column: str = "file", fa
         if factors:
             raise LabelsError("--factors names label columns; give --labels too")
         log("measuring descriptors on each patch")
-        table = measure_descriptors(ps.patches, ps.micrograph_ids, min_diameter_px=min_diameter_px)
+        table = measure_descriptors(ps.patches, min_diameter_px=min_diameter_px)
         source = "measured"
         notes.append("descriptors measured per patch in pixel units: particle_density per "
-                     "10^6 px^2, mean_eq_diameter in px; graphite = pixels darker than the "
-                     "micrograph's Otsu threshold")
+                     "10^6 px^2, mean_eq_diameter in px; graphite = pixels at or below the "
+                     "patch's Otsu threshold (none when its two classes differ by less than "
+                     f"{MIN_CONTRAST} in grey level)")
     rho, p = spearman_matrix(Z, table)
     names = list(table.columns)
     ranking = {}

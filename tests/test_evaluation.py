@@ -14,7 +14,7 @@ pytest.importorskip("torch")
 from matrep.errors import BadInputError, LabelsError  # noqa: E402
 from matrep.evaluation import (evaluate_models, interpret_model, measure_descriptors,  # noqa: E402
                                mutual_information_gap, sap_score, score_pairs,
-                               spearman_matrix)
+                               spearman, spearman_matrix)
 
 P = 32
 
@@ -165,7 +165,7 @@ def test_measure_descriptors_tracks_density(dataset):
     from matrep.io import load_patches
 
     ps = load_patches(dataset / "images", patch=96, stride=96)
-    d = measure_descriptors(ps.patches, ps.micrograph_ids, min_diameter_px=2)
+    d = measure_descriptors(ps.patches, min_diameter_px=2)
     assert list(d.columns) == ["graphite_fraction", "particle_density", "mean_eq_diameter",
                                "nodularity"]
     gf = d["graphite_fraction"].to_numpy()
@@ -263,3 +263,141 @@ def test_cli_evaluate_and_interpret(dataset, tiny_run, tmp_path, monkeypatch):
                                   str(dataset / "images"), "--metrics", "ssim",
                                   "--out", str(tmp_path / "bad")])
     assert r.exit_code != 0 and "unknown metric" in r.output
+
+
+# ---------------------------------------------------------------------------------------
+# descriptor fidelity on images with known masks (the built-in cast-iron generator)
+# ---------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def castiron(tmp_path_factory):
+    """Four 256 px synthetic cast-iron micrographs (flake/nodular, coarse/fine) and masks."""
+    from matrep.datasets.castiron import Factors, generate_micrograph
+
+    root = tmp_path_factory.mktemp("castiron")
+    (root / "images").mkdir()
+    masks = {}
+    for i, (rate, mg) in enumerate([(0.5, 0.015), (0.5, 0.05), (4.0, 0.015), (4.0, 0.05)]):
+        img, mask = generate_micrograph(Factors(rate, mg), size=256, seed=i)
+        Image.fromarray(img).save(root / "images" / f"c{i}.png")
+        masks[f"c{i}"] = np.asarray(mask) > 0
+    return root, masks
+
+
+class Constant(FakeModel):
+    """Reconstructs every patch as the same flat grey."""
+
+    def reconstruct(self, X):
+        return np.full(np.shape(X), 0.6, np.float32)
+
+
+class WithStyle(FakeModel):
+    """The identity reconstruction, a style distance and a held-out half of each image."""
+
+    def __init__(self):
+        super().__init__(patch_size=64, blur=False)
+
+    def style_distance(self, X, Y):
+        return np.abs(np.asarray(X) - np.asarray(Y)).mean((1, 2))
+
+    def held_out_patches(self, ps):
+        return ps.subset(ps.coords[:, 0] >= 128)
+
+
+def test_segmentation_recovers_known_masks(castiron):
+    from matrep.datasets.descriptors import measure_mask
+    from matrep.io import load_patches
+    from matrep.metrics.morphology import descriptor_array, segment_dark_phase
+
+    root, masks = castiron
+    ps = load_patches(root / "images", patch=64, stride=64)
+    true = np.stack([masks[m][y:y + 64, x:x + 64]
+                     for m, (y, x) in zip(ps.micrograph_ids, ps.coords)])
+    seg = np.stack([segment_dark_phase(p) for p in ps.patches])
+    assert (seg & true).sum() / (seg | true).sum() > 0.8                  # IoU of graphite
+    d = descriptor_array(ps.patches)
+    t = np.array([[measure_mask(m, min_diameter_um=3, periodic=False)[k] for k in
+                   ("graphite_fraction", "particle_density", "mean_eq_diameter", "nodularity")]
+                  for m in true])
+    for j in range(4):
+        assert spearman(d[:, j], t[:, j]).rho > 0.8
+    # a flat or noise-only patch is one phase: no graphite
+    rng = np.random.default_rng(0)
+    assert not segment_dark_phase(np.full((64, 64), 0.7)).any()
+    assert not segment_dark_phase(0.7 + 0.01 * rng.standard_normal((64, 64))).any()
+
+
+def test_descriptor_fidelity_identity_is_exactly_one(castiron, tmp_path):
+    root, _ = castiron
+    rep = evaluate_models([WithStyle()], root / "images", n=24, stride=32, metrics=())
+    fid = rep.rows[0]["fidelity"]
+    assert set(fid) == {"graphite_fraction", "particle_density", "mean_eq_diameter",
+                        "nodularity"}
+    for k, f in fid.items():
+        assert f["rho"] == 1.0 and f["note"] is None, k
+    # the same-micrograph ceiling is a number below 1, not undefined
+    ceiling = rep.rows[1]["fidelity"]["graphite_fraction"]
+    assert rep.rows[1]["kind"] == "ceiling" and ceiling["rho"] is not None and ceiling["rho"] < 1
+    # the identity is closer to its own input than to another micrograph's reconstruction
+    assert rep.rows[0]["specificity"]["frac_own_lower"] == 1.0
+    paths = rep.write(tmp_path / "ev")
+    md = paths["markdown"].read_text()
+    assert "## Descriptor fidelity" in md and "| fake | 24 | +1.00 | +1.00 |" in md
+    assert "100 % (own/other 0.00)" in md
+    data = json.loads(paths["json"].read_text())
+    assert data["rows"][0]["fidelity"]["nodularity"]["rho"] == 1.0
+    head = paths["csv"].read_text().splitlines()[0].split(",")
+    assert "fidelity_rho_graphite_fraction" in head and "specificity_frac_own_lower" in head
+
+
+def test_descriptor_fidelity_constant_reconstruction_is_undefined(castiron, tmp_path):
+    root, _ = castiron
+    rep = evaluate_models([Constant(patch_size=64)], root / "images", n=16, stride=32,
+                          metrics=())
+    for k, f in rep.rows[0]["fidelity"].items():
+        assert f["rho"] is None and f["p"] is None, k
+        assert f["note"].startswith("undefined"), k
+    assert "reconstruction is constant" in rep.rows[0]["fidelity"]["graphite_fraction"]["note"]
+    assert rep.rows[0]["specificity"].startswith("n/a (the model has no style_distance")
+    paths = rep.write(tmp_path / "ev")
+    md = paths["markdown"].read_text()
+    row = [ln for ln in md.split("## Descriptor fidelity")[1].splitlines()
+           if ln.startswith("| fake |")][0]
+    assert "undefined [1]" in row and "+" not in row and "nan" not in row.lower()
+    assert "[1] fake, area fraction: undefined: reconstruction is constant" in md
+    data = json.loads(paths["json"].read_text())                   # null, not NaN
+    assert data["rows"][0]["fidelity"]["graphite_fraction"]["rho"] is None
+    import csv as _csv
+    import io as _io
+
+    rows = list(_csv.DictReader(_io.StringIO(paths["csv"].read_text())))
+    assert rows[0]["fidelity_rho_graphite_fraction"] == ""
+    assert "constant" in rows[0]["fidelity_note_graphite_fraction"]
+
+
+def test_evaluate_held_out_draws_only_held_out_patches(castiron):
+    root, _ = castiron
+    rep = evaluate_models([WithStyle()], root / "images", n=100, stride=32, metrics=(),
+                          held_out=True)
+    drawn = rep.patches["64"]
+    assert drawn and all(y >= 128 for _, y, _ in drawn)
+    assert rep.settings["held_out"] is True
+    with pytest.raises(BadInputError, match="does not say which patches"):
+        evaluate_models([FakeModel(patch_size=64)], root / "images", n=4, stride=32,
+                        metrics=(), held_out=True)
+
+
+def test_spearman_helper_undefined_and_exact():
+    from matrep.metrics.correlation import spearman as sp
+
+    x = np.random.default_rng(1).random(50).round(1)                 # with ties
+    assert sp(x, x).rho == 1.0 and sp(x, -x).rho == -1.0
+    s = sp(x, np.full(50, 0.3), y_name="reconstruction")
+    assert np.isnan(s.rho) and not s.defined and "reconstruction is constant" in s.note
+    assert s.to_dict()["rho"] is None and s.format() == "undefined"
+    assert "2 pair(s)" in sp([1.0, 2.0, np.nan], [1.0, 2.0, 3.0]).note
+    from scipy.stats import spearmanr
+
+    y = np.random.default_rng(2).random(50)
+    ref = spearmanr(x, y)
+    assert sp(x, y).rho == pytest.approx(ref.statistic, abs=1e-12)
+    assert sp(x, y).pvalue == pytest.approx(ref.pvalue, rel=1e-9)

@@ -516,6 +516,19 @@ class TextureVAEEncoder(BaseEncoder):
         out = self.decode(Z.reshape(-1, Z.shape[-1]))
         return out.reshape(len(dims), len(values), *out.shape[1:])
 
+    def held_out_patches(self, patchset):
+        """The patches of ``patchset`` that training held out (the run's validation split).
+
+        ``patchset`` (a :class:`matrep.io.PatchSet`) must be cut from the training images with
+        the training patching: the split is replayed from ``seed``, ``val_split``,
+        ``val_fraction``, ``max_patches`` and ``max_val_patches``
+        (:func:`matrep.plugins.texturevae.evaluate.held_out_patches`). Returns a PatchSet.
+        """
+        from .evaluate import held_out_patches
+
+        self._check_fitted()
+        return held_out_patches(self, patchset)
+
     # ---------------------------------------------------------------------------------
     # persistence (safetensors + JSON, never pickle)
     # ---------------------------------------------------------------------------------

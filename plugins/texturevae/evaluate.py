@@ -42,6 +42,9 @@ def held_out_patches(encoder, patchset):
 def specificity(encoder, X, micrograph_ids, *, seed=0):
     """Own-reconstruction vs other-micrograph-reconstruction style loss.
 
+    :func:`matrep.metrics.specificity.own_vs_other` with the encoder's reconstructions and its
+    style loss (``encoder.style_distance``) as the distance.
+
     Parameters
     ----------
     encoder : trained TextureVAEEncoder
@@ -55,16 +58,9 @@ def specificity(encoder, X, micrograph_ids, *, seed=0):
     ``frac_own_lower`` (share of patches whose own reconstruction is closer) and ``ratio``
     (mean own / mean other).
     """
-    ids = np.asarray(micrograph_ids)
-    if len(set(ids.tolist())) < 2:
+    from matrep.metrics.specificity import own_vs_other
+
+    if len(set(np.asarray(micrograph_ids).tolist())) < 2:
         raise ValueError("specificity needs held-out patches from at least two micrographs")
-    rng = np.random.default_rng(seed)
-    R = encoder.reconstruct(X)
-    partner = np.array([rng.choice(np.flatnonzero(ids != ids[i])) for i in range(len(X))])
-    own = encoder.style_distance(X, R)
-    other = encoder.style_distance(X, R[partner])
-    return {"own": own, "other": other, "own_mean": float(own.mean()),
-            "other_mean": float(other.mean()), "own_median": float(np.median(own)),
-            "other_median": float(np.median(other)),
-            "frac_own_lower": float((own < other).mean()),
-            "ratio": float(own.mean() / other.mean()), "n": int(len(X))}
+    return own_vs_other(X, encoder.reconstruct(X), micrograph_ids, encoder.style_distance,
+                        seed=seed)

@@ -1,0 +1,151 @@
+r"""Spearman rank correlation that says when it is undefined.
+
+Spearman's :math:`\rho` is Pearson's correlation of the ranks (ties get their average rank):
+
+.. math::
+
+    \rho = \frac{\sum_i (r_i - \bar r)(s_i - \bar s)}
+                {\sqrt{\sum_i (r_i - \bar r)^2 \, \sum_i (s_i - \bar s)^2}}
+
+It is undefined when either variable is constant (a zero denominator) or when fewer than three
+pairs are left after dropping pairs with a NaN. :func:`spearman` then returns ``rho = nan``
+with a note saying why, never a number: a constant reconstruction must not read as "no
+correlation" (0) or, worse, as a perfect one.
+
+The denominator is written so that two identical rankings give exactly 1.0 (for IEEE doubles
+:math:`\sqrt{s \cdot s} = s`), which ``scipy.stats.spearmanr`` does not guarantee. The p-value
+is the usual two-sided t approximation with n - 2 degrees of freedom (as scipy's); both
+agree with ``scipy.stats.spearmanr`` to 1e-15 otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+#: fewest pairs for which a rank correlation is reported
+MIN_PAIRS = 3
+
+
+@dataclass(frozen=True)
+class Spearman:
+    """A Spearman correlation, or the reason it is undefined.
+
+    Attributes
+    ----------
+    rho : float — in [-1, 1], NaN when undefined
+    pvalue : float — two-sided, NaN when undefined
+    n : int — pairs used (both values finite)
+    note : str or None — why ``rho`` is undefined (None when it is defined)
+    """
+
+    rho: float
+    pvalue: float
+    n: int
+    note: str | None = None
+
+    @property
+    def defined(self) -> bool:
+        return self.note is None
+
+    def to_dict(self) -> dict:
+        """JSON form: ``rho`` and ``p`` are None when undefined, with the ``note``."""
+        return {"rho": round(self.rho, 6) if self.defined else None,
+                "p": float(f"{self.pvalue:.4g}") if self.defined else None,
+                "n": self.n, "note": self.note}
+
+    def format(self, digits: int = 2) -> str:
+        """``"+0.83"``, or ``"undefined"`` when it is."""
+        return f"{self.rho:+.{digits}f}" if self.defined else "undefined"
+
+
+def _ranks(v: np.ndarray) -> np.ndarray:
+    from scipy.stats import rankdata
+
+    return rankdata(v, method="average")
+
+
+def spearman(x, y, *, x_name: str = "x", y_name: str = "y") -> Spearman:
+    """Spearman's rho of two samples, NaN with a note when undefined.
+
+    Parameters
+    ----------
+    x, y : array-like of shape (n,)
+        Pairs with a non-finite value in either are left out.
+    x_name, y_name : str
+        Names used in the note (e.g. ``"input"``, ``"reconstruction"``).
+
+    Returns
+    -------
+    Spearman
+
+    Examples
+    --------
+    >>> spearman([1, 2, 3, 4], [10, 20, 30, 45]).rho
+    1.0
+    >>> spearman([1, 2, 3], [5, 5, 5], y_name="reconstruction").note
+    'undefined: reconstruction is constant over the 3 pairs'
+    """
+    x = np.asarray(x, dtype=float).ravel()
+    y = np.asarray(y, dtype=float).ravel()
+    if x.shape != y.shape:
+        raise ValueError(f"spearman: x and y must have the same length, got {x.size} and {y.size}")
+    ok = np.isfinite(x) & np.isfinite(y)
+    n = int(ok.sum())
+    nan = float("nan")
+    if n < MIN_PAIRS:
+        return Spearman(nan, nan, n, f"undefined: {n} pair(s) with both values finite "
+                                     f"(need {MIN_PAIRS})")
+    x, y = x[ok], y[ok]
+    const = [name for name, v in ((x_name, x), (y_name, y)) if np.ptp(v) == 0]
+    if const:
+        return Spearman(nan, nan, n, f"undefined: {' and '.join(const)} "
+                                     f"{'is' if len(const) == 1 else 'are'} constant over the "
+                                     f"{n} pairs")
+    a = _ranks(x)
+    b = _ranks(y)
+    a -= a.mean()
+    b -= b.mean()
+    saa, sbb, sab = float(a @ a), float(b @ b), float(a @ b)
+    rho = sab / math.sqrt(saa * sbb)
+    rho = min(1.0, max(-1.0, rho))
+    return Spearman(rho, _pvalue(rho, n), n, None)
+
+
+def _pvalue(rho: float, n: int) -> float:
+    if n <= 2:
+        return float("nan")
+    if abs(rho) >= 1.0:
+        return 0.0
+    from scipy.stats import t
+
+    stat = rho * math.sqrt((n - 2) / ((1.0 - rho) * (1.0 + rho)))
+    return float(2.0 * t.sf(abs(stat), n - 2))
+
+
+def spearman_matrix(Z, factors):
+    """Spearman rho and p-value of each latent dimension with each factor.
+
+    Parameters
+    ----------
+    Z : array of shape (n, d)
+    factors : pandas.DataFrame of shape (n, K); rows with NaN in a factor are left out for it
+
+    Returns
+    -------
+    rho, p : arrays of shape (d, K) (NaN where :func:`spearman` is undefined: a constant
+    factor or dimension, fewer than 3 values)
+    """
+    Z = np.asarray(Z, dtype=float)
+    d, K = Z.shape[1], factors.shape[1]
+    rho = np.full((d, K), np.nan)
+    p = np.full((d, K), np.nan)
+    for k, col in enumerate(factors.columns):
+        v = factors[col].to_numpy(dtype=float)
+        for j in range(d):
+            s = spearman(Z[:, j], v)
+            if s.defined:
+                rho[j, k], p[j, k] = s.rho, s.pvalue
+    return rho, p
