@@ -790,7 +790,7 @@ def interpret_model(model, images, *, labels=None, file_column: str = "file", fa
                     n: int | None = 500, stride: int = 50, crop=None, crop_bottom: int = 0,
                     seed: int = 0, top_k: int = 5, n_traversal_dims: int = 6,
                     traversal_values=None, out_dir=None, n_bins: int = 20,
-                    min_diameter_px: float = 3.0, log=None) -> InterpretReport:
+                    min_diameter_px: float = 3.0, log=None, scale=None) -> InterpretReport:
     """Correlate every latent dimension with known or measured factors.
 
     Parameters
@@ -816,11 +816,16 @@ def interpret_model(model, images, *, labels=None, file_column: str = "file", fa
     InterpretReport
     """
     from .io import load_patches
+    from .scale import ScaleOptions, model_scale
 
     log = log or (lambda s: None)
+    if scale is None:  # the scale a model folder was trained at (matrep.scale)
+        scale = ScaleOptions(model_scale=model_scale(model) if isinstance(model, (str, Path))
+                             else None)
     name, model = _resolve_model(model)
     P = _patch_size(model)
-    ps = load_patches(images, patch=P, stride=stride, crop=crop, crop_bottom=crop_bottom)
+    ps = load_patches(images, patch=P, stride=stride, crop=crop, crop_bottom=crop_bottom,
+                      scale=scale)
     if n is not None and len(ps) > n:
         ps = ps.subset(np.sort(np.random.default_rng(seed).choice(len(ps), int(n), replace=False)))
     log(f"encoding {len(ps)} patches")

@@ -84,6 +84,7 @@ def evaluate_cmd(models, images, other_images, n, stride, crop, crop_bottom, met
 @click.option("-n", "--n", "n", default=500, type=click.IntRange(1),
               help="Random subset of patches to encode.")
 @window_options
+@scale_options
 @click.option("--top-k", default=5, type=click.IntRange(1), help="Dimensions listed per factor.")
 @click.option("--traversal-dims", default=6, type=click.IntRange(0),
               help="Dimensions in the traversal figure (0: no figure).")
@@ -93,7 +94,7 @@ def evaluate_cmd(models, images, other_images, n, stride, crop, crop_bottom, met
 @quiet_option
 @handle_errors
 def interpret_cmd(model, images, labels, file_column, factors, n, stride, crop, crop_bottom,
-                  top_k, traversal_dims, seed, out, quiet):
+                  top_k, traversal_dims, seed, out, quiet, scale):
     """Correlate every latent dimension with known factors or measured descriptors.
 
     Spearman correlation of each latent dimension with each factor (label columns, or graphite
@@ -107,7 +108,9 @@ def interpret_cmd(model, images, labels, file_column, factors, n, stride, crop, 
                           factors=[f.strip() for f in factors.split(",")] if factors else None,
                           n=n, stride=stride, crop=parse_crop(crop), crop_bottom=crop_bottom,
                           seed=seed, top_k=top_k, n_traversal_dims=traversal_dims,
-                          out_dir=Path(out), log=_log(quiet))
+                          out_dir=Path(out), log=_log(quiet),
+                          scale=to_options(scale, labels=labels, file_column=file_column,
+                                           models=[model], quiet=quiet))
     click.echo(rep.to_markdown())
     click.echo(f"wrote {out}/interpret.json, interpret.md, interpret_spearman.csv"
                + (", traversal.png" if rep.figures else ""))
