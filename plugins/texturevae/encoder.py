@@ -533,9 +533,17 @@ class TextureVAEEncoder(BaseEncoder):
     # persistence (safetensors + JSON, never pickle)
     # ---------------------------------------------------------------------------------
     def provenance(self) -> dict:
+        """Base provenance plus the frozen VGG19's weights once fitted.
+
+        ``weights`` holds the weights' full record (name, sha256, source, preprocessing) under
+        the key ``vgg19`` uses, so the feature store writes ``weights_name`` and
+        ``weights_sha256`` for texturevae features too; ``backbone`` summarises it with the
+        encoder taps.
+        """
         prov = super().provenance()
         info = getattr(self, "weights_info_", None)
         if info is not None:
+            prov["weights"] = dict(info)
             prov["backbone"] = {"name": "vgg19", "weights": info.get("name"),
                                 "sha256": info.get("sha256"),
                                 "preprocessing": info.get("preprocessing"),
