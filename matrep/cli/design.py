@@ -73,6 +73,10 @@ def _threshold(value):
               help="Relative error that scales the search objective.")
 @click.option("--quantile", default=0.99, type=click.FloatRange(0, 1, min_open=True, max_open=True),
               help="Prior mass of the ball the search stays in (chi-squared quantile).")
+@click.option("--distinct/--no-distinct", default=True,
+              help="Pick designs pairwise apart by VGG19 style distance (at least the median "
+                   "distance between two patches of one micrograph); --no-distinct skips the "
+                   "style distances.")
 @click.option("--threshold", default="otsu",
               help="Segmentation of designed images: 'otsu' (per image) or a grey level.")
 @click.option("--masks", default=None, type=click.Path(exists=True, file_okay=False),
@@ -95,7 +99,7 @@ def _threshold(value):
 @quiet_option
 @handle_errors
 def design_cmd(model, images, labels, targets, n, out, budget, batch, size, material, physics,
-               baseline, allow_extrapolation, tolerance, quantile, threshold, masks, file_column,
+               baseline, allow_extrapolation, tolerance, quantile, distinct, threshold, masks, file_column,
                stride, crop, crop_bottom, max_patches, study, jobs, seed, quiet):
     """Design microstructures with target properties, verified by physics.
 
@@ -123,7 +127,8 @@ def design_cmd(model, images, labels, targets, n, out, budget, batch, size, mate
     tg = _parse_targets(targets, study)
     settings = DesignSettings(n=n, budget=budget, batch=batch, tolerance=tolerance,
                               quantile=quantile, threshold=_threshold(threshold), size=size,
-                              allow_extrapolation=allow_extrapolation, seed=seed)
+                              allow_extrapolation=allow_extrapolation, distinct=distinct,
+                              seed=seed)
     imgs = images[0] if len(images) == 1 else list(images)
     kw = dict(material=material, physics=physics, settings=settings, masks=masks,
               file_column=file_column, stride=stride, crop=parse_crop(crop),

@@ -387,7 +387,7 @@ def make_designer(model, images, labels, properties, *, material="castiron", phy
                               crop_bottom=crop_bottom, max_patches=max_patches,
                               seed=settings.seed, n_jobs=n_jobs, log=log, progress=progress)
     style = None
-    if style_weights is not False:
+    if style_weights is not False and settings.distinct:
         w = style_weights or getattr(model, "weights", None)
         style = StyleDistance(weights=w if isinstance(w, str) else "auto")
     return Designer(model, data, properties, solver=solver, settings=settings, style=style,

@@ -132,6 +132,9 @@ def propose(surrogates, targets, scales, *, pool, radius: float, n: int, n_start
     radius : float — the prior ball (:func:`prior_radius`)
     n : int — latents wanted
     exclude : array of shape (k, d), optional — latents already checked (kept at a distance)
+    min_distance : float — wanted distance between candidates and from ``exclude``; halved
+        (up to five times) when fewer than ``n`` candidates are that far apart; if still too
+        few, random steps of ``min_distance / 2`` around the best ones fill the batch
     rng : numpy Generator
 
     Returns
@@ -151,8 +154,16 @@ def propose(surrogates, targets, scales, *, pool, radius: float, n: int, n_start
     starts = np.concatenate(starts)
     Z = optimise(surrogates, targets, scales, starts, radius, maxiter=maxiter)
     s = score(surrogates, targets, scales, Z)
-    pick = select_diverse(Z, s, n, min_distance, exclude=exclude)
-    if len(pick) < n:  # relax the distance to previous checks before giving fewer
-        more = [i for i in select_diverse(Z, s, n, min_distance / 4, exclude=exclude) if i not in pick]
-        pick = np.concatenate([pick, np.array(more[: n - len(pick)], dtype=np.int64)])
-    return Z[pick], s[pick]
+    Zall, sall = Z, s
+    for dist in min_distance / 2.0 ** np.arange(6):  # relax the distance before giving fewer
+        pick = select_diverse(Z, s, n, dist, exclude=exclude)
+        if len(pick) >= n:
+            break
+    Z, s = Z[pick], s[pick]
+    if len(Z) < n:  # the minima are all taken: explore around the best of them
+        best = Z if len(Z) else Zall[np.argsort(sall)[:1]]
+        J = project_to_ball(best[rng.integers(len(best), size=n - len(Z))]
+                            + 0.5 * min_distance * rng.standard_normal((n - len(Z), d)), radius)
+        Z = np.concatenate([Z, J])
+        s = np.concatenate([s, score(surrogates, targets, scales, J)])
+    return Z, s

@@ -1,0 +1,295 @@
+"""matrep.design: surrogate, search, physics check, the loop, bad requests (tiny fakes, fast).
+
+The fake generative model draws 2 x 2 dark ellipses per 32^2 patch: z0 sets their size (so the
+graphite fraction and Young's modulus), z1 their aspect ratio, z2 and z3 nothing. Its encoder
+measures the ellipses back, so latents and images correspond as in a trained VAE, and the
+physics of a decoded latent is known to be a smooth function of z0 and z1.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from matrep.design import DesignError, DesignSettings, design, make_designer, write_design
+from matrep.design import physics as ph
+from matrep.design.search import (optimise, prior_radius, project_to_ball, propose,
+                                  select_diverse)
+from matrep.design.surrogate import CorrectedSurrogate, LatentGP
+from matrep.errors import LabelsError
+
+P = 32
+
+
+def _sig(x):
+    return 1 / (1 + np.exp(-x))
+
+
+class FakeModel:
+    """Decodes (z0, z1) into ellipses and measures them back; z2, z3 unused."""
+
+    name = "fake"
+    can_decode = True
+    latent_dim = 4
+    patch_size_ = P
+
+    def decode(self, Z):
+        Z = np.atleast_2d(np.asarray(Z, dtype=np.float64))
+        yy, xx = np.mgrid[0:16, 0:16] + 0.5
+        out = []
+        for z in Z:
+            rx = 2.5 + 2.5 * _sig(z[0])
+            ry = rx * np.exp(0.4 * np.tanh(z[1]))
+            d = np.sqrt(((xx - 8) / rx) ** 2 + ((yy - 8) / ry) ** 2)
+            cell = 0.75 - 0.6 * np.clip((1 - d) * min(rx, ry) + 0.5, 0, 1)
+            out.append(np.tile(cell, (2, 2)))
+        return np.array(out, dtype=np.float32)
+
+    def transform(self, X):
+        out = []
+        for x in np.asarray(X):
+            dark = x[:16, :16] < 0.45
+            w = max(dark.any(0).sum(), 1) / 2
+            h = max(dark.any(1).sum(), 1) / 2
+            z0 = np.log(np.clip((w - 2.5) / 2.5, 1e-3, 1 - 1e-3)
+                        / (1 - np.clip((w - 2.5) / 2.5, 1e-3, 1 - 1e-3)))
+            z1 = np.arctanh(np.clip(np.log(h / w) / 0.4, -0.999, 0.999))
+            out.append([z0, z1, 0.0, 0.0])
+        return np.array(out, dtype=np.float32)
+
+
+@pytest.fixture(scope="module")
+def fake_data(tmp_path_factory):
+    """12 micrographs of 64^2 (2 x 2 fake patches each) with masks and labels."""
+    root = tmp_path_factory.mktemp("fakeci")
+    (root / "images").mkdir()
+    (root / "masks").mkdir()
+    m = FakeModel()
+    rng = np.random.default_rng(0)
+    rows = ["file,mask_file,youngs_modulus_gpa,poisson_ratio,hardness"]
+    for i in range(12):
+        tiles = m.decode(np.c_[rng.normal(0, 1.2, (4, 2)), np.zeros((4, 2))])
+        img = np.block([[tiles[0], tiles[1]], [tiles[2], tiles[3]]])
+        name = f"m{i:02d}.png"
+        Image.fromarray((img * 255).astype(np.uint8)).save(root / "images" / name)
+        Image.fromarray(((img < 0.45) * 255).astype(np.uint8)).save(root / "masks" / name)
+        rows.append(f"{name},{name},150,0.27,{200 + i}")
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def designer(fake_data):
+    return make_designer(FakeModel(), fake_data / "images", fake_data / "labels.csv",
+                         ["youngs_modulus_gpa"], stride=32, style_weights=False,
+                         settings=DesignSettings(n=3, budget=9, batch=3, size=64, seed=0))
+
+
+# ----------------------------------------------------------------------------- surrogate
+def test_gp_fits_a_smooth_function_and_is_unsure_away_from_data():
+    rng = np.random.default_rng(0)
+    X = rng.uniform(-2, 2, (120, 2))
+    f = lambda X: np.sin(X[:, 0]) + 0.5 * X[:, 1]  # noqa: E731
+    gp = LatentGP(seed=0).fit(X, f(X))
+    Xt = rng.uniform(-1.5, 1.5, (50, 2))
+    m, s = gp.predict(Xt, return_std=True)
+    r2 = 1 - np.sum((m - f(Xt)) ** 2) / np.sum((f(Xt) - f(Xt).mean()) ** 2)
+    assert r2 > 0.98
+    _, s_far = gp.predict(np.array([[8.0, 8.0]]), return_std=True)
+    assert s_far[0] > 5 * np.median(s)
+
+
+def test_gp_gradients_match_finite_differences():
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(40, 3))
+    gp = LatentGP(seed=0).fit(X, X[:, 0] ** 2 - X[:, 1] + 0.3 * X[:, 2])
+    z = np.array([3.5, -3.0, 3.0])          # off the data, where the variance varies
+    m, v, gm, gv = gp.predict_grad(z)
+    assert v > 1e-3
+    assert m == pytest.approx(gp.predict(z[None])[0])
+    eps = 1e-5
+    for j in range(3):
+        e = np.zeros(3)
+        e[j] = eps
+        mp, vp, _, _ = gp.predict_grad(z + e)
+        mm, vm, _, _ = gp.predict_grad(z - e)
+        assert gm[j] == pytest.approx((mp - mm) / (2 * eps), rel=1e-4, abs=1e-7)
+        assert gv[j] == pytest.approx((vp - vm) / (2 * eps), rel=1e-2, abs=1e-7)
+
+
+def test_corrected_surrogate_learns_an_offset():
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(60, 2))
+    base = LatentGP(seed=0).fit(X, X[:, 0])
+    s = CorrectedSurrogate(base)
+    Zc = rng.normal(size=(10, 2))
+    s.add(Zc, base.predict(Zc) + 3.0)           # physics is 3 above the base everywhere
+    Zt = rng.normal(size=(5, 2)) * 0.5
+    assert s.predict(Zt) - base.predict(Zt) == pytest.approx(np.full(5, 3.0), abs=0.3)
+
+
+# ----------------------------------------------------------------------------- search
+def test_prior_ball_and_projection():
+    assert prior_radius(1, 0.95) == pytest.approx(1.959964, rel=1e-5)
+    assert prior_radius(10, 0.99) ** 2 == pytest.approx(23.209, rel=1e-3)
+    Z = project_to_ball(np.array([[3.0, 4.0], [0.3, 0.4]]), 1.0)
+    assert np.linalg.norm(Z, axis=1) == pytest.approx([1.0, 0.5])
+
+
+def test_search_reaches_the_target_inside_the_ball():
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(80, 3))
+    gp = LatentGP(seed=0).fit(X, 2 * X[:, 0] + X[:, 1])
+    sur, tg, sc = {"y": gp}, {"y": 1.5}, {"y": 0.05}
+    r = prior_radius(3, 0.99)
+    Z = optimise(sur, tg, sc, rng.normal(size=(4, 3)), r)
+    assert np.all(np.linalg.norm(Z, axis=1) <= r + 1e-9)
+    assert np.abs(gp.predict(Z) - 1.5) == pytest.approx(np.zeros(4), abs=0.1)
+    Zp, _ = propose(sur, tg, sc, pool=X, radius=r, n=3, min_distance=0.8, rng=rng)
+    assert len(Zp) == 3
+    d = np.linalg.norm(Zp[:, None] - Zp[None], axis=-1)[np.triu_indices(3, 1)]
+    assert d.min() >= 0.8 - 1e-9                          # one-to-many: apart from each other
+    assert np.abs(gp.predict(Zp) - 1.5).max() < 0.3
+
+
+def test_select_diverse_keeps_distance_and_order():
+    Z = np.array([[0.0], [0.1], [2.0], [2.05], [5.0]])
+    idx = select_diverse(Z, np.array([0, 1, 2, 3, 4.0]), 3, 1.0)
+    assert idx.tolist() == [0, 2, 4]
+    assert select_diverse(Z, np.arange(5.0), 3, 1.0, exclude=[[0.0]]).tolist() == [2, 4]
+
+
+# ----------------------------------------------------------------------------- physics
+def test_segment_and_castiron_solver():
+    img = np.full((16, 16), 0.8, np.float32)
+    img[4:8, 4:8] = 0.1
+    mask = ph.segment(img)
+    assert mask.sum() == 16 and mask[5, 5]
+    assert not ph.segment(np.full((8, 8), 0.5)).any()            # constant: no phase 1
+    s = ph.get_solver("castiron")
+    r0 = ph.solve_mask(s, np.zeros((16, 16), bool))
+    assert r0.values["youngs_modulus_gpa"] == pytest.approx(210.0)
+    r1 = ph.solve_mask(s, mask)
+    assert 150 < r1.values["youngs_modulus_gpa"] < 210 and r1.converged
+    res, masks = ph.check_designs(img[None], s)
+    assert res[0].values == pytest.approx(r1.values) and masks[0].sum() == 16
+
+
+def test_solver_registry(monkeypatch):
+    monkeypatch.setattr(ph, "_REGISTERED", dict(ph._REGISTERED))
+    with pytest.raises(DesignError, match="no physics solver registered for material 'steel'"):
+        ph.get_solver("steel")
+    steel = ph.Solver("steel", ("hardness",), lambda m: {"values": {"hardness": float(m.mean())},
+                                                         "residual": 0.0})
+    ph.register_solver(steel)
+    assert ph.get_solver("steel") is steel
+    with pytest.raises(DesignError, match="already registered"):
+        ph.register_solver(ph.Solver("steel", ("x",), steel.solve))
+    with pytest.raises(DesignError, match="no physics solver for 'poisson_ratio'"):
+        steel.check(["poisson_ratio"])
+
+
+# ----------------------------------------------------------------------------- the loop
+def test_training_data_are_patch_level_from_masks(designer):
+    d = designer.data
+    assert "mask_file" in d.sources["youngs_modulus_gpa"]
+    v = d.values["youngs_modulus_gpa"]
+    assert len(v) == 48 and v.std() > 5                         # not the micrograph label (150)
+    assert designer.active.tolist() == [0, 1]                   # z2, z3 unused by the encoder
+
+
+def test_design_meets_target_by_physics_and_beats_random(designer):
+    lo, hi = designer.data.range("youngs_modulus_gpa")
+    t = lo + 0.3 * (hi - lo)
+    r = designer.design({"youngs_modulus_gpa": t})
+    assert r.solver_calls == 9 and len(r.designs) == 3
+    err = np.abs(r.design_errors("youngs_modulus_gpa"))
+    assert np.median(err) < 0.03
+    for c in r.designs:                                        # predicted with uncertainty
+        m, s = c.predicted["youngs_modulus_gpa"]
+        assert np.isfinite(m) and s > 0 and c.physics.residual < 1e-4
+    assert r.large and r.large[0]["image"].shape == (64, 64)
+    assert r.large[0]["physics"].values["youngs_modulus_gpa"] > 0
+    b = designer.baseline({"youngs_modulus_gpa": t})
+    assert b.solver_calls == 9
+    assert np.median(err) <= np.median(np.abs(b.design_errors("youngs_modulus_gpa")))
+
+
+def test_report_files(designer, tmp_path, fake_data):
+    res = design(FakeModel(), fake_data / "images", fake_data / "labels.csv",
+                 {"youngs_modulus_gpa": float(np.median(designer.data.values["youngs_modulus_gpa"]))},
+                 designer=designer)
+    paths = write_design(res, tmp_path / "out")
+    js = json.loads(paths["json"].read_text())
+    d0 = js["targets"][0]["designs"][0]
+    assert len(d0["latent"]) == 4 and {"mean", "std"} <= set(d0["predicted"]["youngs_modulus_gpa"])
+    assert "solver_residual" in d0 and "physics" in d0 and "large" in d0
+    assert js["budget"]["designed"] == 9 and js["budget"]["baseline"] == 9
+    assert (tmp_path / "out" / "designs.png").stat().st_size > 0
+    assert (tmp_path / "out" / "target_vs_achieved_youngs_modulus_gpa.png").is_file()
+    assert not list((tmp_path / "out").glob(".tmp-*"))
+
+
+# ----------------------------------------------------------------------------- bad requests
+def test_target_outside_range_is_refused_or_flagged(designer):
+    lo, hi = designer.data.range("youngs_modulus_gpa")
+    with pytest.raises(DesignError, match="outside the data's patch-level range"):
+        designer.design({"youngs_modulus_gpa": hi + 20})
+    designer.settings.allow_extrapolation = True
+    try:
+        assert designer.check_targets({"youngs_modulus_gpa": hi + 20}) == {"youngs_modulus_gpa": True}
+    finally:
+        designer.settings.allow_extrapolation = False
+
+
+def test_unknown_column_and_missing_solver(fake_data):
+    args = (FakeModel(), fake_data / "images", fake_data / "labels.csv")
+    with pytest.raises(LabelsError, match="no column 'strength'.*columns are: file, mask_file"):
+        make_designer(*args, ["strength"], stride=32, style_weights=False)
+    with pytest.raises(DesignError, match="no physics solver for 'hardness' of material 'castiron'"):
+        make_designer(*args, ["hardness"], physics=True, stride=32, style_weights=False)
+    d = make_designer(*args, ["hardness"], stride=32, style_weights=False,
+                      settings=DesignSettings(n=2, size=0))        # default: predictions only
+    assert d.solver is None and "micrograph label" in d.data.sources["hardness"]
+    r = d.design({"hardness": 205.0})
+    assert len(r.designs) == 2 and r.designs[0].physics is None and r.solver_calls == 0
+
+
+@pytest.fixture
+def cli(monkeypatch, fake_data, tmp_path):
+    import matrep.registry
+
+    monkeypatch.setattr(matrep.registry, "load_model", lambda path: FakeModel())
+    from matrep.cli import main
+
+    def run(*extra):
+        args = ["design", "--model", str(tmp_path), "--images", str(fake_data / "images"),
+                "--labels", str(fake_data / "labels.csv"), "--stride", "32", "--size", "0",
+                "--out", str(tmp_path / "o"), "-q", "--no-distinct", *extra]
+        return CliRunner().invoke(main, args)
+    return run
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--target", "youngs_modulus_gpa=5000"], "outside the data's patch-level range"),
+    (["--target", "strength=3"], "no column 'strength'"),
+    (["--target", "hardness=205", "--physics"], "no physics solver for 'hardness'"),
+    (["--target", "youngs_modulus_gpa"], "expected COLUMN=VALUE"),
+])
+def test_cli_bad_requests_one_line_exit_1(cli, extra, message):
+    r = cli(*extra)
+    assert r.exit_code != 0, r.output
+    assert message in r.output
+    assert "Traceback" not in r.output
+
+
+def test_cli_designs(cli, tmp_path):
+    r = cli("--target", "youngs_modulus_gpa=150", "-n", "2", "--budget", "4", "--batch", "2",
+            "--no-baseline", "--no-distinct")
+    assert r.exit_code == 0, r.output
+    js = json.loads((tmp_path / "o" / "designs.json").read_text())
+    assert len(js["targets"][0]["designs"]) == 2 and js["baseline"] == []
