@@ -3,11 +3,13 @@
 :func:`write_report` writes, into the study's folder, every file atomically (a reader sees the
 previous complete file or the new one):
 
-* ``report.md`` — the data, the encoders' provenance and versions, Table 2 (random 80/20
-  splits, mean ± std over seeds) and Table 3 (grouped splits, held-out patches pooled), a
-  per-group table of predictions, and links to the figures;
-* ``report.json`` — the same in machine-readable form, with per-split metrics and the
-  hyperparameters the inner cross-validation chose;
+* ``report.md`` — the verdict (when a method has controls), the data, the encoders'
+  provenance and versions, the controls and the baseline, Table 2 (random 80/20 splits,
+  mean ± std over seeds) and Table 3 (grouped splits, held-out patches pooled), each with
+  a baseline row, a per-group table of predictions, and links to the figures;
+* ``report.json`` — the same in machine-readable form (``baseline``, ``verdict``,
+  ``mixed_groups``), with per-split metrics and the hyperparameters the inner
+  cross-validation chose;
 * ``predictions.csv`` — every test prediction: method, regressor, split, patch (file,
   micrograph, group, corner), true and predicted value;
 * ``figures/parity_<method>.png`` — predicted against true per regressor and split kind
@@ -30,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_path, atomic_write_text
-from .study import METRIC_NAMES, model_label
+from .study import METRIC_NAMES, describe_mixed, model_label, pooled_records
 
 #: Most groups drawn in one per-group figure (the rest are in predictions.csv).
 MAX_GROUP_PANELS = 48
@@ -97,6 +99,10 @@ def format_summary(result) -> str:
         out.append("  ".join(h.ljust(w) for h, w in zip(head, widths)))
         out += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)) for r in rows]
         out.append("")
+    if result.verdict:
+        import textwrap
+
+        out.append(textwrap.fill("verdict: " + result.verdict["text"], width=100))
     return "\n".join(out).rstrip()
 
 
@@ -142,7 +148,9 @@ def _json_report(result) -> dict:
     return {"created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "versions": _versions(), "data": result.data.describe(),
             "notes": result.data.notes, "settings": result.settings,
-            "methods": result.methods, "summary": result.summary, "splits": recs}
+            "methods": result.methods, "baseline": result.baseline,
+            "verdict": result.verdict, "mixed_groups": result.data.mixed_groups,
+            "summary": result.summary, "splits": recs}
 
 
 def _save_fig(fig, path: Path) -> None:
@@ -213,9 +221,9 @@ def groups_figure(result, method: str, reg: str, path: Path) -> Path | None:
         return None
     rs = [r for r in result.records if r["method"] == method and r["regressor"] == reg
           and r["kind"] == "grouped"]
-    yt = np.concatenate([np.asarray(r["true"]) for r in rs])
-    yp = np.concatenate([np.asarray(r["pred"]) for r in rs])
-    gr = np.concatenate([np.asarray(r["groups"]) for r in rs]).astype(str)
+    # a group of mixed classes votes per micrograph: its panels are "group / micrograph"
+    yt, yp, gr = pooled_records(rs, result.data.patchset.micrograph_ids,
+                                result.data.mixed_groups)
     groups = [g["group"] for g in row["groups"]][:MAX_GROUP_PANELS]
     n = len(groups)
     cols = min(6, n)
@@ -327,8 +335,12 @@ def _markdown(result, rep, figs, group_figs, out: Path) -> str:
     s = result.settings
     L = [f"# Structure-property study: {d['target']}", "",
          f"Created {rep['created']} by matrep {rep['versions']['matrep']}. Every prediction is "
-         "in `predictions.csv`; the numbers below are also in `report.json`.", "",
-         "## Data", ""]
+         "in `predictions.csv`; the numbers below are also in `report.json`.", ""]
+    if result.verdict:
+        L += ["## Verdict", "", result.verdict["text"], "",
+              "Same patches, same splits and the same models for every row; the controls and "
+              "the baseline are described under Encoders.", ""]
+    L += ["## Data", ""]
     L.append(f"- Images: {d['images']} micrographs from `{d['image_folder']}`, labels from "
              f"`{d['labels']}`.")
     L.append(f"- Patches: {d['patches']} of {d['patch']}x{d['patch']} pixels, stride "
@@ -372,11 +384,17 @@ def _markdown(result, rep, figs, group_figs, out: Path) -> str:
         if m["spec"].get("model"):
             line += (f" Model: `{m['spec']['model']}` — trained outside the study; if its training "
                      "patches include test micrographs the grouped results are optimistic.")
+        if m.get("role") == "control" and m.get("note"):
+            line += f" {m['note'][0].upper()}{m['note'][1:]}."
         L.append(line)
+    b = result.baseline
+    if b:
+        L.append(f"- **{b['method']}** ({b['label']}): {b['description']}.")
+    for note in s.get("control_notes", []):
+        L.append(f"- Note: {note}.")
     L.append("")
     L.append("Versions: " + ", ".join(f"{k} {v}" for k, v in rep["versions"].items()) + ".")
 
-    names = METRIC_NAMES[task]
     regs = ", ".join(model_label(r) for r in result.regressors)
     L += ["", "## Models and splits", "",
           f"Models: {regs}. `linear` = StandardScaler + "
@@ -414,7 +432,15 @@ def _markdown(result, rep, figs, group_figs, out: Path) -> str:
               ("Mean ± standard deviation of the patch predictions of each held-out group."
                if task == "regression" else
                "Majority prediction of each held-out group's patches and the share predicted "
-               "right."), "", _group_table(result), ""]
+               "right."), ""]
+        mixed = result.data.mixed_groups
+        if mixed:
+            L += [f"{len(mixed)} group(s) hold micrographs of different classes: "
+                  f"{describe_mixed(mixed)}. Each of their micrographs votes on its own (rows "
+                  "`group / micrograph`, scored against that micrograph's class), instead of "
+                  "voting against the group's majority class; the group-vote accuracy counts "
+                  "these micrographs as units.", ""]
+        L += [_group_table(result), ""]
     L += ["## Figures", ""]
     for title, p in figs:
         L += [f"### {title}", "", f"![{title}]({p.relative_to(out).as_posix()})", ""]

@@ -25,6 +25,22 @@ user's responsibility and is recorded as such in the report). Hyperparameters ar
 inner cross-validation on the training part: ``GroupKFold`` on the training groups for
 grouped splits, ``KFold`` (``StratifiedKFold`` for classes) for random splits.
 
+Baseline, controls, verdict
+---------------------------
+Every study also scores a **baseline** once per split, whatever the encoders: the mean of the
+training part's targets (regression) or its most frequent class (classification), predicted
+for every test patch and scored with the same metrics. A texture-VAE given as a fitted model
+(``--model texturevae=PATH``) gets two **controls**, on the same patches and splits (see
+:func:`texturevae_controls`): the same configuration with an untrained head, and ``vgg19`` on
+the encoder's own input statistics. :func:`verdict` says whether the trained model beats both
+controls and the baseline.
+
+Groups of mixed classes
+-----------------------
+In classification, a group whose micrographs carry different classes is named in the notes,
+and its vote is scored per micrograph (each micrograph's majority prediction against its own
+class) instead of against the group's majority class (:func:`mixed_class_groups`).
+
 Resuming
 --------
 Each (method, split, regressor) result is written atomically to
@@ -65,6 +81,12 @@ SVR_GRID = {"C": [1.0, 10.0, 100.0], "gamma_scale": [0.1, 1.0, 10.0], "epsilon":
 SVC_GRID = {"C": [1.0, 10.0, 100.0], "gamma_scale": [0.1, 1.0, 10.0]}
 
 STUDY_DIR = ".study"
+#: The baseline row: its method name and its "model" per task.
+BASELINE_METHOD = "baseline"
+BASELINE_MODELS = {"regression": "mean", "classification": "majority"}
+BASELINE_LABELS = {"mean": "training mean", "majority": "training majority class"}
+#: The metric the verdict compares (higher is better).
+PRIMARY_METRIC = {"regression": "r2", "classification": "accuracy"}
 
 
 class StudyWarning(UserWarning):
@@ -83,14 +105,37 @@ class MethodSpec:
     name : registered encoder name (``matrep encoders``)
     params : encoder parameters (``--param NAME.KEY=VALUE``)
     model : path of a saved fitted model (``--model NAME=PATH``), or None
+    label : the row's name in the report (default ``name``); controls use e.g.
+        ``"texturevae (untrained head)"``
+    role : ``"method"`` (named by the user) or ``"control"`` (added by the study)
+    control_of : label of the method a control stands beside, or None
+    fit_all : fit once on all the study's patches (without labels) instead of inside each
+        split: a control's feature standardisation, set on the same patches the given model
+        is applied to
+    note : how a control was made (for the report)
     """
 
     name: str
     params: dict = field(default_factory=dict)
     model: str | None = None
+    label: str | None = None
+    role: str = "method"
+    control_of: str | None = None
+    fit_all: bool = False
+    note: str = ""
+
+    @property
+    def key(self) -> str:
+        """The row's name: ``label``, or the encoder name."""
+        return self.label or self.name
 
     def describe(self) -> dict:
-        return {"name": self.name, "params": self.params, "model": self.model}
+        d = {"name": self.name, "params": self.params, "model": self.model}
+        if self.key != self.name:
+            d["label"] = self.key
+        if self.fit_all:
+            d["fit_all"] = True
+        return d
 
 
 @dataclass
@@ -276,6 +321,14 @@ class StudyData:
     def classes(self) -> list:
         return sorted(set(self.y.tolist())) if self.task == "classification" else []
 
+    @property
+    def mixed_groups(self) -> dict:
+        """Groups whose micrographs carry different classes (see :func:`mixed_class_groups`);
+        empty for regression and when each micrograph is its own group."""
+        if self.task != "classification" or self.group_column is None:
+            return {}
+        return mixed_class_groups(self.y, self.groups, self.patchset.micrograph_ids)
+
     def digest(self) -> str:
         from .store import images_digest
 
@@ -449,11 +502,72 @@ def prepare_data(images, labels, target: str, *, group: str | None = None,
     if len(u) < 2:
         raise LabelsError(f"{src}: group column {group or 'micrograph'!r} has a single group "
                           f"({u[0]!r}); a grouped split needs at least 2")
+    if task == "classification" and group is not None:
+        mixed = mixed_class_groups(y, groups, ps.micrograph_ids)
+        if mixed:
+            _warn(notes, f"group column {group!r}: {len(mixed)} group(s) hold micrographs of "
+                         f"different classes of {target!r}: {describe_mixed(mixed)}; their "
+                         "held-out vote is scored per micrograph, not against the group's "
+                         "majority class", warn)
     if task == "regression" and np.any(y == 0):
         _warn(notes, f"target column {target!r} has zeros: MAPE is undefined for them "
                      "(reported as computed by scikit-learn, which divides by a tiny epsilon)",
               warn)
     return StudyData(ps, y, groups, target, group, task, str(src), notes)
+
+
+def mixed_class_groups(y, groups, micrographs) -> dict:
+    """Groups whose micrographs carry different classes.
+
+    Parameters
+    ----------
+    y, groups, micrographs : arrays of shape (n,) — class, group and micrograph of each patch
+
+    Returns
+    -------
+    dict group -> {class: sorted list of its micrographs}, only for groups with two or more
+    classes, in natural group order.
+
+    >>> mixed_class_groups(["a", "a", "b", "a"], ["s0", "s0", "s0", "s1"], ["m0", "m0", "m1", "m2"])
+    {'s0': {'a': ['m0'], 'b': ['m1']}}
+    """
+    y = np.asarray(y).astype(str)
+    groups = np.asarray(groups).astype(str)
+    micrographs = np.asarray(micrographs).astype(str)
+    out = {}
+    for g in sorted(set(groups.tolist()), key=natural_key):
+        m = groups == g
+        if len(set(y[m].tolist())) < 2:
+            continue
+        per: dict = {}
+        for c, mg in zip(y[m].tolist(), micrographs[m].tolist()):
+            per.setdefault(c, set()).add(mg)
+        out[g] = {c: sorted(v, key=natural_key) for c, v in sorted(per.items())}
+    return out
+
+
+def describe_mixed(mixed: dict, k: int = 5) -> str:
+    """One line naming mixed-class groups and their micrographs per class."""
+    parts = []
+    for g, per in list(mixed.items())[:k]:
+        parts.append(f"{g} (" + "; ".join(f"{c}: {_first(ms, 3)}" for c, ms in per.items()) + ")")
+    more = f" ... ({len(mixed)} in all)" if len(mixed) > k else ""
+    return ", ".join(parts) + more
+
+
+def vote_units(groups, micrographs=None, mixed=None) -> np.ndarray:
+    """The unit each held-out patch votes in: its group, or ``"group / micrograph"`` when
+    its group is in ``mixed`` (a group whose micrographs carry different classes).
+
+    >>> vote_units(["s0", "s0", "s1"], ["m0", "m1", "m2"], {"s0": {}}).tolist()
+    ['s0 / m0', 's0 / m1', 's1']
+    """
+    groups = np.asarray(groups).astype(str)
+    if not mixed or micrographs is None:
+        return groups
+    micrographs = np.asarray(micrographs).astype(str)
+    return np.array([f"{g} / {m}" if g in mixed else g
+                     for g, m in zip(groups.tolist(), micrographs.tolist())])
 
 
 def _group_str(v) -> str:
@@ -491,7 +605,10 @@ def parse_model_spec(spec: str) -> tuple[str, dict]:
 
 
 def model_label(spec: str) -> str:
-    """Short name of a model spec for tables: ``linear``, ``svr``, ``RandomForestRegressor``."""
+    """Short name of a model spec for tables: ``linear``, ``svr``, ``RandomForestRegressor``
+    (the baseline's ``mean`` and ``majority``: what it predicts)."""
+    if spec in BASELINE_LABELS:
+        return BASELINE_LABELS[spec]
     name, params = parse_model_spec(spec)
     base = name.rsplit(".", 1)[-1]
     return base + ("(" + ",".join(f"{k}={v}" for k, v in params.items()) + ")" if params else "")
@@ -651,6 +768,27 @@ def _plain(v):
     return v.item() if isinstance(v, np.generic) else v
 
 
+def baseline_predict(task: str, y_train, n_test: int) -> np.ndarray:
+    """The baseline's prediction for ``n_test`` rows, from the training targets only.
+
+    Regression: the mean of ``y_train`` (scikit-learn's ``DummyRegressor(strategy="mean")``).
+    Classification: the most frequent class of ``y_train``, ties to the first in sorted order
+    (``DummyClassifier(strategy="most_frequent")``).
+
+    >>> baseline_predict("regression", [1.0, 2.0, 6.0], 2).tolist()
+    [3.0, 3.0]
+    >>> baseline_predict("classification", ["b", "a", "b", "a"], 1).tolist()
+    ['a']
+    """
+    y_train = np.asarray(y_train)
+    if len(y_train) == 0:
+        raise BadInputError(None, "the baseline needs at least one training row, got none")
+    if task == "regression":
+        return np.full(int(n_test), float(np.mean(y_train.astype(float))))
+    vals, counts = np.unique(y_train.astype(str), return_counts=True)
+    return np.full(int(n_test), vals[counts.argmax()], dtype=object).astype(str)
+
+
 # ---------------------------------------------------------------------------------------
 # metrics
 # ---------------------------------------------------------------------------------------
@@ -719,15 +857,43 @@ def group_summary(task: str, y_true, y_pred, groups) -> list[dict]:
     return out
 
 
-def aggregate(task: str, records: list[dict]) -> list[dict]:
+def pooled_records(records: list[dict], micrographs=None, mixed=None):
+    """True values, predictions and vote units of records pooled (grouped splits).
+
+    Parameters
+    ----------
+    records : study records (each with ``true``, ``pred``, ``groups``, ``test``)
+    micrographs : array of shape (n_patches,), the micrograph of every patch of the study
+    mixed : dict of mixed-class groups (:func:`mixed_class_groups`); their patches vote per
+        micrograph (:func:`vote_units`)
+
+    Returns
+    -------
+    y_true, y_pred, units : arrays of shape (n_pooled,)
+    """
+    yt = np.concatenate([np.asarray(r["true"]) for r in records])
+    yp = np.concatenate([np.asarray(r["pred"]) for r in records])
+    gr = np.concatenate([np.asarray(r["groups"]) for r in records]).astype(str)
+    mg = None
+    if mixed and micrographs is not None:
+        te = np.concatenate([np.asarray(r["test"], dtype=np.int64) for r in records])
+        mg = np.asarray(micrographs)[te]
+    return yt, yp, vote_units(gr, mg, mixed)
+
+
+def aggregate(task: str, records: list[dict], *, micrographs=None, mixed=None) -> list[dict]:
     """Summary rows per (method, regressor, split kind).
 
     Random splits: mean and standard deviation over seeds of each metric. Grouped splits:
     metrics of all held-out patches pooled (each patch predicted by the model that did not
     see its group), plus the MAPE of each group's mean prediction (regression) or the
-    accuracy of the per-group majority vote (classification).
+    accuracy of the per-group majority vote (classification). A group in ``mixed`` (its
+    micrographs carry different classes) votes per micrograph: each of its micrographs'
+    majority prediction against that micrograph's class (pass ``micrographs``, the
+    micrograph of every patch, with it).
     """
     names = METRIC_NAMES[task]
+    mixed = mixed if task == "classification" else None
     rows = []
     keys = list(dict.fromkeys((r["method"], r["regressor"], r["kind"]) for r in records))
     for method, reg, kind in keys:
@@ -740,16 +906,21 @@ def aggregate(task: str, records: list[dict]) -> list[dict]:
                 row[k] = float(np.mean(v))
                 row[k + "_std"] = float(np.std(v, ddof=1)) if len(v) > 1 else 0.0
         else:
-            yt = np.concatenate([np.asarray(r["true"]) for r in rs])
-            yp = np.concatenate([np.asarray(r["pred"]) for r in rs])
-            gr = np.concatenate([np.asarray(r["groups"]) for r in rs])
+            yt, yp, units = pooled_records(rs, micrographs, mixed)
             m = metrics(task, yt, yp)
             row.update({k: m[k] for k in names})
-            gs = group_summary(task, yt, yp, gr)
+            gs = group_summary(task, yt, yp, units)
             if task == "regression":
                 row["group_mean_mape"] = float(np.mean([g["mean_ape"] for g in gs]))
             else:
                 row["group_vote_accuracy"] = float(np.mean([g["majority"] == g["true"] for g in gs]))
+                if mixed:
+                    gr = np.concatenate([np.asarray(r["groups"]) for r in rs]).astype(str)
+                    of = dict(zip(units.tolist(), gr.tolist()))
+                    for g in gs:
+                        if of.get(g["group"], g["group"]) != g["group"]:
+                            g["mixed_group"] = of[g["group"]]
+                    row["mixed_groups"] = [g for g in mixed if g in set(gr.tolist())]
             row["groups"] = gs
         rows.append(row)
     return rows
@@ -760,20 +931,178 @@ def aggregate(task: str, records: list[dict]) -> list[dict]:
 # ---------------------------------------------------------------------------------------
 @dataclass
 class StudyResult:
-    """What :meth:`Study.run` returns (and :mod:`matrep.report` writes)."""
+    """What :meth:`Study.run` returns (and :mod:`matrep.report` writes).
+
+    ``records`` and ``summary`` hold the baseline's rows too (method ``"baseline"``);
+    ``summary`` rows carry a ``role`` (``"method"``, ``"control"`` or ``"baseline"``), and
+    ``verdict`` is :func:`verdict` of the result (None without a controlled method).
+    """
 
     data: StudyData
-    methods: dict          # label -> {"spec", "provenance", "fitting"}
+    methods: dict          # label -> {"spec", "provenance", "fitting", "role", ...}
     regressors: list
     splits: list
-    records: list          # one dict per (method, split, regressor)
+    records: list          # one dict per (method, split, regressor), then the baseline's
     settings: dict
     out: Path
     summary: list = field(default_factory=list)
+    baseline: dict = field(default_factory=dict)
+    verdict: dict | None = None
 
     def __post_init__(self):
         if not self.summary:
-            self.summary = aggregate(self.data.task, self.records)
+            self.summary = aggregate(self.data.task, self.records,
+                                     micrographs=self.data.patchset.micrograph_ids,
+                                     mixed=self.data.mixed_groups)
+        for row in self.summary:
+            row.setdefault("role", "baseline" if row["method"] == BASELINE_METHOD else
+                           self.methods.get(row["method"], {}).get("role", "method"))
+        if self.verdict is None:
+            self.verdict = verdict(self)
+
+
+def _summary_row(result, method: str, reg: str, kind: str):
+    return next((r for r in result.summary if r["method"] == method and r["regressor"] == reg
+                 and r["kind"] == kind), None)
+
+
+def verdict(result) -> dict | None:
+    """Does each method with controls beat its controls and the baseline?
+
+    For every method that has controls (a texture-VAE given with ``--model``), split kind
+    (unseen group first, then random) and regressor, the primary metric (R² for regression,
+    accuracy for classification; higher is better) of the method is compared with each
+    control's and the baseline's, with the same regressor and the same splits. On random
+    splits a margin smaller than the larger standard deviation over seeds is flagged.
+
+    Returns
+    -------
+    None when no method has controls; otherwise a dict with ``text`` (the sentences of the
+    report), ``metric`` and ``comparisons`` (one dict per method, kind and regressor:
+    ``values`` per row, ``beats`` per competitor, ``beats_all``, and for random splits
+    ``within_std``).
+    """
+    task = result.data.task
+    metric = PRIMARY_METRIC[task]
+    head = {"r2": "R²", "accuracy": "accuracy"}[metric]
+    base_model = BASELINE_MODELS[task]
+    group = result.data.group_column or "micrograph"
+    controlled = [k for k, m in result.methods.items() if m.get("role", "method") == "method"
+                  and any(c.get("control_of") == k for c in result.methods.values())]
+    if not controlled:
+        return None
+    comparisons, sentences = [], []
+    for name in controlled:
+        controls = [k for k, m in result.methods.items() if m.get("control_of") == name]
+        for kind in ("grouped", "random"):
+            where = (f"unseen {group}s (held-out patches pooled)" if kind == "grouped"
+                     else "random 80/20 splits (mean over seeds)")
+            parts, wins = [], []
+            for reg in result.regressors:
+                own = _summary_row(result, name, reg, kind)
+                if own is None:
+                    continue
+                others = {c: _summary_row(result, c, reg, kind) for c in controls}
+                others[BASELINE_METHOD] = _summary_row(result, BASELINE_METHOD, base_model, kind)
+                others = {k: v for k, v in others.items() if v is not None}
+                mine = own[metric]
+                vals = {k: v[metric] for k, v in others.items()}
+                beats = {k: bool(np.isfinite(mine) and (not np.isfinite(v) or mine > v))
+                         for k, v in vals.items()}
+                comp = {"method": name, "kind": kind, "regressor": reg, "metric": metric,
+                        "values": {name: mine, **vals}, "beats": beats,
+                        "beats_all": all(beats.values())}
+                if kind == "random":
+                    comp["within_std"] = sorted(
+                        k for k, v in others.items() if beats[k] and mine - v[metric]
+                        < max(own.get(metric + "_std", 0.0), v.get(metric + "_std", 0.0)))
+                comparisons.append(comp)
+                wins.append(comp["beats_all"])
+                nums = f"{name} {_num(mine)}, " + ", ".join(f"{k} {_num(v)}" for k, v in vals.items())
+                if comp["beats_all"]:
+                    part = f"{model_label(reg)}: {nums}"
+                    if comp.get("within_std"):
+                        part += (" (the margin over " + " and ".join(comp["within_std"])
+                                 + " is within one standard deviation over seeds)")
+                else:
+                    lost = [k for k, b in beats.items() if not b]
+                    part = f"{model_label(reg)}: {nums}; not better than " + " and ".join(lost)
+                parts.append(part)
+            if not parts:
+                continue
+            n_ctrl = {0: "the baseline", 1: "its control and the baseline"}.get(
+                len(controls), "both controls and the baseline" if len(controls) == 2
+                else "its controls and the baseline")
+            how = ("beats " + n_ctrl + " with every model" if all(wins) else
+                   "does not beat " + n_ctrl + " with any model" if not any(wins) else
+                   "beats " + n_ctrl + " with some models only")
+            sentences.append(f"On {where}, the trained {name} {how} ({head}; "
+                             + "; ".join(parts) + ").")
+    return {"metric": metric, "text": " ".join(sentences), "comparisons": comparisons}
+
+
+def _num(v) -> str:
+    return "n/a" if v is None or not np.isfinite(v) else f"{v:.3f}"
+
+
+# ---------------------------------------------------------------------------------------
+# controls
+# ---------------------------------------------------------------------------------------
+def texturevae_controls(spec: MethodSpec, encoder) -> tuple[list[MethodSpec], list[str]]:
+    """The two controls of a trained texture-VAE given as a fitted model.
+
+    * ``"<label> (untrained head)"``: the model's own configuration (``get_params``, so the
+      same seed) with ``epochs=0``, fitted once on all the study's patches. Fitting sets the
+      feature standardisation from those patches and builds the head from the seed, exactly
+      as training starts, and takes no gradient step: the trained model's starting point
+      when it was trained on these patches.
+    * ``"vgg19 (style mean/std)"``: the ``vgg19`` encoder on the texture-VAE's encoder taps
+      with its pooling (per-channel mean and standard deviation by default) and its weights:
+      the very statistics the head maps to the latent code.
+
+    Parameters
+    ----------
+    spec : the texture-VAE's MethodSpec (with ``model``)
+    encoder : the loaded model (``matrep.load_model``)
+
+    Returns
+    -------
+    controls : list of MethodSpec
+    notes : list of str — controls that could not be made, and why
+    """
+    p = dict(encoder.get_params(deep=False))
+    seed = p.get("seed", "?")
+    out, notes = [], []
+    out.append(MethodSpec(
+        spec.name, {**p, "epochs": 0}, label=f"{spec.key} (untrained head)", role="control",
+        control_of=spec.key, fit_all=True,
+        note=(f"control for {spec.key}: its configuration (seed {seed}) with epochs=0, fitted "
+              "once on all the study's patches (no labels): the feature standardisation is set "
+              "from them and the head keeps its seeded initialisation; no gradient step")))
+    pooling = {"meanstd": "meanstd", "mean": "mean"}.get(p.get("pooling", "meanstd"))
+    taps = list(p.get("encoder_taps") or ())
+    if pooling is None or not taps:
+        notes.append(f"no vgg19 control for {spec.key}: its pooling {p.get('pooling')!r} / "
+                     f"taps {taps} have no vgg19 equivalent")
+        return out, notes
+    where = "style" if tuple(taps) == ("conv1_1", "pool1", "pool2", "pool3", "pool4") \
+        else "+".join(taps)
+    what = "mean/std" if pooling == "meanstd" else "mean"
+    params = {"layer": taps, "pooling": pooling, "weights": p.get("weights", "auto")}
+    ds = int(p.get("downsample", 1) or 1)
+    if ds > 1:  # the model reads its patches at 1/ds resolution: so does its control
+        params["downsample"] = ds
+    out.append(MethodSpec(
+        "vgg19", params, label=f"vgg19 ({where} {what})", role="control", control_of=spec.key,
+        note=(f"control for {spec.key}: frozen VGG19 per-channel {what} of its encoder taps "
+              f"({', '.join(taps)}), the statistics its head maps to the latent code, with "
+              "the same weights" + (f", patches downsampled {ds}x like the model's" if ds > 1
+                                    else ""))))
+    return out, notes
+
+
+#: Controls added beside a method given as a fitted model, by registered encoder name.
+CONTROLS = {"texturevae": texturevae_controls}
 
 
 class Study:
@@ -792,22 +1121,27 @@ class Study:
     inner_folds : int — folds of the inner CV for hyperparameters
     resume : bool — reuse finished results; ``False`` discards them first
     n_jobs : int — parallel jobs of the inner grid search
+    controls : bool — add the controls of methods given as fitted models (:data:`CONTROLS`,
+        e.g. :func:`texturevae_controls`); the baseline row is always computed
     log : callable(str); progress : callable(total=, desc=) → bar, optional
     """
 
     def __init__(self, data: StudyData, methods, out, *, regressors=("linear", "svr"),
                  split: str = "both", seeds: int = 5, test_size: float = 0.2,
                  folds: int | None = None, max_groups: int | None = None, inner_folds: int = 3,
-                 resume: bool = True, n_jobs: int = 1, chunk: int = 256, log=None,
-                 progress=None):
+                 resume: bool = True, n_jobs: int = 1, chunk: int = 256,
+                 controls: bool = True, log=None, progress=None):
         if split not in ("both", "random", "grouped"):
             raise BadInputError(None, f"split must be both, random or grouped, got {split!r}")
         if not methods:
             raise BadInputError(None, "name at least one encoder (see `matrep encoders`)")
-        labels = [m.name for m in methods]
+        labels = [m.key for m in methods]
         dup = sorted({x for x in labels if labels.count(x) > 1})
         if dup:
             raise BadInputError(None, f"encoder(s) named twice: {', '.join(dup)}")
+        if BASELINE_METHOD in labels:
+            raise BadInputError(None, f"{BASELINE_METHOD!r} names the study's own baseline row; "
+                                      "register the encoder under another name")
         for r in regressors:
             parse_model_spec(r)
         if inner_folds < 2:
@@ -828,6 +1162,9 @@ class Study:
         self.log = log or (lambda msg: None)
         self.progress = progress
         self._prov_cache: dict = {}
+        self.control_notes: list[str] = []
+        if controls:
+            self.methods += self._controls()
 
     # -- splits ---------------------------------------------------------------------------
     def make_splits(self) -> list[Split]:
@@ -855,6 +1192,30 @@ class Study:
         return self.state_dir / "results" / f"{digest[:32]}.json"
 
     # -- encoders -------------------------------------------------------------------------
+    def _controls(self) -> list[MethodSpec]:
+        """Control specs for the methods given as fitted models (see :data:`CONTROLS`)."""
+        from . import registry
+
+        out = []
+        have = {m.key for m in self.methods}
+        for spec in list(self.methods):
+            make = CONTROLS.get(spec.name)
+            if not spec.model or make is None:
+                continue
+            specs, notes = make(spec, self._new_encoder(spec))
+            self.control_notes += notes
+            for c in specs:
+                if c.key in have:
+                    continue
+                try:
+                    registry.encoder_class(c.name)
+                except MatrepError as exc:
+                    self.control_notes.append(f"control {c.key!r} not computed: {exc}")
+                    continue
+                have.add(c.key)
+                out.append(c)
+        return out
+
     def _new_encoder(self, spec: MethodSpec):
         from . import registry
 
@@ -872,12 +1233,12 @@ class Study:
         from . import registry
 
         return bool(getattr(registry.encoder_class(spec.name), "trainable", False)) \
-            and not spec.model
+            and not spec.model and not spec.fit_all
 
     def _spec_provenance(self, spec: MethodSpec) -> dict:
-        if spec.name not in self._prov_cache:
-            self._prov_cache[spec.name] = self._compute_provenance(spec)
-        return self._prov_cache[spec.name]
+        if spec.key not in self._prov_cache:
+            self._prov_cache[spec.key] = self._compute_provenance(spec)
+        return self._prov_cache[spec.key]
 
     def _compute_provenance(self, spec: MethodSpec) -> dict:
         enc = self._new_encoder(spec)
@@ -905,7 +1266,7 @@ class Study:
         from .store import FeatureStore
 
         X, attrs = FeatureStore(self.out / "features.h5").read(res.key)
-        self.log(f"{spec.name}: {'reused' if res.reused else 'computed'} features "
+        self.log(f"{spec.key}: {'reused' if res.reused else 'computed'} features "
                  f"{X.shape[0]} x {X.shape[1]} (features.h5:{res.key})")
         return X, {"store": "features.h5", "key": res.key,
                    "provenance": attrs.get("provenance", {}), "reused": res.reused}
@@ -916,7 +1277,7 @@ class Study:
         from .store import FeatureStore
 
         ps = self.data.patchset
-        folder = self.out / "features" / _safe_id(spec.name)
+        folder = self.out / "features" / _safe_id(spec.key)
         store = folder / f"{split.id}.h5"
         side = folder / f"{split.id}.json"
         fit_digest = _sha({"spec": spec.describe(), "prov": self._spec_provenance(spec),
@@ -939,10 +1300,14 @@ class Study:
         if "coords" in sig:
             kw["coords"] = train.coords
         if "run_dir" in sig:
-            kw["run_dir"] = self.state_dir / "fit" / _safe_id(spec.name) / split.id
+            kw["run_dir"] = self.state_dir / "fit" / _safe_id(spec.key) / split.id
             if "resume" in sig:
-                kw["resume"] = True
-        self.log(f"{spec.name}: fitting on the {len(train)} training patches of {split.id}")
+                # continue an interrupted fit; a fresh folder has no checkpoint to resume
+                # (the run-folder layout of `matrep fit`)
+                kw["resume"] = (kw["run_dir"] / "checkpoint").is_dir()
+        self.log(f"{spec.key}: fitting on the {len(train)} training patches of {split.id}"
+                 if split.kind != "all" else
+                 f"{spec.key}: fitting once on all {len(train)} patches (no labels)")
         t0 = time.perf_counter()
         enc.fit(train.patches, **kw)
         fit_s = time.perf_counter() - t0
@@ -973,20 +1338,26 @@ class Study:
             per_split = self._per_split(spec)
             prov = self._spec_provenance(spec)
             shared = None
-            if not per_split:
+            if spec.fit_all:
+                shared = self._split_features(spec, self._all_split())
+            elif not per_split:
                 # computed (or found by digest) first: the results' keys then depend on the
                 # features actually used (weights, fitted state), not only on the parameters
                 shared = self._shared_features(spec)
             spec_digest = _sha({"spec": spec.describe(), "prov": prov, "per_split": per_split,
                                 "features": shared[1]["key"] if shared else None})
-            methods[spec.name] = {"spec": spec.describe(), "provenance": prov,
-                                  "fitting": ("fitted inside each split on its training patches"
-                                              if per_split else
-                                              "given fitted model (trained outside the study)"
-                                              if spec.model else "not trainable (nothing fitted)"),
-                                  "features": []}
+            methods[spec.key] = {"spec": spec.describe(), "provenance": prov,
+                                 "fitting": ("fitted inside each split on its training patches"
+                                             if per_split else
+                                             "fitted once on all the study's patches, without "
+                                             "labels" if spec.fit_all else
+                                             "given fitted model (trained outside the study)"
+                                             if spec.model else "not trainable (nothing fitted)"),
+                                 "role": spec.role, "features": []}
+            if spec.role == "control":
+                methods[spec.key].update(control_of=spec.control_of, note=spec.note)
             if shared is not None:
-                methods[spec.name]["features"].append(shared[1])
+                methods[spec.key]["features"].append(shared[1])
             for split in splits:
                 todo, have = [], {}
                 for reg in self.regressors:
@@ -1002,11 +1373,11 @@ class Study:
                 if todo:
                     if per_split:
                         X, finfo = self._split_features(spec, split)
-                        methods[spec.name]["features"].append({"split": split.id, **finfo})
+                        methods[spec.key]["features"].append({"split": split.id, **finfo})
                     else:
                         X, finfo = shared
                     if not np.isfinite(X).all():
-                        raise MatrepError(f"encoder {spec.name!r} produced NaN or inf features "
+                        raise MatrepError(f"encoder {spec.key!r} produced NaN or inf features "
                                           f"({finfo['store']}:{finfo['key']})")
                 for reg in self.regressors:
                     if reg in have:
@@ -1025,12 +1396,47 @@ class Study:
         if done_old:
             self.log(f"resumed: {done_old} of {total} results were already computed")
         for spec in self.methods:
-            if not methods[spec.name]["features"]:
-                methods[spec.name]["features"] = [{"reused": True, "note": "all results resumed"}]
+            if not methods[spec.key]["features"]:
+                methods[spec.key]["features"] = [{"reused": True, "note": "all results resumed"}]
+        # the baseline: once per split, whatever the encoders (cheap: never cached)
+        records += [self._baseline_one(split) for split in splits]
         settings = self.settings()
         settings["resumed_results"] = done_old
         settings["computed_results"] = done_new
-        return StudyResult(d, methods, self.regressors, splits, records, settings, self.out)
+        if self.control_notes:
+            settings["control_notes"] = list(self.control_notes)
+        return StudyResult(d, methods, self.regressors, splits, records, settings, self.out,
+                           baseline=self.baseline_info())
+
+    def _all_split(self) -> Split:
+        """Every patch as "training" data: how a ``fit_all`` control is fitted (no labels)."""
+        n = len(self.data.y)
+        return Split("all", "all", np.arange(n), np.arange(0))
+
+    def baseline_info(self) -> dict:
+        """What the baseline row is, for the report."""
+        task = self.data.task
+        model = BASELINE_MODELS[task]
+        what = ("the mean of the training part's targets" if task == "regression" else
+                "the most frequent class of the training part (ties: first in sorted order)")
+        return {"method": BASELINE_METHOD, "regressor": model, "label": model_label(model),
+                "description": f"predicts {what} for every test patch, using no features; "
+                               "computed once per split and scored with the same metrics"}
+
+    def _baseline_one(self, split: Split) -> dict:
+        d = self.data
+        tr, te = split.train, split.test
+        pred = baseline_predict(d.task, d.y[tr], len(te))
+        pred_list = pred.astype(float).tolist() if d.task == "regression" else \
+            [str(p) for p in pred]
+        true_list = d.y[te].astype(float).tolist() if d.task == "regression" else \
+            [str(v) for v in d.y[te]]
+        return {"key": None, "method": BASELINE_METHOD, "regressor": BASELINE_MODELS[d.task],
+                "split": split.id, "kind": split.kind, "seed": split.seed,
+                "held_out": split.held_out, "test": te.tolist(), "n_train": int(len(tr)),
+                "true": true_list, "pred": pred_list, "groups": d.groups[te].tolist(),
+                "metrics": metrics(d.task, true_list, pred_list), "inner_cv": "",
+                "seconds": 0.0}
 
     def _run_one(self, spec: MethodSpec, split: Split, reg: str, X, key: str) -> dict:
         d = self.data
@@ -1045,14 +1451,14 @@ class Study:
             [str(p) for p in pred]
         true_list = d.y[te].astype(float).tolist() if d.task == "regression" else \
             [str(v) for v in d.y[te]]
-        rec = {"key": key, "method": spec.name, "regressor": reg, "split": split.id,
+        rec = {"key": key, "method": spec.key, "regressor": reg, "split": split.id,
                "kind": split.kind, "seed": split.seed, "held_out": split.held_out,
                "test": te.tolist(), "n_train": int(len(tr)), "true": true_list,
                "pred": pred_list, "groups": d.groups[te].tolist(),
                "metrics": metrics(d.task, true_list, pred_list), "inner_cv": cv_note,
                "seconds": secs, **info}
         m = rec["metrics"]
-        self.log(f"{spec.name} / {model_label(reg)} / {split.id}: "
+        self.log(f"{spec.key} / {model_label(reg)} / {split.id}: "
                  + ", ".join(f"{k}={m[k]:.3g}" for k in METRIC_NAMES[d.task]
                              if np.isfinite(m[k])))
         return rec

@@ -9,6 +9,12 @@ and each feature map F of shape (C, h, w) is pooled to a vector:
     with :math:`M = hw`. With the default ``layer="pool5"`` this gives 512 features.
 ``pooling="max"``
     global max pooling, C values per layer.
+``pooling="meanstd"``
+    per-channel spatial mean and standard deviation,
+    :math:`s_c = \\sqrt{\\frac{1}{M}\\sum_p (F_{cp} - \\bar F_c)^2 + 10^{-8}}`, 2C values per
+    layer (all means of a layer, then its standard deviations). These are the texture-VAE's
+    encoder input statistics (its ``pooling="meanstd"``), so ``layer="style",
+    pooling="meanstd"`` is the control ``matrep compare`` puts beside a texture-VAE.
 ``pooling="gram_diag"``
     the diagonal of the normalised Gram matrix, :math:`G_{cc} = \\frac{1}{M}\\sum_p F_{cp}^2`
     (mean squared activation per channel), C values per layer.
@@ -33,7 +39,7 @@ import numpy as np
 from matrep.encoder import BaseEncoder, check_patches
 from matrep.errors import BadInputError, MatrepError, WeightsNotFoundError
 
-POOLINGS = ("mean", "max", "gram_diag", "gram")
+POOLINGS = ("mean", "max", "gram_diag", "gram", "meanstd")
 
 
 def _taps_of(layer) -> tuple[str, ...]:
@@ -50,7 +56,9 @@ def _n_features(taps, pooling) -> int:
     from matrep.backbone import TAP_CHANNELS
 
     cs = [TAP_CHANNELS[t] for t in taps]
-    return sum(c * (c + 1) // 2 for c in cs) if pooling == "gram" else sum(cs)
+    if pooling == "gram":
+        return sum(c * (c + 1) // 2 for c in cs)
+    return 2 * sum(cs) if pooling == "meanstd" else sum(cs)
 
 
 def _min_size(taps) -> int:
@@ -72,6 +80,10 @@ def pool_features(f, pooling: str):
         return f.amax(dim=(2, 3))
     if pooling == "gram_diag":
         return f.square().mean(dim=(2, 3))
+    if pooling == "meanstd":
+        flat = f.float().flatten(2)
+        return torch.cat([flat.mean(dim=2),
+                          torch.sqrt(flat.var(dim=2, unbiased=False) + 1e-8)], dim=1)
     if pooling == "gram":
         from matrep.kernels import gram_matrix
 
@@ -91,10 +103,14 @@ class VGG19Encoder(BaseEncoder):
         (tests only) or a file path; see :func:`matrep.weights.resolve_vgg19_weights`.
     layer : str or tuple of str, default "pool5"
         Tap(s) to pool; ``"style"`` = conv1_1, pool1, pool2, pool3, pool4.
-    pooling : {"mean", "max", "gram_diag", "gram"}, default "mean"
+    pooling : {"mean", "max", "gram_diag", "gram", "meanstd"}, default "mean"
         How each feature map becomes a vector (see the module docstring).
     batch_size : int, default 32
         Patches per forward pass.
+    downsample : int, default 1
+        Area-average (box filter) each patch by this integer factor before VGG19, as a
+        texture-VAE with ``downsample > 1`` does with its input (the control
+        ``matrep compare`` puts beside such a model uses the model's factor).
     device : str, optional
         ``"cpu"``, ``"cuda"``, ...; default: CUDA when available, else CPU.
 
@@ -120,12 +136,14 @@ class VGG19Encoder(BaseEncoder):
     trainable = False
     can_decode = False
 
-    def __init__(self, *, weights="auto", layer="pool5", pooling="mean", batch_size=32, device=None):
+    def __init__(self, *, weights="auto", layer="pool5", pooling="mean", batch_size=32, device=None,
+                 downsample=1):
         self.weights = weights
         self.layer = layer
         self.pooling = pooling
         self.batch_size = batch_size
         self.device = device
+        self.downsample = downsample
 
     # -- helpers -------------------------------------------------------------------------------
     def _validate_params(self):
@@ -134,6 +152,9 @@ class VGG19Encoder(BaseEncoder):
         if not isinstance(self.batch_size, (int, np.integer)) or isinstance(self.batch_size, bool) \
                 or self.batch_size < 1:
             raise BadInputError(None, f"batch_size must be a positive integer, got {self.batch_size!r}")
+        if not isinstance(self.downsample, (int, np.integer)) or isinstance(self.downsample, bool) \
+                or self.downsample < 1:
+            raise BadInputError(None, f"downsample must be an integer >= 1, got {self.downsample!r}")
         return _taps_of(self.layer)
 
     def _torch_device(self):
@@ -167,7 +188,7 @@ class VGG19Encoder(BaseEncoder):
         return bb
 
     def _check_size(self, X):
-        need = _min_size(self.taps_)
+        need = _min_size(self.taps_) * int(getattr(self, "downsample", 1))
         if X.shape[1] < need or X.shape[2] < need:
             raise BadInputError(None, f"patches of {X.shape[1]}x{X.shape[2]} pixels are too small for "
                                       f"layer {self.layer!r}: need at least {need}x{need}")
@@ -223,6 +244,8 @@ class VGG19Encoder(BaseEncoder):
         with torch.inference_mode():
             for i in range(0, len(X), bs):
                 x = torch.from_numpy(np.ascontiguousarray(X[i:i + bs]))[:, None].to(dev, non_blocking=True)
+                if int(self.downsample) > 1:
+                    x = torch.nn.functional.avg_pool2d(x, int(self.downsample))
                 x = bb.preprocess(x)
                 x = x.contiguous(memory_format=torch.channels_last)
                 feats = bb(x)
@@ -240,6 +263,8 @@ class VGG19Encoder(BaseEncoder):
             c = TAP_CHANNELS[t]
             if self.pooling == "gram":
                 names += [f"{t}_gram_{i}_{j}" for i in range(c) for j in range(i, c)]
+            elif self.pooling == "meanstd":
+                names += [f"{t}_{s}_{i}" for s in ("mean", "std") for i in range(c)]
             else:
                 names += [f"{t}_{self.pooling}_{i}" for i in range(c)]
         return np.asarray(names, dtype=object)

@@ -34,7 +34,8 @@ def test_compare_runs_a_plugin_encoder_and_writes_the_report(plugins, dataset, t
     assert set(rep["methods"]) == {"histogram", "spy"}
     assert rep["methods"]["histogram"]["provenance"]["params"] == {"bins": 6}
     assert rep["methods"]["spy"]["fitting"] == "fitted inside each split on its training patches"
-    assert len(rep["summary"]) == 2 * 2 * 2
+    assert len(rep["summary"]) == 2 * 2 * 2 + 2  # and the baseline, once per split kind
+    assert [r["method"] for r in rep["summary"]].count("baseline") == 2
     # a second run resumes everything
     res2 = CliRunner().invoke(main, args)
     assert res2.exit_code == 0, res2.output

@@ -165,9 +165,11 @@ def test_non_numeric_target_switches_to_classification(plugins, dataset, tmp_pat
     assert data.task == "classification" and data.classes == ["coarse", "fine"]
     res = Study(data, [MethodSpec("histogram", {"bins": 6})], tmp_path / "out", seeds=2,
                 folds=3).run()
-    kinds = {(r["regressor"], r["kind"]) for r in res.summary}
+    kinds = {(r["regressor"], r["kind"]) for r in res.summary if r["role"] == "method"}
     assert kinds == {("linear", "random"), ("svr", "random"), ("linear", "grouped"),
                      ("svr", "grouped")}
+    base = [(r["method"], r["regressor"], r["kind"]) for r in res.summary if r["role"] == "baseline"]
+    assert base == [("baseline", "majority", "random"), ("baseline", "majority", "grouped")]
     for row in res.summary:
         assert 0 <= row["accuracy"] <= 1 and 0 <= row["f1_macro"] <= 1
         assert "r2" not in row
@@ -188,8 +190,8 @@ def test_dotted_path_regressor_and_given_model(plugins, dataset, tmp_path):
                 regressors=["sklearn.linear_model.Ridge:alpha=0.5"], split="grouped").run()
     assert _spy().FITTED == []  # a given model is used as is, never refitted
     assert res.methods["spy"]["fitting"].startswith("given fitted model")
-    assert [r["regressor"] for r in res.summary] == ["sklearn.linear_model.Ridge:alpha=0.5"]
-    assert len(res.records) == 6
+    assert [r["regressor"] for r in res.summary] == ["sklearn.linear_model.Ridge:alpha=0.5", "mean"]
+    assert len(res.records) == 6 + 6  # the spy's, then the baseline's
     md = write_report(res)["markdown"].read_text()
     assert "Ridge(alpha=0.5)" in md and "trained outside the study" in md
     # the same model folder, retrained: nothing stale is reused
@@ -232,7 +234,7 @@ def test_interrupted_study_resumes_from_finished_results(plugins, dataset, tmp_p
     total = 2 * (2 + 6) * 2
     assert calls["n"] - 100 == total - 8  # only the missing results are computed
     assert res.settings["resumed_results"] == 8
-    assert len(res.records) == total
+    assert len(res.records) == total + (2 + 6)  # and the baseline, once per split
     # the spy's per-split features of finished splits came from the cache
     assert len(_spy().FITTED) == 8
     again = Study(data, methods, out, **kw).run()

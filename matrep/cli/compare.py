@@ -58,7 +58,8 @@ def parse_method_params(pairs, methods) -> dict:
 @click.option("--model", "models", multiple=True, metavar="METHOD=PATH",
               help="A fitted model for a trainable method (e.g. texturevae=runs/NAME), used as "
                    "is; without it trainable methods are fitted inside each split on its "
-                   "training patches.")
+                   "training patches. A texture-VAE given this way gets two control rows on "
+                   "the same patches and splits (see --controls).")
 @click.option("--param", "params", multiple=True, metavar="METHOD.KEY=VALUE",
               help="Encoder parameter (repeatable; JSON values), e.g. vgg19.layer=pool4.")
 @click.option("--regressor", "regressors", multiple=True, default=("linear", "svr"),
@@ -87,18 +88,25 @@ def parse_method_params(pairs, methods) -> dict:
               help="Report folder (also holds the feature caches and resumable state).")
 @click.option("--resume/--restart", default=True,
               help="Continue an interrupted study from its finished results, or start over.")
+@click.option("--controls/--no-controls", default=True, show_default=True,
+              help="With --model texturevae=PATH, also score 'texturevae (untrained head)' (its "
+                   "configuration and seed, no training) and 'vgg19 (style mean/std)' (the "
+                   "VGG19 statistics its head reads), and say in a verdict whether the trained "
+                   "model beats both and the baseline. The baseline row (training mean or "
+                   "majority class) is always reported.")
 @quiet_option
 @handle_errors
 def compare_cmd(methods, images, patch, stride, crop, crop_bottom, skip_bad, labels, file_column,
                 target, group, task, models, params, regressors, split, seeds, test_size, folds,
                 max_groups, inner_folds, max_images, max_patches_per_image, n_jobs, out, resume,
                 scale,
-                quiet):
+                controls, quiet):
     """Compare encoders (METHOD...) on how well their features predict a property.
 
     For each method, regressor and split, fits on training patches only and predicts the
     held-out patches: random 80/20 splits over patches (several seeds) and grouped splits
-    that hold out whole micrographs (or --group values). Writes report.md, report.json,
+    that hold out whole micrographs (or --group values). A baseline row (the training mean,
+    or the majority class) is reported once per study. Writes report.md, report.json,
     predictions.csv and figures to --out. An interrupted study resumes.
 
     Example: matrep compare twopoint vgg19 --images data/images --labels data/labels.csv
@@ -148,7 +156,7 @@ def compare_cmd(methods, images, patch, stride, crop, crop_bottom, skip_bad, lab
                    f"by {group or 'micrograph'}", err=True)
     study = Study(data, specs, out, regressors=regressors, split=split, seeds=seeds,
                   test_size=test_size, folds=folds, max_groups=max_groups,
-                  inner_folds=inner_folds, resume=resume, n_jobs=n_jobs,
+                  inner_folds=inner_folds, resume=resume, n_jobs=n_jobs, controls=controls,
                   log=(lambda s: None) if quiet else log,
                   progress=None if quiet else (lambda **k: progress(quiet=quiet, **k)))
     result = study.run()
