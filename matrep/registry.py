@@ -7,8 +7,9 @@ same way a plugin registers)::
     [project.entry-points."matrep.encoders"]
     myencoder = "my_package.module:MyEncoder"
 
-A plugin that fails to import, or whose object is not an encoder class, produces one warning
-naming the plugin and the error; every other encoder keeps working. Two distributions that
+A plugin that fails to import (even by calling ``sys.exit()`` or raising ``KeyboardInterrupt``
+at import), or whose object is not an encoder class, produces one warning naming the plugin
+and the error; every other encoder keeps working. Two distributions that
 register the same name produce a warning naming both; matrep's built-in wins, otherwise the
 first in sorted distribution order.
 """
@@ -84,10 +85,13 @@ def _load_entry_points(eps) -> dict[str, EncoderInfo]:
         try:
             cls = ep.load()
             _check_class(cls, ep.name)
-        except Exception as exc:  # noqa: BLE001 - a broken plugin must not break matrep
+        except (Exception, SystemExit, KeyboardInterrupt) as exc:  # noqa: BLE001 - a broken
+            # plugin must not break matrep, not even one that calls sys.exit() at import
+            why = " ".join(f"{type(exc).__name__}: {exc}".split())
+            if not isinstance(exc, Exception):
+                why = f"it raised {type(exc).__name__}({exc}) while being imported"
             warnings.warn(f"matrep: encoder plugin {ep.name!r} from {dist} ({ep.value}) could not "
-                          f"be loaded and is skipped: {type(exc).__name__}: {exc}",
-                          PluginWarning, stacklevel=3)
+                          f"be loaded and is skipped: {why}", PluginWarning, stacklevel=3)
             continue
         found[ep.name] = EncoderInfo(
             name=ep.name, distribution=dist, version=version,
