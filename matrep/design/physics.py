@@ -13,9 +13,9 @@ matrep registers the built-in synthetic cast iron itself: the FFT homogenisation
 gives ``youngs_modulus_gpa``, ``poisson_ratio`` and ``stress_concentration``, the columns of
 the built-in set's ``labels.csv``, in one call.
 
-A designed image is grey; :func:`segment` makes it a mask the way matrep segments elsewhere
-(:func:`matrep.evaluation.measure_descriptors`): an Otsu threshold (Otsu 1979), the dark
-phase (graphite) as phase 1.
+A designed image is grey; :func:`segment` makes it a mask with matrep's one Otsu segmentation
+(:func:`matrep.metrics.morphology.segment_dark_phase`, Otsu 1979), the dark phase (graphite)
+as phase 1.
 """
 
 from __future__ import annotations
@@ -179,16 +179,6 @@ def get_solver(material: str) -> Solver:
 # ---------------------------------------------------------------------------------------
 # segmentation and solving
 # ---------------------------------------------------------------------------------------
-def otsu_threshold(values) -> float:
-    """Otsu's threshold of grey values (scikit-image); the value itself for a constant array."""
-    from skimage.filters import threshold_otsu
-
-    v = np.asarray(values, dtype=np.float64).ravel()
-    if v.size == 0:
-        raise BadInputError(None, "cannot threshold an empty image")
-    return float(threshold_otsu(v)) if np.ptp(v) > 0 else float(v[0])
-
-
 def segment(image, *, threshold="otsu", dark_phase: bool = True) -> np.ndarray:
     """Two-phase mask of a grey image: phase 1 (True) is the dark (or bright) phase.
 
@@ -196,25 +186,31 @@ def segment(image, *, threshold="otsu", dark_phase: bool = True) -> np.ndarray:
     ----------
     image : array of shape (H, W), float in [0, 1]
     threshold : "otsu" or float
-        ``"otsu"``: Otsu's threshold of this image; a float: that grey level.
+        ``"otsu"``: :func:`matrep.metrics.morphology.segment_dark_phase`, matrep's one Otsu
+        segmentation (per image; an image whose two Otsu classes differ by less than 0.15 in
+        mean grey level is one phase, with an empty mask). A float: that grey level.
     dark_phase : bool
         Phase 1 is darker than the threshold (graphite); ``False``: brighter.
 
     Returns
     -------
-    bool array of shape (H, W). A constant image has no phase 1.
+    bool array of shape (H, W)
 
     >>> segment(np.array([[0.1, 0.9], [0.2, 0.8]])).tolist()
     [[True, False], [True, False]]
     """
+    from ..metrics.morphology import segment_dark_phase
+
     img = np.asarray(image, dtype=np.float32)
     if img.ndim != 2:
         raise BadInputError(None, f"expected one grey image of shape (H, W), got {img.shape}")
     if not np.isfinite(img).all():
         raise BadInputError(None, "image to segment contains NaN or inf")
-    if np.ptp(img) == 0:
-        return np.zeros(img.shape, dtype=bool)
-    t = otsu_threshold(img) if isinstance(threshold, str) and threshold == "otsu" else float(threshold)
+    if isinstance(threshold, str):
+        if threshold != "otsu":
+            raise BadInputError(None, f"threshold: expected 'otsu' or a grey level, got {threshold!r}")
+        return segment_dark_phase(img if dark_phase else 1.0 - img)
+    t = float(threshold)
     return img <= t if dark_phase else img > t
 
 

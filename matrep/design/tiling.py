@@ -26,7 +26,7 @@ def blend_window(size: int, ramp: int) -> np.ndarray:
     """1-D weights of length ``size``: a raised-cosine ramp over ``ramp`` pixels at each end.
 
     >>> np.round(blend_window(6, 2), 3).tolist()
-    [0.25, 0.75, 1.0, 1.0, 0.75, 0.25]
+    [0.146, 0.854, 1.0, 1.0, 0.854, 0.146]
     """
     w = np.ones(size, dtype=np.float64)
     ramp = int(min(max(ramp, 0), size // 2))

@@ -7,8 +7,8 @@ patch its micrograph's label. The mask comes, in order, from
 
 1. the labels CSV's ``mask_column`` (the built-in set's ``mask_file``; 255 = phase 1), looked
    up beside the CSV, in a ``masks/`` folder beside it, or in ``masks`` when given;
-2. else an Otsu segmentation of the image, one threshold per micrograph over all its patches
-   (the convention of :func:`matrep.evaluation.measure_descriptors`).
+2. else an Otsu segmentation of each image patch (:func:`matrep.design.physics.segment`, the
+   segmentation designed images get too).
 
 Properties without a solver inherit their micrograph's label (the paper's convention).
 :attr:`TrainingData.sources` says which of these each property used.
@@ -115,14 +115,9 @@ def _mask_patches(ps, labels_df, labels_path, mask_column, masks_dir, file_colum
 
 
 def _segment_patches(ps, dark_phase: bool):
-    from .physics import otsu_threshold
+    from .physics import segment
 
-    out = np.zeros(ps.patches.shape, dtype=bool)
-    for m in dict.fromkeys(ps.micrograph_ids.tolist()):
-        sel = ps.micrograph_ids == m
-        t = otsu_threshold(ps.patches[sel])
-        out[sel] = ps.patches[sel] <= t if dark_phase else ps.patches[sel] > t
-    return out
+    return np.stack([segment(p, dark_phase=dark_phase) for p in ps.patches])
 
 
 def load_training_data(model, images, labels, properties, *, solver=None, masks=None,
@@ -177,7 +172,7 @@ def load_training_data(model, images, labels, properties, *, solver=None, masks=
         mp = _mask_patches(ps, df, Path(labels), mask_column, masks, file_column)
         if mp is None:
             mp = _segment_patches(ps, solver.dark_phase)
-            how = "Otsu segmentation of the images (one threshold per micrograph)"
+            how = "Otsu segmentation of each image patch (no masks found)"
         else:
             how = f"the phase masks ({'--masks ' + str(masks) if masks else 'labels column ' + repr(mask_column)})"
         log(f"homogenising {len(ps)} mask patches of {P}x{P} ({solver.material} solver) ...")
