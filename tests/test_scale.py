@@ -369,3 +369,16 @@ def test_store_without_scale_keeps_its_old_digest(tmp_path):
         ps = load_patches(tmp_path, patch=64, stride=64, scale=ScaleOptions())
     assert "scale" not in ps.settings()
     assert ps.settings() == load_patches(tmp_path, patch=64, stride=64).settings()
+
+
+def test_lazy_patches_resample_like_load_patches(tmp_path):
+    from matrep.patchsource import lazy_patches
+
+    labels = _grey_pngs(tmp_path, {"a": 0.5, "b": 1.0, "c": 3.0})
+    opts = ScaleOptions(scale=1.0, labels=labels, warn=lambda m: None)
+    eager = load_patches(tmp_path, patch=48, stride=40, scale=opts)
+    lazy = lazy_patches(tmp_path, patch=48, stride=40, scale=opts)
+    assert lazy.sources.tolist() == eager.sources.tolist()
+    np.testing.assert_array_equal(np.asarray(lazy.patches), eager.patches)
+    assert lazy.settings() == eager.settings()
+    assert lazy.subset(np.arange(3)).scale is lazy.scale
