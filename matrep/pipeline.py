@@ -96,6 +96,8 @@ def encode_patchset(encoder, patchset, out, *, labels=None, labels_source: str =
     key = f"{encoder.name}-{digest[:8]}"
     store = FeatureStore(out)
 
+    if main and store.exists():
+        store.validate()  # a bad store is refused before anything (even the lock) is made
     # One encode into a store at a time (its lock, matrep.atomic.lock): a second one waits,
     # then finds the same features stored, or adds its own beside them.
     with lock(out, on_wait=log) if main else contextlib.nullcontext():

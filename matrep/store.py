@@ -55,7 +55,7 @@ from .errors import StoreError
 #: A dataset declaring more than this many bytes must store at least 1/_BOMB_RATIO of them.
 _BOMB_MIN_BYTES = 64 * 2**20
 _BOMB_RATIO = 1000
-_FIX = "delete it (or choose another --out) and encode again"
+_FIX = "delete it (or choose another --out) and run again"
 
 
 def images_digest(patchset) -> str:
@@ -109,6 +109,7 @@ class FeatureStore:
 
     def __init__(self, path):
         self.path = Path(path)
+        self._checked = None  # identity of the file last validated by this object
 
     # -- reading ------------------------------------------------------------------------
     def _open(self):
@@ -125,7 +126,14 @@ class FeatureStore:
             raise StoreError(f"{self.path}: not a readable HDF5 feature store ({exc}); "
                              "delete it or choose another --out") from None
         try:
-            self._validate(f)
+            try:  # the checked file is known by its identity: a replaced or changed file differs
+                st = os.fstat(f.id.get_vfd_handle())
+                ident = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+            except (OSError, TypeError, ValueError):
+                ident = None
+            if ident is None or ident != self._checked:
+                self._validate(f)
+                self._checked = ident
         except BaseException:
             f.close()
             raise

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -169,3 +170,105 @@ def test_kill_9_leaves_no_corrupt_file_and_resume_continues(plugin, images, tmp_
     subprocess.run([a if a != str(out) else str(ref) for a in base] + ["--method", "slowhist"],
                    check=True, env=os.environ.copy())
     np.testing.assert_array_equal(X, FeatureStore(ref).read("slowhist")[0])
+
+
+# -- concurrent writers, leftovers ---------------------------------------------------------
+def _encode_args(images, out, *extra):
+    return ["encode", "--method", "twopoint", "--images", str(images), "--out", str(out),
+            "--patch", "32", "--stride", "32", "-q", *extra]
+
+
+def _child_encode(args, go):
+    """Run `matrep encode` in a forked process once ``go`` is set; exit 0 on success."""
+    import traceback
+
+    go.wait()
+    try:
+        main(args, standalone_mode=False)
+    except BaseException:  # noqa: BLE001 - reported through the exit status
+        traceback.print_exc()
+        os._exit(1)
+    os._exit(0)
+
+
+def _race(arg_lists):
+    """Start one forked `matrep encode` per argument list at the same moment; exit codes."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    go = ctx.Event()
+    procs = [ctx.Process(target=_child_encode, args=(a, go)) for a in arg_lists]
+    for p in procs:
+        p.start()
+    go.set()
+    for p in procs:
+        p.join(120)
+    return [p.exitcode for p in procs]
+
+
+def test_concurrent_encodes_into_one_store_both_land(images, tmp_path):
+    # two pairs with different parameters, then a pair of identical runs: every run exits 0,
+    # every key is stored (before the lock, the second writer's copy dropped the first's key)
+    assert _run(_encode_args(images, tmp_path / "warm" / "w.h5")).exit_code == 0  # imports
+    shutil.rmtree(tmp_path / "warm")
+    for i, (a, b) in enumerate([(4, 6), (5, 7)]):
+        out = tmp_path / f"f{i}.h5"
+        codes = _race([_encode_args(images, out, "--param", f"cutoff={a}"),
+                       _encode_args(images, out, "--param", f"cutoff={b}")])
+        assert codes == [0, 0]
+        cutoffs = sorted(e["params"]["cutoff"] for e in FeatureStore(out).entries())
+        assert cutoffs == [a, b]
+    out = tmp_path / "same.h5"
+    assert _race([_encode_args(images, out), _encode_args(images, out)]) == [0, 0]
+    assert len(FeatureStore(out).keys()) == 1
+    # nothing temporary stays: only the stores and their (empty) lock files
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name not in ("imgs", "labels.csv")) == \
+        [".f0.h5.lock", ".f1.h5.lock", ".same.h5.lock", "f0.h5", "f1.h5", "same.h5"]
+
+
+@pytest.mark.slow
+def test_twenty_concurrent_pairs_of_real_processes_keep_both_keys(images, tmp_path):
+    for i in range(20):
+        out = tmp_path / f"f{i}.h5"
+        cmd = [sys.executable, "-m", "matrep", *_encode_args(images, out)]
+        procs = [subprocess.Popen(cmd + ["--param", f"cutoff={c}"], stderr=subprocess.PIPE,
+                                  text=True) for c in (4, 6)]
+        errs = [p.communicate(timeout=300)[1] for p in procs]
+        assert [p.returncode for p in procs] == [0, 0], errs
+        assert sorted(e["params"]["cutoff"] for e in FeatureStore(out).entries()) == [4, 6]
+
+
+def _dead_pid():
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_next_write_removes_leftovers_of_dead_writers(images, tmp_path):
+    from matrep.atomic import _HOST
+    from matrep.store import partial_dir
+
+    out = tmp_path / "f.h5"
+    assert _run(_encode_args(images, out, "--param", "cutoff=4")).exit_code == 0
+    (key,) = FeatureStore(out).keys()
+    dead = _dead_pid()
+    leftovers = [tmp_path / f".tmp-f.h5-{dead}@{_HOST}-abcd1234.h5",   # killed store write
+                 tmp_path / ".tmp-f.h5-zyxw9876.h5"]                     # older format, no pid
+    for p in leftovers:
+        p.write_bytes(b"half a file")
+    live = tmp_path / f".tmp-f.h5-{os.getpid()}@{_HOST}-live0000.h5"  # a writer still running
+    live.write_bytes(b"in progress")
+    done = partial_dir(out, key)                  # its writer died after the store write
+    done.mkdir()
+    (done / "meta.json").write_text("{}")
+    other = partial_dir(out, "twopoint-0123abcd")  # an interrupted encode of other settings
+    other.mkdir()
+    (other / "meta.json").write_text('{"digest": "0123abcd"}')
+    broken = partial_dir(out, "twopoint-99999999")  # killed before its first chunk
+    broken.mkdir()
+
+    assert _run(_encode_args(images, out, "--param", "cutoff=6")).exit_code == 0
+    assert len(FeatureStore(out).keys()) == 2
+    assert not any(p.exists() for p in leftovers + [done, broken])
+    assert live.exists() and other.exists()  # still resumable: `encode` again continues it
+    live.unlink()
