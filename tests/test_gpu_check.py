@@ -60,3 +60,39 @@ def test_results_file_names_the_card(gpu_check, tmp_path):
     assert json.loads(js.read_text())["card"] == "NVIDIA H200"
     text = md.read_text()
     assert "NVIDIA H200" in text and "| fwd_bwd-all-128-b8-bf16-triton | 0.500 | 2.50 |" in text
+
+
+def test_with_cuda_runs_every_step_in_order_and_writes_the_files(gpu_check, monkeypatch, tmp_path):
+    """The orchestration with a pretend GPU: pytest calls are recorded, not run."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Pretend GPU 9000")
+    calls = []
+
+    def fake(args, env, timeout, log):
+        calls.append((args, env))
+        return {"command": " ".join(args[:2]), "env": env, "rc": 0, "wall_s": 0.0}
+
+    monkeypatch.setattr(gpu_check, "_pytest", fake)
+    assert gpu_check.main(["--out", str(tmp_path)]) == 0
+    assert calls[0][0][:3] == ["tests", "-m", "gpu"]
+    style = [a for a, _ in calls if a[0].startswith("benchmarks/bench_style_loss.py::")]
+    assert len(style) == 2 and not any(c.endswith("-compile]") for c in style[0] if "::" in c)
+    assert all(c.endswith("-compile]") for c in style[1] if "::" in c)
+    assert calls[-1][0] is style[1]                      # compile cases last
+    assert [e.get("MATREP_BENCH_PRECISION") for _, e in calls if e] == ["fp32", "bf16"]
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["gpu-results-pretend-gpu-9000.json", "gpu-results-pretend-gpu-9000.log",
+                     "gpu-results-pretend-gpu-9000.md"]
+    assert "Pretend GPU 9000" in (tmp_path / "gpu-results-pretend-gpu-9000.md").read_text()
+
+
+def test_out_of_budget_steps_are_skipped_and_reported(gpu_check, monkeypatch, tmp_path):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Pretend GPU")
+    assert gpu_check.main(["--out", str(tmp_path), "--budget", "0"]) == 1
+    res = json.loads((tmp_path / "gpu-results-pretend-gpu.json").read_text())
+    assert {s["rc"] for s in res["steps"].values()} == {"not run: time budget spent"}
