@@ -13,7 +13,8 @@ With CUDA it runs, each in its own ``pytest`` process and within one time budget
 3. ``benchmarks/bench_train_step.py`` on CUDA in float32 and bf16 (matrep's step vs a plain
    PyTorch step of the same model).
 
-It writes ``benchmarks/gpu-results-<card>.json`` and ``.md`` (``--out`` to change the folder),
+It writes ``benchmarks/gpu-results-<card>.json``, ``.md`` and ``.log`` (the pytest output;
+``--out`` to change the folder),
 named for ``torch.cuda.get_device_name()``, and exits non-zero if a GPU test failed or a step
 could not run. Nothing asserts on time; the figures are for reading and committing.
 
