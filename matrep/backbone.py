@@ -7,8 +7,9 @@ mode) and cut after the deepest requested tap.
 
 Tap names (the table lives in :mod:`matrep.taps`, re-exported here) follow Simonyan &
 Zisserman (2015) / Gatys et al. (2015): ``conv{b}_{i}``, ``relu{b}_{i}`` for block ``b`` = 1..5
-and layer ``i`` within it, and ``pool{b}`` after each block. Channel counts: block 1: 64, block 2: 128, block 3: 256, blocks 4-5: 512. Each ``pool{b}``
-halves the height and width (floor). For a 128x128 input::
+and layer ``i`` within it, and ``pool{b}`` after each block. Channel counts: block 1: 64,
+block 2: 128, block 3: 256, blocks 4-5: 512. Each ``pool{b}`` halves the height and width
+(floor). For a 128x128 input::
 
     conv1_1 (64, 128, 128)   pool1 (64, 64, 64)   pool2 (128, 32, 32)
     pool3 (256, 16, 16)      pool4 (512, 8, 8)    pool5 (512, 4, 4)

@@ -32,7 +32,8 @@ def test_texturevae_and_vgg19_features_carry_the_weights_sha256(tmp_path):
     ps = _patchset(tmp_path)
     out = tmp_path / "f.h5"
     tvae = TextureVAEEncoder(latent_dim=2, weights="random", decoder_channels=(4, 4, 4, 4, 4),
-                             epochs=1, batch_size=4, device="cpu", batch_size_eval=8).fit(ps.patches)
+                             epochs=1, batch_size=4, device="cpu",
+                             batch_size_eval=8).fit(ps.patches)
     vgg = VGG19Encoder(weights="random", layer="pool1", batch_size=8)
     stored = {}
     for enc in (tvae, vgg):
