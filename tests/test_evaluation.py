@@ -401,3 +401,94 @@ def test_spearman_helper_undefined_and_exact():
     ref = spearmanr(x, y)
     assert sp(x, y).rho == pytest.approx(ref.statistic, abs=1e-12)
     assert sp(x, y).pvalue == pytest.approx(ref.pvalue, rel=1e-9)
+
+
+# ---------------------------------------------------------------------------------------
+# traversals: what each latent dimension does to the decoded image
+# ---------------------------------------------------------------------------------------
+class Traverser(FakeModel):
+    """Decodes discs: z0 sets the radius, z1 does nothing, z2 the number of discs."""
+
+    def __init__(self):
+        super().__init__(latent_dim=3, patch_size=64)
+
+    def traverse(self, x, dims, values):
+        seed = int(np.asarray(x).sum() * 1000) % 1000
+        out = []
+        for d in dims:
+            row = []
+            for v in values:
+                radius = 4.0 + (v if d == 0 else 0.0)
+                n = int(8 + 2 * (v if d == 2 else 0.0))
+                rng = np.random.default_rng(seed)
+                img = np.full((64, 64), 0.8, np.float32)
+                yy, xx = np.mgrid[:64, :64]
+                for cy, cx in rng.uniform(8, 56, (n, 2)):
+                    img[(yy - cy) ** 2 + (xx - cx) ** 2 < radius ** 2] = 0.2
+                row.append(img)
+            out.append(row)
+        return np.array(out)
+
+
+def test_traversal_effects_rank_dimensions_per_descriptor(dataset):
+    from matrep.evaluation import traversal_effects
+    from matrep.io import load_patches
+
+    ps = load_patches(dataset / "images", patch=64, stride=32)
+    bases = ps.patches[:3]
+    tr = traversal_effects(Traverser(), bases, reference=ps.patches)
+    assert tr.curves.shape == (3, 4, 7) and tr.n_bases == 3
+    top = {f: tr.top(f) for f in tr.descriptors}
+    assert top["mean_eq_diameter"]["dim"] == 0 and top["mean_eq_diameter"]["rho"] > 0.9
+    assert top["particle_density"]["dim"] == 2 and top["particle_density"]["monotone"]
+    # z1 changes nothing: undefined, so never ranked
+    assert np.isnan(tr.rho[1]).all()
+    assert all(e["dim"] != 1 for f in tr.descriptors for e in tr.ranking(f))
+    g = tr.goals()
+    assert g["mean_eq_diameter"]["met"] and g["mean_eq_diameter"]["dim"] == 0
+    assert g["graphite_fraction"]["met"] and g["graphite_fraction"]["goal"]
+    assert not g["particle_density"]["goal"]
+    dims, labels = tr.auto_dims()
+    assert 0 in dims and 2 in dims and 1 not in dims
+    assert any(lab.startswith("dim 0: ") and "mean diameter ↑" in lab for lab in labels)
+    assert "| mean diameter |" in "\n".join(tr.markdown_lines())
+    assert tr.to_csv().splitlines()[0] == "descriptor,rank,dim,rho,span,moved_iqr,monotone,direction"
+    json.dumps(tr.to_dict())                                           # JSON-clean
+
+
+def test_interpret_reports_traversal_ranking(dataset, tmp_path):
+    rep = interpret_model(Traverser(), dataset / "images", stride=32, n=12,
+                          traversal_bases=2, out_dir=tmp_path / "in", n_traversal_dims=2)
+    assert rep.traversal is not None and rep.traversal.n_bases == 2
+    assert rep.traversal.top("mean_eq_diameter")["dim"] == 0
+    out = tmp_path / "in"
+    assert (out / "interpret_traversal.csv").is_file() and (out / "traversal.png").is_file()
+    data = json.loads((out / "interpret.json").read_text())
+    assert data["traversal"]["goals"]["mean_eq_diameter"]["met"] is True
+    assert "What each dimension's traversal does" in (out / "interpret.md").read_text()
+
+
+def test_cli_traverse_dims_auto_and_list(dataset, tiny_run, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    import matrep.cli.model as cm
+    from matrep.cli import main
+
+    img = str(dataset / "images" / "m4.png")
+    r = CliRunner().invoke(main, ["traverse", "--model", str(tiny_run), "--image", img,
+                                  "--dims", "0,1", "--steps", "3",
+                                  "--out", str(tmp_path / "list.png")])
+    assert r.exit_code == 0, r.output
+    assert np.load(tmp_path / "list.npz")["dims"].tolist() == [0, 1]
+    # auto: the fake decoder's z0 sets the disc radius, z2 the number of discs
+    monkeypatch.setattr(cm, "_load_decoder_model", lambda m: Traverser())
+    r = CliRunner().invoke(main, ["traverse", "--model", str(tiny_run), "--image", img,
+                                  "--dims", "auto", "--auto-bases", "2", "--steps", "3",
+                                  "--out", str(tmp_path / "auto.png")])
+    assert r.exit_code == 0, r.output
+    data = np.load(tmp_path / "auto.npz")
+    labels = data["labels"].tolist()
+    assert sorted(data["dims"].tolist()) == [0, 2] and len(labels) == 2
+    assert "dim 0: " in r.output and "mean diameter ↑" in labels[data["dims"].tolist().index(0)]
+    assert "particle density ↑" in labels[data["dims"].tolist().index(2)]
+    assert (tmp_path / "auto.png").stat().st_size > 1000

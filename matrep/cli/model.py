@@ -460,15 +460,29 @@ def generate_cmd(model, n, seed, out):
               help="Micrograph to take the patch from.")
 @click.option("--at", default=None, metavar="Y,X",
               help="Top-left corner of the patch in the image (default: the centre patch).")
-@click.option("--dims", required=True, metavar="D1,D2,...", help="Latent dimensions, one row each.")
+@click.option("--dims", required=True, metavar="D1,D2,...|auto",
+              help="Latent dimensions, one row each; or 'auto': for each descriptor (area "
+                   "fraction, particle density, mean diameter, nodularity) the dimension whose "
+                   "traversal moves it most in the decoded image, each row labelled by what it "
+                   "moves (ranked as `matrep interpret` does, on --auto-bases patches of "
+                   "--image).")
+@click.option("--auto-bases", default=8, type=click.IntRange(1), show_default=True,
+              help="With --dims auto: patches of the image (the shown one first, on a "
+                   "non-overlapping grid) whose latents are traversed from -3 to 3 to rank the "
+                   "dimensions; the grid's descriptor IQR scales the ranges.")
 @click.option("--range", "vrange", nargs=2, type=float, default=(-4.0, 4.0), show_default=True,
-              help="Values of the varied dimension: from LO to HI.")
+              help="Values of the varied dimension in the figure: from LO to HI.")
 @click.option("--steps", default=10, type=click.IntRange(2), help="Number of values.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False),
               help="Figure (PNG); the arrays go beside it as .npz.")
 @handle_errors
-def traverse_cmd(model, image, at, dims, vrange, steps, out):
-    """Latent traversal: one row per dimension, the original patch first (paper Fig. 6)."""
+def traverse_cmd(model, image, at, dims, auto_bases, vrange, steps, out):
+    """Latent traversal: one row per dimension, the original patch first (paper Fig. 6).
+
+    `--dims auto` picks the dimensions by what their traversal does to the measured graphite
+    descriptors of the decoded image (docs/metrics.md) and labels each row, e.g.
+    "dim 17: area fraction ↑".
+    """
     import numpy as np
 
     from matrep.io import read_micrograph
@@ -490,14 +504,33 @@ def traverse_cmd(model, image, at, dims, vrange, steps, out):
             raise BadInputError(image, f"--at {y},{x} puts the {P}x{P} patch outside the "
                                        f"{H}x{W} image")
     patch = img[y:y + P, x:x + P]
-    dd = _ints(dims, "--dims")
+    labels, how = None, ""
+    if dims.strip().lower() == "auto":
+        from ..evaluation import traversal_effects
+
+        grid = [(gy, gx) for gy in range(0, H - P + 1, P) for gx in range(0, W - P + 1, P)]
+        ref = np.stack([patch] + [img[gy:gy + P, gx:gx + P] for gy, gx in grid])
+        pick = np.random.default_rng(0).permutation(np.arange(1, len(ref)))[:auto_bases - 1]
+        ranking = traversal_effects(enc, ref[np.r_[0, pick]], reference=ref,
+                                    log=lambda s: click.echo(s, err=True))
+        dd, labels = ranking.auto_dims()
+        if not dd:
+            raise click.ClickException(f"{model}: no latent dimension changes a measured "
+                                       f"descriptor of the decoded image of {Path(image).name}; "
+                                       "pick them with --dims D1,D2,...")
+        how = (f" Rows: for each descriptor the dimension whose traversal (-3..3, "
+               f"{ranking.n_bases} patches of the image) moves it most.")
+        for lab in labels:
+            click.echo(lab, err=True)
+    else:
+        dd = _ints(dims, "--dims")
     values = np.linspace(vrange[0], vrange[1], steps)
     rows = enc.traverse(patch, dd, values)
     out = Path(out)
-    traversal_figure(patch, rows, dd, values, out,
+    traversal_figure(patch, rows, dd, values, out, labels=labels,
                      caption=f"Latent traversal of {Path(image).name} at (y, x) = ({y}, {x}): each "
                              f"row sets one dimension of z = Enc(x) to the values above, the others "
-                             f"unchanged; model {model}.")
+                             f"unchanged; model {model}.{how}")
     npz = write_npz(out.with_suffix(".npz"), original=patch, rows=rows, dims=np.array(dd),
-                    values=values)
+                    values=values, **({"labels": np.array(labels)} if labels else {}))
     click.echo(f"wrote {out} and {npz}")

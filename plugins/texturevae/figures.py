@@ -103,7 +103,7 @@ def grid_figure(images, out, *, caption=None, cols=None, title=None):
     return _save(fig, out)
 
 
-def traversal_figure(original, rows, dims, values, out, *, caption=None):
+def traversal_figure(original, rows, dims, values, out, *, caption=None, labels=None):
     """One row per latent dimension: the original patch, then decodings along ``values``.
 
     Parameters
@@ -112,11 +112,14 @@ def traversal_figure(original, rows, dims, values, out, *, caption=None):
     rows : array of shape (len(dims), len(values), P, P)
     dims : sequence of int
     values : sequence of float
+    labels : list of str, optional — one per row (default ``"dim D"``), e.g.
+        ``"dim 17: area fraction ↑"`` from :meth:`matrep.evaluation.TraversalRanking.auto_dims`
     """
     plt = _plt()
     nd, nv, P = rows.shape[0], rows.shape[1], rows.shape[-1]
     panel = 1.3
-    fig, axes = plt.subplots(nd, nv + 1, figsize=((nv + 1) * panel + 0.6, nd * panel + 0.9),
+    left = 0.6 if labels is None else 1.3
+    fig, axes = plt.subplots(nd, nv + 1, figsize=((nv + 1) * panel + left, nd * panel + 0.9),
                              squeeze=False, dpi=_dpi(P, panel))
     for i in range(nd):
         axes[i, 0].imshow(original, **_IMSHOW)
@@ -127,13 +130,15 @@ def traversal_figure(original, rows, dims, values, out, *, caption=None):
             ax.imshow(rows[i, j], **_IMSHOW)
             if i == 0:
                 ax.set_title(f"z = {values[j]:.2g}", fontsize=7)
-        axes[i, 0].set_ylabel(f"dim {dims[i]}", fontsize=8)
+        axes[i, 0].set_ylabel(f"dim {dims[i]}" if labels is None else
+                              labels[i].replace(": ", ":\n").replace(", ", ",\n"), fontsize=8)
     for ax in axes.ravel():
         ax.set_xticks([])
         ax.set_yticks([])
         for s in ax.spines.values():
             s.set_visible(False)
-    fig.subplots_adjust(left=0.05, right=0.99, top=0.92, bottom=0.1, wspace=0.04, hspace=0.06)
+    fig.subplots_adjust(left=0.05 if labels is None else left / fig.get_figwidth(), right=0.99,
+                        top=0.92, bottom=0.1, wspace=0.04, hspace=0.06)
     _caption(fig, caption)
     return _save(fig, out)
 
