@@ -27,7 +27,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 
 from ._version import __version__ as _matrep_version
 from .atomic import atomic_dir
-from .errors import BadInputError, EncoderContractError, NotFittedError
+from .errors import BadInputError, EncoderContractError, MatrepError, NotFittedError
 
 CONFIG_NAME = "config.json"
 STATE_NAME = "state.safetensors"
@@ -126,24 +126,115 @@ class BaseEncoder(TransformerMixin, BaseEstimator):
 
     @classmethod
     def load(cls, path):
-        """Load an encoder written by :meth:`save`."""
-        from safetensors.numpy import load_file
+        """Load an encoder written by :meth:`save`.
+
+        Raises
+        ------
+        BadInputError
+            Naming the folder or file: no or corrupt ``config.json`` (see :func:`read_config`),
+            a parameter this encoder does not take, a ``state.safetensors`` that is not a
+            readable safetensors file, or a state that does not match the config.
+        """
+        from .tensorfile import read_tensors
 
         path = Path(path)
-        cfg_path = path / CONFIG_NAME
-        if not cfg_path.is_file():
-            raise BadInputError(path, f"not a saved matrep model (no {CONFIG_NAME})")
-        try:
-            config = json.loads(cfg_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise BadInputError(cfg_path, f"corrupt model config ({exc})") from None
-        if config.get("encoder") != cls.name:
-            raise EncoderContractError(f"{path}: holds a {config.get('encoder')!r} model, "
+        config = read_config(path)
+        if config["encoder"] != cls.name:
+            raise EncoderContractError(f"{path}: holds a {config['encoder']!r} model, "
                                        f"expected {cls.name!r}")
-        obj = cls(**config.get("params", {}))
-        arrays = load_file(str(path / STATE_NAME)) if (path / STATE_NAME).exists() else {}
-        obj._set_state(arrays, config.get("meta", {}))
+        params = config.get("params", {})
+        accepted = _init_params(cls)
+        unknown = sorted(set(params) - set(accepted)) if accepted is not None else []
+        if unknown:
+            raise BadInputError(path / CONFIG_NAME, f"encoder {cls.name!r} takes no parameter(s) "
+                                                    f"{', '.join(map(repr, unknown))} (it takes: "
+                                                    f"{', '.join(accepted)}); was the model saved by "
+                                                    "another version of the encoder?")
+        try:
+            obj = cls(**params)
+        except (TypeError, ValueError) as exc:
+            raise BadInputError(path / CONFIG_NAME, f"parameters do not fit encoder {cls.name!r} "
+                                                    f"({type(exc).__name__}: {exc})") from exc
+        state = path / STATE_NAME
+        arrays = read_tensors(state, hint="save the model again or refit it") \
+            if state.exists() or state.is_symlink() else {}
+        try:
+            obj._set_state(arrays, config.get("meta", {}))
+        except BadInputError as exc:
+            if exc.path is not None:
+                raise
+            raise BadInputError(path, exc.problem) from exc
+        except MatrepError as exc:
+            raise BadInputError(path, " ".join(str(exc).split())) from exc
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as exc:
+            raise BadInputError(path, f"the saved state does not match {CONFIG_NAME} "
+                                      f"({type(exc).__name__}: {exc}); save the model again or "
+                                      "refit it") from exc
         return obj
+
+
+#: A model's ``config.json`` is small; anything bigger is not one.
+MAX_CONFIG_BYTES = 64 * 2**20
+
+
+def read_config(path) -> dict:
+    """The ``config.json`` of a saved model folder ``path``, checked.
+
+    Returns
+    -------
+    dict with at least ``"encoder"`` (str); ``"params"`` and ``"meta"``, when present, are dicts.
+
+    Raises
+    ------
+    BadInputError
+        Naming the folder or the file: no ``config.json``, not UTF-8, not JSON, not a JSON
+        object, no encoder name, ``params``/``meta`` that are not objects.
+    """
+    path = Path(path)
+    cfg = path / CONFIG_NAME
+    if not cfg.is_file():
+        if path.is_file():
+            raise BadInputError(path, "is a file; a saved matrep model is a folder holding "
+                                      f"{CONFIG_NAME} and {STATE_NAME}")
+        raise BadInputError(path, f"not a saved matrep model (no {CONFIG_NAME}); train one with "
+                                  "`matrep fit` or save an encoder with encoder.save(path)")
+    if cfg.stat().st_size > MAX_CONFIG_BYTES:
+        raise BadInputError(cfg, f"corrupt model config: {cfg.stat().st_size:,} bytes, more than "
+                                 f"a config can hold ({MAX_CONFIG_BYTES:,})")
+    try:
+        text = cfg.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadInputError(cfg, f"corrupt model config: not UTF-8 text (byte {exc.start})") from None
+    try:
+        config = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise BadInputError(cfg, f"corrupt model config: not JSON ({exc})") from None
+    if not isinstance(config, dict):
+        raise BadInputError(cfg, f"corrupt model config: expected a JSON object, got a JSON "
+                                 f"{_json_type(config)}")
+    if not isinstance(config.get("encoder"), str) or not config["encoder"]:
+        raise BadInputError(cfg, "corrupt model config: no \"encoder\" name (a string)")
+    for key in ("params", "meta"):
+        if key in config and not isinstance(config[key], dict):
+            raise BadInputError(cfg, f"corrupt model config: \"{key}\" must be a JSON object, "
+                                     f"got a JSON {_json_type(config[key])}")
+    return config
+
+
+def _json_type(obj) -> str:
+    return {list: "array", str: "string", int: "number", float: "number", bool: "boolean",
+            type(None): "null", dict: "object"}.get(type(obj), type(obj).__name__)
+
+
+def _init_params(cls) -> list[str] | None:
+    """Keyword parameters of ``cls.__init__`` (None when it takes ``**kwargs``)."""
+    import inspect
+
+    sig = inspect.signature(cls.__init__)
+    if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+        return None
+    return [n for n, p in sig.parameters.items() if n != "self"
+            and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
 
 
 @functools.lru_cache(maxsize=1)

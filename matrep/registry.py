@@ -17,13 +17,12 @@ first in sorted distribution order.
 from __future__ import annotations
 
 import functools
-import json
 import warnings
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from .errors import BadInputError, EncoderContractError, EncoderNotFoundError
+from .errors import EncoderContractError, EncoderNotFoundError
 
 GROUP = "matrep.encoders"
 _REQUIRED = ("fit", "transform", "get_params", "save", "load", "provenance")
@@ -144,13 +143,6 @@ def get_encoder(name: str, **params):
 
 def load_model(path):
     """Load a saved encoder folder (``config.json`` names the encoder)."""
-    path = Path(path)
-    cfg = path / "config.json"
-    if not cfg.is_file():
-        raise BadInputError(path, "not a saved matrep model (no config.json); train one with "
-                                  "`matrep fit` or save an encoder with encoder.save(path)")
-    try:
-        name = json.loads(cfg.read_text())["encoder"]
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise BadInputError(cfg, f"corrupt model config ({type(exc).__name__}: {exc})") from None
-    return encoder_class(name).load(path)
+    from .encoder import read_config
+
+    return encoder_class(read_config(path)["encoder"]).load(Path(path))

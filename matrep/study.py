@@ -478,12 +478,12 @@ def prepare_data(images, labels, target: str, *, group: str | None = None,
                               f"{_first(bad)}; use --task classification for a categorical target")
         if np.unique(y).size < 2:
             raise LabelsError(f"{src}: target column {target!r} is constant over the used "
-                              f"images ({y[0]!r}); nothing to learn")
+                              f"images ({float(y[0]):g}); nothing to learn")
     else:
         y = np.array([str(v) for v in values])
         if len(set(y.tolist())) < 2:
             raise LabelsError(f"{src}: target column {target!r} has a single class "
-                              f"({y[0]!r}) over the used images; nothing to learn")
+                              f"({str(y[0])!r}) over the used images; nothing to learn")
     if group is None:
         groups = ps.micrograph_ids.astype(str)
     else:
@@ -501,7 +501,7 @@ def prepare_data(images, labels, target: str, *, group: str | None = None,
                      "prediction distribution is one value", warn)
     if len(u) < 2:
         raise LabelsError(f"{src}: group column {group or 'micrograph'!r} has a single group "
-                          f"({u[0]!r}); a grouped split needs at least 2")
+                          f"({str(u[0])!r}); a grouped split needs at least 2")
     if task == "classification" and group is not None:
         mixed = mixed_class_groups(y, groups, ps.micrograph_ids)
         if mixed:

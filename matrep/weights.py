@@ -47,6 +47,7 @@ import logging
 import os
 import pickle
 import socket
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -428,20 +429,19 @@ def _normalise_keys(sd: dict, path) -> dict[str, np.ndarray]:
         if v.dtype.name not in WEIGHT_DTYPES:
             raise BadInputError(path, f"tensor {k!r} has dtype {v.dtype}, expected one of "
                                       f"{', '.join(WEIGHT_DTYPES)}")
-        out[key] = v
+        if tuple(v.shape) != EXPECTED_SHAPES[key]:
+            raise BadInputError(path, f"tensor {k!r} has shape {tuple(v.shape)}, expected "
+                                      f"{EXPECTED_SHAPES[key]}")
+        if not np.isfinite(v).all():
+            raise BadInputError(path, f"tensor {k!r} contains NaN or inf")
+        out[key] = np.ascontiguousarray(v, dtype=np.float32)
+        if not np.isfinite(out[key]).all():
+            raise BadInputError(path, f"tensor {k!r} overflows float32")
     missing = [k for k in EXPECTED_SHAPES if k not in out]
     if missing:
         raise BadInputError(path, f"not VGG19 feature weights: missing {len(missing)} of "
                                   f"{len(EXPECTED_SHAPES)} tensors (e.g. {missing[0]!r}); expected keys "
                                   "'N.weight'/'N.bias' (or 'features.N.*') of torchvision vgg19().features")
-    for k, shape in EXPECTED_SHAPES.items():
-        if tuple(out[k].shape) != shape:
-            raise BadInputError(path, f"tensor {k!r} has shape {tuple(out[k].shape)}, expected {shape}")
-        if not np.isfinite(out[k]).all():
-            raise BadInputError(path, f"tensor {k!r} contains NaN or inf")
-        out[k] = np.ascontiguousarray(out[k], dtype=np.float32)
-        if not np.isfinite(out[k]).all():
-            raise BadInputError(path, f"tensor {k!r} overflows float32")
     return out
 
 
@@ -620,12 +620,14 @@ def _from_pth(path: Path, source: str, *, name=None, preprocessing="imagenet") -
     meta = _cached_meta(dest)
     if not (meta.get("source_sha256") == sha and meta.get("preprocessing") == preprocessing):
         try:
-            try:
-                sd = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-            except RuntimeError as exc:
-                if "mmap" not in str(exc):
-                    raise
-                sd = torch.load(str(path), map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch's notes on odd pickles: the error says it all
+                warnings.simplefilter("ignore")
+                try:
+                    sd = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+                except RuntimeError as exc:
+                    if "mmap" not in str(exc):
+                        raise
+                    sd = torch.load(str(path), map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - any reader failure is bad input
             raise BadInputError(path, f"not a torch checkpoint that loads with weights_only=True "
                                       f"({type(exc).__name__}); matrep never unpickles arbitrary objects: "
