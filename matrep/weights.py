@@ -434,7 +434,8 @@ def _normalise_keys(sd: dict, path) -> dict[str, np.ndarray]:
                                       f"{EXPECTED_SHAPES[key]}")
         if not np.isfinite(v).all():
             raise BadInputError(path, f"tensor {k!r} contains NaN or inf")
-        out[key] = np.ascontiguousarray(v, dtype=np.float32)
+        with np.errstate(over="ignore"):
+            out[key] = np.ascontiguousarray(v, dtype=np.float32)
         if not np.isfinite(out[key]).all():
             raise BadInputError(path, f"tensor {k!r} overflows float32")
     missing = [k for k in EXPECTED_SHAPES if k not in out]

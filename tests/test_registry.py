@@ -137,3 +137,36 @@ def test_check_encoder_rejects_batch_dependence():
 
     with pytest.raises(AssertionError, match="depend on the other patches"):
         check_encoder(Leaky())
+
+
+@pytest.mark.parametrize("at_import, shown", [("import sys\nsys.exit(3)\n", "SystemExit(3)"),
+                                              ("raise KeyboardInterrupt\n", "KeyboardInterrupt()")])
+def test_plugin_exiting_at_import_is_skipped_with_one_warning(tmp_path, monkeypatch, at_import, shown):
+    """`matrep encoders` and `matrep encode` survive a plugin whose import calls sys.exit() or
+    raises KeyboardInterrupt, and each prints one one-line warning naming it (issue 16)."""
+    import numpy as np
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from matrep.cli import main
+
+    root = make_dist(tmp_path / "site", "quitter-dist", "0.1", {"quitter": "broken_quit:Enc"},
+                     {"broken_quit": at_import})
+    activate(monkeypatch, root)
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32), dtype=np.uint8)).save(
+        imgs / "a.png")
+    for args in (["encoders"],
+                 ["encode", "--method", "twopoint", "--images", str(imgs), "--patch", "16",
+                  "--stride", "16", "--out", str(tmp_path / "f.h5"), "-q"]):
+        registry.refresh()
+        sys.modules.pop("broken_quit", None)
+        res = CliRunner().invoke(main, args)
+        assert res.exit_code == 0, (args[0], res.output, res.exception)
+        lines = [ln for ln in res.stderr.splitlines() if "quitter" in ln]
+        assert len(lines) == 1, (args[0], res.stderr)
+        assert lines[0].startswith("warning: matrep: encoder plugin 'quitter' from quitter-dist")
+        assert shown in lines[0]
+        assert "registry.py" not in res.stderr  # no Python source line under the warning
+    assert "twopoint" in CliRunner().invoke(main, ["encoders"]).stdout

