@@ -12,6 +12,7 @@ from matrep.cli import main
 
 from test_study_utils import dataset, plugins  # noqa: F401  (shared fixtures)
 from test_study_utils import install_plugins, make_dataset  # noqa: F401
+from test_study_utils import train_tiny_vae
 
 
 def _args(dataset, out, *extra):
@@ -42,6 +43,39 @@ def test_compare_runs_a_plugin_encoder_and_writes_the_report(plugins, dataset, t
     rep2 = json.loads((out / "report.json").read_text())
     assert rep2["settings"]["resumed_results"] == 20 and rep2["settings"]["computed_results"] == 0
     assert rep2["summary"] == rep["summary"]
+
+
+def test_compare_given_texturevae_gets_controls_and_a_verdict(plugins, dataset, tmp_path):
+    torch = pytest.importorskip("torch")
+    from matrep.study import prepare_data
+
+    data = prepare_data(dataset / "images", dataset / "labels.csv", "modulus", patch=32,
+                        stride=32)
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model = train_tiny_vae(data.patchset, tmp_path / "vae")
+        out = tmp_path / "r"
+        base = _args(dataset, out, "texturevae", "--target", "modulus", "--model",
+                     f"texturevae={model}", "--split", "grouped", "--folds", "2",
+                     "--regressor", "linear")
+        res = CliRunner().invoke(main, base)
+        assert res.exit_code == 0, res.output
+        assert "texturevae (untrained head)  linear" in res.output
+        assert "vgg19 (style mean/std)" in res.output and "baseline" in res.output
+        assert "verdict: On unseen micrographs" in res.output
+        rep = json.loads((out / "report.json").read_text())
+        assert rep["verdict"]["comparisons"][0]["regressor"] == "linear"
+        assert rep["methods"]["vgg19 (style mean/std)"]["control_of"] == "texturevae"
+        md = (out / "report.md").read_text()
+        assert "## Verdict" in md and rep["verdict"]["text"] in md
+        assert md.index("## Verdict") < md.index("## Data")  # read first
+        for row in ("| texturevae | linear |", "| texturevae (untrained head) | linear |",
+                    "| vgg19 (style mean/std) | linear |", "| baseline | training mean |"):
+            assert row in md, row
+        assert "Control for texturevae: its configuration (seed 0) with epochs=0" in md
+    finally:
+        torch.set_num_threads(n)
 
 
 def test_compare_classification_target(plugins, dataset, tmp_path):
@@ -86,5 +120,6 @@ def test_compare_help_lists_the_options():
     res = CliRunner().invoke(main, ["compare", "--help"])
     assert res.exit_code == 0
     for opt in ("--target", "--group", "--model", "--param", "--regressor", "--seeds", "--folds",
-                "--max-groups", "--resume / --restart", "--crop-bottom"):
+                "--max-groups", "--resume / --restart", "--crop-bottom",
+                "--controls / --no-controls"):
         assert opt in res.output, opt

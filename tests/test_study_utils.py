@@ -103,3 +103,20 @@ def plugins(tmp_path, monkeypatch):
 def dataset(tmp_path):
     """A small labelled image folder."""
     return make_dataset(tmp_path / "data")
+
+
+#: A texture-VAE small enough for the default suite (random VGG19 weights, tiny decoder).
+TINY_VAE = dict(latent_dim=4, weights="random", decoder_channels=(8, 8, 8, 8, 8), epochs=1,
+                batch_size=8, device="cpu", batch_size_eval=16, max_val_patches=8)
+
+
+def train_tiny_vae(patchset, folder: Path, **params) -> Path:
+    """Train and save a tiny texture-VAE on a PatchSet (its micrograph ids and corners give
+    the held-out split, as ``matrep fit`` does); returns the model folder."""
+    enc = registry.get_encoder("texturevae", **{**TINY_VAE, **params})
+    if "keep_best" in enc.get_params() and "keep_best" not in params:
+        enc.set_params(keep_best=False)  # keep the trained weights even if epoch 0 scored best
+    enc.fit(patchset)
+    enc.save(folder)
+    return folder
+
