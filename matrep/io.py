@@ -163,12 +163,13 @@ def max_image_pixels() -> int | None:
     return value or None
 
 
-def _check_pixels(path: Path, height: int, width: int) -> None:
+def _check_pixels(path: Path, height: int, width: int, frames: int = 1) -> None:
     """Refuse an image whose header claims more pixels than :func:`max_image_pixels`."""
     limit = max_image_pixels()
-    n = int(height) * int(width)
+    n = int(height) * int(width) * int(frames)
+    size = f"{width}x{height}" + (f"x{frames} frames" if frames != 1 else "")
     if limit is not None and n > limit:
-        raise BadInputError(path, f"image header claims {width}x{height} = {n:,} pixels, more than "
+        raise BadInputError(path, f"image header claims {size} = {n:,} pixels, more than "
                                   f"the limit of {limit:,} (a decompression bomb?); if the image is "
                                   f"real, raise the limit with {ENV_MAX_PIXELS}={n}")
 
@@ -203,9 +204,11 @@ def _read_tiff(path: Path) -> np.ndarray:
             with tifffile.TiffFile(str(path)) as tif:
                 if not tif.series:
                     raise BadInputError(path, "TIFF holds no image")
-                shape = tuple(tif.series[0].shape)
-                dims = sorted((int(d) for d in shape), reverse=True)[:2] if shape else [0, 0]
-                _check_pixels(path, *(dims + [1, 1])[:2])
+                shape = [int(d) for d in tif.series[0].shape]
+                if len(shape) >= 3 and shape[-1] in (1, 2, 3, 4):
+                    shape = shape[:-1]  # colour channels
+                shape = [1] * (2 - len(shape)) + shape
+                _check_pixels(path, shape[-2], shape[-1], int(np.prod(shape[:-2], dtype=np.float64)))
                 arr = tif.series[0].asarray()
         except BadInputError:
             raise

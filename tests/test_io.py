@@ -160,3 +160,89 @@ def test_real_castiron_jpeg_colour(castiron_dir):
     ps = load_patches(castiron_dir, patch=128, stride=400)
     assert len(set(ps.micrograph_ids)) == 6
     assert 0.0 <= ps.patches.min() and ps.patches.max() <= 1.0
+
+
+# ----------------------------------------------------------------------------- size limit
+def _png_claiming(width, height):
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+
+
+def test_decompression_bomb_refused_from_the_header(tmp_path, monkeypatch):
+    """A 60-byte PNG claiming 100000² pixels: refused before decoding, with the pixel count and
+    the variable that raises the limit (issue 16)."""
+    monkeypatch.delenv("MATREP_MAX_IMAGE_PIXELS", raising=False)
+    f = tmp_path / "bomb.png"
+    f.write_bytes(_png_claiming(100_000, 100_000))
+    with pytest.raises(BadInputError) as exc:
+        read_micrograph(f)
+    assert str(exc.value) == (
+        f"{f}: image header claims 100000x100000 = 10,000,000,000 pixels, more than the limit of "
+        "178,956,970 (a decompression bomb?); if the image is real, raise the limit with "
+        "MATREP_MAX_IMAGE_PIXELS=10000000000")
+
+
+def test_pixel_limit_follows_the_environment(tmp_path, monkeypatch, caplog):
+    a = np.zeros((40, 50), np.uint8)
+    Image.fromarray(a).save(tmp_path / "a.png")
+    tifffile.imwrite(tmp_path / "a.tif", a)
+    monkeypatch.setenv("MATREP_MAX_IMAGE_PIXELS", "1999")
+    for name in ("a.png", "a.tif"):
+        with pytest.raises(BadInputError, match=r"claims 50x40 = 2,000 pixels, more than the limit of 1,999"):
+            read_micrograph(tmp_path / name)
+    monkeypatch.setenv("MATREP_MAX_IMAGE_PIXELS", "2000")
+    assert read_micrograph(tmp_path / "a.tif").shape == (40, 50)
+    monkeypatch.setenv("MATREP_MAX_IMAGE_PIXELS", "0")  # no limit
+    assert read_micrograph(tmp_path / "a.png").shape == (40, 50)
+    monkeypatch.setenv("MATREP_MAX_IMAGE_PIXELS", "-3")
+    with pytest.raises(BadInputError, match="MATREP_MAX_IMAGE_PIXELS must be a number of pixels"):
+        read_micrograph(tmp_path / "a.png")
+
+
+def test_tifffile_log_lines_stay_out_of_the_output(tmp_path, caplog):
+    """tifffile logs warnings about odd files; matrep's one-line error replaces them."""
+    import logging
+
+    f = tmp_path / "odd.tif"
+    tifffile.imwrite(f, np.zeros((64, 64), np.uint16))
+    f.write_bytes(f.read_bytes()[:100])  # strips cut off
+    with caplog.at_level(logging.DEBUG):
+        with pytest.raises(BadInputError, match="odd.tif: not a readable TIFF"):
+            read_micrograph(f)
+    assert not [r for r in caplog.records if r.name.startswith("tifffile")]
+
+
+def test_links_and_folders_named_like_images(tmp_path):
+    loop = tmp_path / "loop.png"
+    loop.symlink_to(loop)
+    with pytest.raises(BadInputError, match="loop.png: is a broken symbolic link"):
+        list_images(loop)
+    with pytest.raises(BadInputError, match="loop.png: is a broken symbolic link"):
+        read_micrograph(loop)
+    (tmp_path / "d.png").mkdir()
+    with pytest.raises(BadInputError, match="d.png: is a folder, not an image file"):
+        read_micrograph(tmp_path / "d.png")
+
+
+def test_cli_warning_is_one_line_without_source(tmp_path):
+    """The alpha warning reaches the terminal as one 'warning:' line, not with a Python source
+    line under it (issue 16)."""
+    from click.testing import CliRunner
+
+    from matrep.cli import main
+
+    a = np.zeros((32, 32, 4), np.uint8)
+    a[..., 3] = 128
+    Image.fromarray(a, "RGBA").save(tmp_path / "rgba.png")
+    res = CliRunner().invoke(main, ["encode", "--method", "twopoint", "--images",
+                                    str(tmp_path / "rgba.png"), "--patch", "16", "--stride", "16",
+                                    "--out", str(tmp_path / "f.h5"), "-q"])
+    assert res.exit_code == 0, res.output
+    assert res.stderr.splitlines() == [
+        f"warning: {tmp_path / 'rgba.png'}: alpha channel is not opaque; it is ignored"]
