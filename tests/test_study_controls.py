@@ -292,3 +292,16 @@ def test_study_docstring_examples():
 
     res = doctest.testmod(study, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert res.attempted >= 10 and res.failed == 0
+
+
+def test_texturevae_without_a_model_is_fitted_inside_each_split(plugins, dataset, tmp_path,
+                                                                 one_thread):
+    """A fresh per-split fit must not ask to resume a checkpoint that does not exist."""
+    from test_study_utils import TINY_VAE
+
+    data = _data(dataset)
+    res = Study(data, [MethodSpec("texturevae", dict(TINY_VAE))], tmp_path / "out",
+                split="grouped", folds=2, regressors=["linear"]).run()
+    assert res.methods["texturevae"]["fitting"] == "fitted inside each split on its training patches"
+    assert list(res.methods) == ["texturevae"] and res.verdict is None  # no model: no controls
+    assert {f["split"] for f in res.methods["texturevae"]["features"]} == {"fold-0", "fold-1"}
