@@ -96,27 +96,37 @@ def encode_patchset(encoder, patchset, out, *, labels=None, labels_source: str =
     key = f"{encoder.name}-{digest[:8]}"
     store = FeatureStore(out)
 
-    if main and store.exists():
-        store.validate()  # a bad store is refused before anything (even the lock) is made
+    def stored():
+        """Key of these features if the store holds them (rank 0 looks, every rank learns)."""
+        found = store.find(digest) if main and store.exists() else None
+        return dist.broadcast_object(found) if multi else found
+
+    def reuse(found):
+        X, _ = store.read(found)  # checked before anything is written
+        if X.shape[0] != len(patchset):
+            raise StoreError(f"{out}: features/{found} has {X.shape[0]} rows but the images "
+                             f"give {len(patchset)} patches; delete the file (or choose "
+                             "another --out) and run again")
+        if main:
+            with lock(out, on_wait=log):
+                if labels is not None:
+                    store.write(patchset, labels=labels, labels_source=labels_source)
+                remove_stale_partials(out, store.keys())
+        if multi:
+            dist.barrier()
+        return EncodeResult(out, found, len(patchset), X.shape[1], reused=True)
+
+    # Reading needs no lock (a store is only ever replaced whole), so a bad store is refused
+    # and stored features are reused before anything, the lock file included, is made.
+    found = stored()
+    if found is not None:
+        return reuse(found)
     # One encode into a store at a time (its lock, matrep.atomic.lock): a second one waits,
     # then finds the same features stored, or adds its own beside them.
     with lock(out, on_wait=log) if main else contextlib.nullcontext():
-        found = store.find(digest) if store.exists() else None
-        if multi:
-            found = dist.broadcast_object(found)  # rank 0 looked with the lock held
+        found = stored()
         if found is not None:
-            if labels is not None and main:
-                store.write(patchset, labels=labels, labels_source=labels_source)
-            if main:
-                remove_stale_partials(out, store.keys())
-            if multi:
-                dist.barrier()
-            X, _ = store.read(found)
-            if X.shape[0] != len(patchset):
-                raise StoreError(f"{out}: features/{found} has {X.shape[0]} rows but the images "
-                                 f"give {len(patchset)} patches; delete the file (or choose "
-                                 "another --out) and encode again")
-            return EncodeResult(out, found, len(patchset), X.shape[1], reused=True)
+            return reuse(found)
 
         partial = partial_dir(out, key)
         meta = {"digest": digest, "chunk": chunk, "n": len(patchset)}

@@ -208,7 +208,8 @@ class FeatureStore:
 
         def one_d(ds, where, n=None):
             if ds.shape is None or len(ds.shape) != 1:
-                raise self._bad(f"{where} has shape {ds.shape}, expected a 1-D array"
+                shape = "no shape (empty)" if ds.shape is None else f"shape {ds.shape}"
+                raise self._bad(f"{where} has {shape}, expected a 1-D array"
                                 + (f" of {n} values (one per patch record)" if n is not None
                                    else ""))
             if n is not None and ds.shape[0] != n:
@@ -259,11 +260,13 @@ class FeatureStore:
                     raise self._bad(f"/features/{key} is not a group")
                 X = dataset(fg[key], "X", f"/features/{key}")
                 if X.shape is None or len(X.shape) != 2 or X.shape[0] != n:
-                    raise self._bad(f"/features/{key}/X has shape {X.shape}, expected ({n}, "
+                    shape = "no shape (empty)" if X.shape is None else f"shape {X.shape}"
+                    raise self._bad(f"/features/{key}/X has {shape}, expected ({n}, "
                                     "n_features): a 2-D matrix with one row per patch record")
                 if X.dtype.kind not in "iuf":
-                    raise self._bad(f"/features/{key}/X has dtype {X.dtype}, expected real "
-                                    "floats or integers")
+                    kind = "strings" if is_str(X) else f"dtype {X.dtype}"
+                    raise self._bad(f"/features/{key}/X holds {kind}, expected real floats or "
+                                    "integers")
 
     def _label_columns(self, lg) -> list[str]:
         raw = lg.attrs.get("columns")

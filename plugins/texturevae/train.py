@@ -400,11 +400,17 @@ def read_checkpoint(run_dir):
     if not (d / CHECKPOINT_JSON).is_file() or not (d / CHECKPOINT_STATE).is_file():
         raise BadInputError(d, "no checkpoint to resume from (expected checkpoint.json and "
                                "state.safetensors); start without --resume")
+    from safetensors import SafetensorError
+
     try:
         meta = json.loads((d / CHECKPOINT_JSON).read_text())
         tensors = load_file(str(d / CHECKPOINT_STATE))
-    except (json.JSONDecodeError, OSError, ValueError, RuntimeError) as exc:
-        raise BadInputError(d, f"corrupt checkpoint ({type(exc).__name__}: {exc})") from None
+    except (json.JSONDecodeError, OSError, ValueError, RuntimeError, SafetensorError) as exc:
+        raise BadInputError(d, f"corrupt checkpoint ({type(exc).__name__}: "
+                               f"{' '.join(str(exc).split())})") from None
+    if not isinstance(meta, dict):
+        raise BadInputError(d / CHECKPOINT_JSON, f"corrupt checkpoint: a JSON "
+                                                 f"{type(meta).__name__}, not an object")
     if meta.get("format") != CHECKPOINT_FORMAT:
         raise BadInputError(d, f"not a texture-VAE checkpoint (format {meta.get('format')!r}, "
                                f"expected {CHECKPOINT_FORMAT!r})")
