@@ -257,5 +257,6 @@ def can_state_pixel_size(path) -> bool:
     return Path(path).suffix.lower() in TIFF_EXTENSIONS + MICROSCOPE_EXTENSIONS
 
 
-__all__ = ["FilePixelSize", "MICROSCOPE_EXTENSIONS", "PRINT_DPI", "UNITS_UM", "can_state_pixel_size",
+__all__ = ["FilePixelSize", "MICROSCOPE_EXTENSIONS", "PRINT_DPI", "UNITS_UM",
+           "can_state_pixel_size",
            "read_pixel_size", "read_pixels", "unit_to_um"]

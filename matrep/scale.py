@@ -260,10 +260,15 @@ def resolve_pixel_sizes(files, *, pixel_size=None, labels=None, column: str | No
                           "--pixel-size-labels)")
     out = {}
     for f in files:
-        found = read_pixel_size(f) if read_metadata and can_state_pixel_size(f) else None
+        try:
+            found = read_pixel_size(f) if read_metadata and can_state_pixel_size(f) else None
+        except BadInputError:  # unreadable: the image reader names the problem (or skips it)
+            found = None
         g = given.get(f)
         if g is not None:
-            if found is not None and abs(found.um_per_px - g.um_per_px) > CONFLICT_RTOL * g.um_per_px:
+            off = found is not None and \
+                abs(found.um_per_px - g.um_per_px) > CONFLICT_RTOL * g.um_per_px
+            if off:
                 warn(f"{f}: pixel size {g.um_per_px:.6g} um/px from {g.source} contradicts "
                      f"{found.um_per_px:.6g} um/px in the file ({found.where}); using "
                      f"{g.um_per_px:.6g} um/px from {g.source}")
@@ -432,7 +437,8 @@ class ScalePlan:
             s = s.split("[", 1)[0].split("(", 1)[0]
             sources[s] = sources.get(s, 0) + 1
         d = {"target_um_per_px": self.target_um_per_px, "auto": bool(self.auto),
-             "images": len(files), "known": int(len(known)), "unknown": int(len(files) - len(known)),
+             "images": len(files), "known": int(len(known)),
+             "unknown": int(len(files) - len(known)),
              "sources": sources, "dropped": len(self.dropped),
              "upsample_limit": self.upsample_limit}
         if len(known):

@@ -254,7 +254,8 @@ def test_uhcs_style_labels_resolve_by_scale_bar(tmp_path):
 
 def _fei_tiff(path, pixel_width_m, img=None):
     img = np.zeros((200, 200), np.uint8) if img is None else img
-    fei = f"[User]\nDate=01/01/2024\n[Scan]\nPixelWidth={pixel_width_m}\nPixelHeight={pixel_width_m}\n"
+    fei = (f"[User]\nDate=01/01/2024\n[Scan]\nPixelWidth={pixel_width_m}\n"
+           f"PixelHeight={pixel_width_m}\n")
     tifffile.imwrite(path, img, extratags=[(34682, "s", 0, fei, True)], resolution=(72, 72))
     return path
 
@@ -382,3 +383,12 @@ def test_lazy_patches_resample_like_load_patches(tmp_path):
     np.testing.assert_array_equal(np.asarray(lazy.patches), eager.patches)
     assert lazy.settings() == eager.settings()
     assert lazy.subset(np.arange(3)).scale is lazy.scale
+
+
+def test_unreadable_tiff_is_skipped_with_skip_bad(tmp_path):
+    labels = _grey_pngs(tmp_path, {"a": 1.0})
+    (tmp_path / "broken.tif").write_bytes(b"II*\x00 not really a tiff")
+    ps = load_patches(tmp_path, patch=64, stride=64, skip_bad=True,
+                      scale=ScaleOptions(labels=labels))
+    assert [s.split("/")[-1] for s in ps.files] == ["a.png"]
+    assert ps.skipped and ps.skipped[0][0].endswith("broken.tif")
