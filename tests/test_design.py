@@ -18,7 +18,7 @@ from PIL import Image
 from matrep.design import DesignError, DesignSettings, design, make_designer, write_design
 from matrep.design import physics as ph
 from matrep.design.search import (optimise, prior_radius, project_to_ball, propose,
-                                  select_diverse)
+                                  secant_steps, select_diverse)
 from matrep.design.surrogate import CorrectedSurrogate, LatentGP
 from matrep.errors import LabelsError
 
@@ -154,6 +154,15 @@ def test_search_reaches_the_target_inside_the_ball():
     d = np.linalg.norm(Zp[:, None] - Zp[None], axis=-1)[np.triu_indices(3, 1)]
     assert d.min() >= 0.8 - 1e-9                          # one-to-many: apart from each other
     assert np.abs(gp.predict(Zp) - 1.5).max() < 0.3
+
+
+def test_secant_steps_land_on_the_target_of_a_linear_function():
+    Z = np.array([[0.0, 0.0], [1.0, 0.2], [0.2, 3.0], [2.0, 2.0]])
+    e = Z[:, 0] - 0.5                                       # physics - target, linear in z0
+    S = secant_steps(Z, e, 2, radius=10.0, min_distance=0.1)
+    assert len(S) == 2
+    assert S[:, 0] - 0.5 == pytest.approx([0.0, 0.0], abs=1e-12)
+    assert len(secant_steps(Z, np.abs(e) + 1, 2, 10.0)) == 0   # no sign change: no step
 
 
 def test_select_diverse_keeps_distance_and_order():

@@ -9,7 +9,9 @@ The loop, per target (all of it in :class:`Designer`):
 2. **Search.** :func:`~matrep.design.search.propose`: several starts, gradient search of the
    expected squared error inside the prior's ball, a batch of candidates kept apart.
 3. **Physics.** The batch is decoded, segmented and solved; the values go into the
-   correction GP; repeat until ``budget`` solver calls for this target are spent.
+   correction GP; repeat until ``budget`` solver calls for this target are spent. The last
+   ``refine`` calls (one target property) are secant steps between checked candidates on
+   both sides of the target (:func:`~matrep.design.search.secant_steps`).
 4. **Designs.** Of the checked candidates, the ``n`` with the smallest physics error that are
    distinct (pairwise style distance at least the median distance between two patches of one
    micrograph; :mod:`matrep.design.distinct`); each reported with the surrogate's prediction
@@ -43,6 +45,9 @@ class DesignSettings:
     n : int, default 8 — designs per target
     budget : int, default 24 — solver calls per target (physics in the loop)
     batch : int, default 6 — candidates checked per round
+    refine : int, default 6 — solver calls at the end of the budget spent on secant steps
+        between checked candidates on both sides of the target (one target property only;
+        :func:`~matrep.design.search.secant_steps`); 0: search rounds only
     tolerance : float, default 0.02 — relative error that scales the search objective
     quantile : float, default 0.99 — prior mass of the search ball
     n_starts : int, default 16 — search starts per round
@@ -59,6 +64,7 @@ class DesignSettings:
     n: int = 8
     budget: int = 24
     batch: int = 6
+    refine: int = 6
     tolerance: float = 0.02
     quantile: float = 0.99
     n_starts: int = 16
@@ -211,6 +217,7 @@ class Designer:
         return out
 
     def _check(self, Z, predicted, rnd, source) -> list:
+        """Decode, segment and solve ``Z``; ``source`` is one label or one per row."""
         from .physics import check_designs
 
         imgs = np.asarray(self.model.decode(np.asarray(Z, np.float32)), dtype=np.float32)
@@ -219,7 +226,8 @@ class Designer:
             res, _ = check_designs(imgs, self.solver, threshold=self.settings.threshold)
         return [Candidate(latent=np.asarray(Z[i], np.float32),
                           predicted={p: (float(m[i]), float(s[i])) for p, (m, s) in predicted.items()},
-                          image=imgs[i], physics=res[i], round=rnd, source=source)
+                          image=imgs[i], physics=res[i], round=rnd,
+                          source=source if isinstance(source, str) else source[i])
                 for i in range(len(Z))]
 
     def _choose(self, cands, targets, n):
@@ -262,7 +270,7 @@ class Designer:
     # ------------------------------------------------------------------------- designing
     def design(self, targets: dict, *, n=None) -> TargetResult:
         """Designs for ``targets`` (property -> value): the loop of the module docstring."""
-        from .search import propose
+        from .search import propose, secant_steps
 
         S = self.settings
         n = S.n if n is None else int(n)
@@ -277,13 +285,23 @@ class Designer:
             while calls < S.budget:
                 k = min(S.batch, S.budget - calls)
                 done = np.array([c.latent[self.active] for c in cands]) if cands else None
-                Za, _ = propose(sur, targets, scales, pool=pool, radius=self.radius, n=k,
-                                n_starts=S.n_starts, min_distance=S.min_latent_distance,
-                                exclude=done, rng=self.rng)
+                Za = np.zeros((0, len(self.active)))
+                if len(targets) == 1 and calls >= S.budget - S.refine and cands:
+                    (p0, t0_), = targets.items()
+                    err = np.array([c.physics.values[p0] - t0_ for c in cands])
+                    Za = secant_steps(done, err, k, self.radius,
+                                      min_distance=S.min_latent_distance)
+                how = ["secant"] * len(Za)
+                if len(Za) < k:
+                    Zs, _ = propose(sur, targets, scales, pool=pool, radius=self.radius,
+                                    n=k - len(Za), n_starts=S.n_starts,
+                                    min_distance=S.min_latent_distance, exclude=done, rng=self.rng)
+                    Za = np.concatenate([Za, Zs])
+                    how += ["search"] * len(Zs)
                 if len(Za) == 0:
                     break
                 Z = self.full(Za)
-                new = self._check(Z, self.predict(Z), rnd, "search")
+                new = self._check(Z, self.predict(Z), rnd, how)
                 calls += len(new)
                 for p in sur:
                     sur[p].add(Za, [c.physics.values[p] for c in new])
