@@ -57,6 +57,9 @@ def _threshold(value):
 @click.option("--budget", default=24, type=click.IntRange(1),
               help="Solver calls per target (physics in the loop); the baseline gets the same.")
 @click.option("--batch", default=6, type=click.IntRange(1), help="Candidates checked per round.")
+@click.option("--refine", default=6, type=click.IntRange(0),
+              help="Solver calls at the end of the budget spent on secant steps between checked "
+                   "candidates on both sides of the target (one target property); 0: none.")
 @click.option("--size", default=512, type=click.IntRange(0),
               help="Side of the large designs (tiled with blended seams, checked by physics); "
                    "0: none.")
@@ -98,7 +101,7 @@ def _threshold(value):
 @click.option("--seed", default=0, type=int, help="Seed of the search, the baseline and the tiles.")
 @quiet_option
 @handle_errors
-def design_cmd(model, images, labels, targets, n, out, budget, batch, size, material, physics,
+def design_cmd(model, images, labels, targets, n, out, budget, batch, refine, size, material, physics,
                baseline, allow_extrapolation, tolerance, quantile, distinct, threshold, masks, file_column,
                stride, crop, crop_bottom, max_patches, study, jobs, seed, quiet):
     """Design microstructures with target properties, verified by physics.
@@ -125,7 +128,7 @@ def design_cmd(model, images, labels, targets, n, out, budget, batch, size, mate
     t0 = time.perf_counter()
     log = (lambda s: None) if quiet else (lambda s: click.echo(s, err=True))
     tg = _parse_targets(targets, study)
-    settings = DesignSettings(n=n, budget=budget, batch=batch, tolerance=tolerance,
+    settings = DesignSettings(n=n, budget=budget, batch=batch, refine=refine, tolerance=tolerance,
                               quantile=quantile, threshold=_threshold(threshold), size=size,
                               allow_extrapolation=allow_extrapolation, distinct=distinct,
                               seed=seed)
