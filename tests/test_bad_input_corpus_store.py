@@ -395,6 +395,13 @@ def run_folder_locked_by_another_fit(d, run):
     return _resume(out), "run"  # the lock is held by another thread in the test
 
 
+@case("run")
+def resume_with_another_stride(d, run):
+    # an option given on the command line overrides fit.json; the checkpoint then refuses it,
+    # and fit.json keeps the run's recorded settings (it used to be rewritten first)
+    return _resume(_run_copy(d, run), "--stride", "16"), "checkpoint"
+
+
 # -- the test ---------------------------------------------------------------------------------
 def _snapshot(root: Path) -> dict:
     out = {}
@@ -465,3 +472,46 @@ def test_load_features_refuses_bad_stores(case_id, good, tmp_path):
 
 def test_corpus_size():
     assert len(CASES) >= 30
+
+
+# -- resuming: options from fit.json, a swap killed between its renames ----------------------
+def _dead_pid():
+    import subprocess
+    import sys
+
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_resume_takes_options_from_fit_json_and_recovers_a_killed_swap(good_run, tmp_path):
+    import json
+
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(1)
+    out = _run_copy(tmp_path, good_run)
+    # killed between the two renames of the checkpoint swap: only these two remain
+    (out / "checkpoint").rename(out / f".old-checkpoint-{_dead_pid()}")
+    (out / ".tmp-checkpoint-k3j4h5g6").mkdir()
+    # no --images/--patch/--stride: the run's 32/32 come from fit.json (the defaults are
+    # 128/50); --epochs 2 trains one epoch more than the run's 1
+    res = _invoke(_resume(out, "--epochs", "2"))
+    assert res.exit_code == 0, res.output
+    rec = json.loads((out / "fit.json").read_text())
+    assert rec["params"]["epochs"] == 2
+    assert (rec["patches"]["patch"], rec["patches"]["stride"]) == (PATCH, PATCH)
+    assert (out / "log.csv").read_text().splitlines()[-1].startswith("2,")
+    assert not [p.name for p in out.iterdir() if p.name.startswith((".old-", ".tmp-"))]
+
+
+def test_failed_fit_leaves_no_fit_json(good, tmp_path):
+    pytest.importorskip("torch")
+    args = ["fit", "--method", "texturevae", "--images", good["imgs"], *WINDOW, "--weights",
+            "random", "--device", "cpu", "--latent-dim", "4", "-q", "--lr", "nan"]
+    res = _invoke([*args, "--out", tmp_path / "new"])
+    assert res.exit_code == 1 and isinstance(res.exception, SystemExit), res.output
+    assert not (tmp_path / "new").exists()  # the folder this run made is gone
+    (tmp_path / "mine").mkdir()
+    res = _invoke([*args, "--out", tmp_path / "mine"])
+    assert res.exit_code == 1 and isinstance(res.exception, SystemExit), res.output
+    assert list((tmp_path / "mine").iterdir()) == [tmp_path / "mine" / ".fit.lock"]
