@@ -211,6 +211,26 @@ def test_training_data_are_patch_level_from_masks(designer):
     assert designer.active.tolist() == [0, 1]                   # z2, z3 unused by the encoder
 
 
+def test_patch_properties_are_cached(fake_data):
+    from matrep.design.training import load_training_data
+
+    calls = []
+
+    def solve(mask):
+        calls.append(1)
+        return {"values": {"youngs_modulus_gpa": 200.0 - 100 * float(mask.mean())}, "residual": 0.0}
+
+    s = ph.Solver("counting", ("youngs_modulus_gpa",), solve)
+    args = (FakeModel(), fake_data / "images", fake_data / "labels.csv", ["youngs_modulus_gpa"])
+    a = load_training_data(*args, solver=s, stride=32)
+    assert len(calls) == 48
+    b = load_training_data(*args, solver=s, stride=32)
+    assert len(calls) == 48                                     # second time from the cache
+    assert np.array_equal(a.values["youngs_modulus_gpa"], b.values["youngs_modulus_gpa"])
+    load_training_data(*args, solver=s, stride=32, cache=False)
+    assert len(calls) == 96
+
+
 def test_design_meets_target_by_physics_and_beats_random(designer):
     lo, hi = designer.data.range("youngs_modulus_gpa")
     t = lo + 0.3 * (hi - lo)

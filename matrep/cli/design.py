@@ -98,12 +98,15 @@ def _threshold(value):
                    "the patch-level values of the --target column, -n designs each.")
 @click.option("-j", "--jobs", "jobs", default=1, type=click.IntRange(1),
               help="Worker processes for homogenising the training patches.")
+@click.option("--cache/--no-cache", default=True,
+              help="Reuse the solver's values of the training mask patches from matrep's cache "
+                   "(keyed by the masks and the solver).")
 @click.option("--seed", default=0, type=int, help="Seed of the search, the baseline and the tiles.")
 @quiet_option
 @handle_errors
 def design_cmd(model, images, labels, targets, n, out, budget, batch, refine, size, material, physics,
                baseline, allow_extrapolation, tolerance, quantile, distinct, threshold, masks, file_column,
-               stride, crop, crop_bottom, max_patches, study, jobs, seed, quiet):
+               stride, crop, crop_bottom, max_patches, study, jobs, cache, seed, quiet):
     """Design microstructures with target properties, verified by physics.
 
     Searches the model's latent space with a Gaussian-process surrogate trained on patch-level
@@ -135,7 +138,7 @@ def design_cmd(model, images, labels, targets, n, out, budget, batch, refine, si
     imgs = images[0] if len(images) == 1 else list(images)
     kw = dict(material=material, physics=physics, settings=settings, masks=masks,
               file_column=file_column, stride=stride, crop=parse_crop(crop),
-              crop_bottom=crop_bottom, max_patches=max_patches, n_jobs=jobs, log=log,
+              crop_bottom=crop_bottom, max_patches=max_patches, n_jobs=jobs, cache=cache, log=log,
               progress=lambda it: progress(it, desc="patches", quiet=quiet))
     if study:
         from ..design.study import run_study, summary_markdown

@@ -120,10 +120,47 @@ def _segment_patches(ps, dark_phase: bool):
     return np.stack([segment(p, dark_phase=dark_phase) for p in ps.patches])
 
 
+def _cache_file(solver, masks) -> Path:
+    import hashlib
+
+    from ..datasets.castiron import cache_root
+
+    h = hashlib.sha256()
+    h.update(f"{solver.material}|{solver.description}|{solver.properties}|{masks.shape}".encode())
+    h.update(np.packbits(masks).tobytes())
+    return cache_root() / "design" / f"patch-properties-{h.hexdigest()[:24]}.npz"
+
+
+def _cached(solver, masks):
+    f = _cache_file(solver, masks)
+    if not f.is_file():
+        return None
+    try:
+        with np.load(f) as z:
+            got = {k: z[k] for k in z.files}
+    except Exception:  # noqa: BLE001 - a damaged cache entry is recomputed
+        return None
+    need = {"residual", *solver.properties}
+    return got if need <= set(got) and all(len(v) == len(masks) for v in got.values()) else None
+
+
+def _store(solver, masks, got) -> None:
+    from ..atomic import atomic_path
+
+    f = _cache_file(solver, masks)
+    try:
+        with atomic_path(f, suffix=".npz") as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, **got)
+    except OSError:  # a read-only cache only costs time
+        pass
+
+
 def load_training_data(model, images, labels, properties, *, solver=None, masks=None,
                        file_column: str = "file", mask_column: str = "mask_file",
                        stride: int = 128, crop=None, crop_bottom: int = 0, max_patches=None,
-                       seed: int = 0, n_jobs: int = 1, log=None, progress=None) -> TrainingData:
+                       seed: int = 0, n_jobs: int = 1, cache: bool = True, log=None,
+                       progress=None) -> TrainingData:
     """Encode the training patches and give each its patch-level property values.
 
     Parameters
@@ -139,6 +176,8 @@ def load_training_data(model, images, labels, properties, *, solver=None, masks=
     crop, crop_bottom : as in :func:`matrep.io.load_patches`
     max_patches : int, optional — a seeded random subset of the patches
     n_jobs : int — worker processes for the solver
+    cache : bool, default True — reuse the solver's values of identical mask patches from
+        matrep's cache (``<cache>/design/``, keyed by the masks' bits and the solver)
     log, progress : optional callables (a line of text; an iterable wrapper)
 
     Raises
@@ -175,11 +214,20 @@ def load_training_data(model, images, labels, properties, *, solver=None, masks=
             how = "Otsu segmentation of each image patch (no masks found)"
         else:
             how = f"the phase masks ({'--masks ' + str(masks) if masks else 'labels column ' + repr(mask_column)})"
-        log(f"homogenising {len(ps)} mask patches of {P}x{P} ({solver.material} solver) ...")
-        res = solve_masks(solver, mp, n_jobs=n_jobs, progress=progress)
-        residuals = np.array([r.residual for r in res])
+        got = _cached(solver, mp) if cache else None
+        if got is None:
+            log(f"homogenising {len(ps)} mask patches of {P}x{P} ({solver.material} solver) ...")
+            res = solve_masks(solver, mp, n_jobs=n_jobs, progress=progress)
+            got = {"residual": np.array([r.residual for r in res])}
+            got.update({p: np.array([r.values[p] for r in res], dtype=np.float64)
+                        for p in solver.properties})
+            if cache:
+                _store(solver, mp, got)
+        else:
+            log(f"patch-level properties of {len(ps)} mask patches from the cache")
+        residuals = got["residual"]
         for p in physics_props:
-            values[p] = np.array([r.values[p] for r in res], dtype=np.float64)
+            values[p] = np.asarray(got[p], dtype=np.float64)
             sources[p] = f"patch-level: {solver.material} solver on each patch's own mask, from {how}"
         notes.append(f"patch-level properties ({', '.join(physics_props)}) computed on {len(ps)} "
                      f"mask patches from {how}; largest solver residual {residuals.max():.2g}")
