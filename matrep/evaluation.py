@@ -214,7 +214,8 @@ class EvaluationReport:
     ``latent_dim``, ``patch``, ``n``, per metric either a summary dict (mean, std, sem,
     median, n) or a string saying why it is not available, ``fidelity`` (descriptor ->
     ``{"rho", "p", "n", "note"}``, rho None with the note when undefined; None for a floor
-    without partners) and, for models, ``specificity`` (dict from
+    without partners), ``graphite_found`` (``{"input", "compared"}``: patches whose mask is not
+    empty) and, for models, ``specificity`` (dict from
     :func:`matrep.metrics.specificity.own_vs_other` without the per-patch arrays, or a string
     saying why not). ``scores`` keeps the raw per-patch values (row name -> metric -> list),
     ``patches`` the patches drawn (patch size -> list of [micrograph id, y, x]).
@@ -240,14 +241,15 @@ class EvaluationReport:
 
     def fidelity_table(self) -> tuple[list[list[str]], list[str]]:
         """Rows of the descriptor-fidelity table and the notes of its undefined cells."""
-        head = ["model", "n"] + [DESCRIPTORS[k][0] for k in MEASURED_DESCRIPTORS] \
-            + ["specificity"]
+        head = ["model", "n", "graphite found"] \
+            + [DESCRIPTORS[k][0] for k in MEASURED_DESCRIPTORS] + ["specificity"]
         body, notes = [head], []
         for r in self.rows:
             fid = r.get("fidelity")
             if fid is None:
                 continue
-            cells = [r["name"], str(r["n"])]
+            g = r.get("graphite_found") or {}
+            cells = [r["name"], str(r["n"]), f"{g.get('input', '?')} → {g.get('compared', '?')}"]
             for k in MEASURED_DESCRIPTORS:
                 f = fid[k]
                 if f["rho"] is None:
@@ -294,7 +296,8 @@ class EvaluationReport:
                 "`matrep.datasets.descriptors.measure_mask` in pixel units, particles under "
                 f"{s.get('min_diameter_px', 3.0):g} px left out. (n=k): patches where the "
                 "descriptor is defined on both sides (mean diameter and nodularity need a "
-                "particle).",
+                "particle). graphite found: patches with graphite in the input → in the "
+                "reconstruction (or partner patch).",
                 "- specificity: share of patches whose own reconstruction is closer in style "
                 "loss than the reconstruction of a patch of another micrograph; own/other: "
                 "ratio of the mean style losses."]
@@ -311,6 +314,7 @@ class EvaluationReport:
             head += [f"{m}_mean", f"{m}_std", f"{m}_sem", f"{m}_note"]
         for k in MEASURED_DESCRIPTORS:
             head += [f"fidelity_rho_{k}", f"fidelity_n_{k}", f"fidelity_note_{k}"]
+        head += ["graphite_found_input", "graphite_found_compared"]
         head += ["specificity_frac_own_lower", "specificity_ratio", "specificity_note"]
         w.writerow(head)
         for r in self.rows:
@@ -325,6 +329,8 @@ class EvaluationReport:
                 f = fid.get(k)
                 row += ["", "", ""] if f is None else \
                     ["" if f["rho"] is None else f"{f['rho']:.6f}", f["n"], f["note"] or ""]
+            g = r.get("graphite_found") or {}
+            row += [g.get("input", ""), g.get("compared", "")]
             sp = r.get("specificity")
             row += ["", "", sp] if isinstance(sp, str) else ["", "", ""] if sp is None else \
                 [f"{sp['frac_own_lower']:.6f}", f"{sp['ratio']:.6f}", ""]
@@ -447,8 +453,7 @@ def evaluate_models(models, images, *, n: int = 100, other_images=None, stride: 
                          batch_size=batch_size)
         rows.append(_row(f"baseline: same micrograph (ceiling){tag}", "ceiling", None, P, len(idx),
                          sc, metrics))
-        rows[-1]["fidelity"] = _fidelity(dx, ps.patches[partners], min_diameter_px,
-                                         "other patch")
+        _fidelity(rows[-1], dx, ps.patches[partners], min_diameter_px, "other patch")
         scores[rows[-1]["name"]] = sc
         if fl is None:
             sc = {m: "n/a (only one micrograph; pass --other-images)" for m in metrics}
@@ -459,8 +464,10 @@ def evaluate_models(models, images, *, n: int = 100, other_images=None, stride: 
                              batch_size=batch_size)
         rows.append(_row(f"baseline: other material (floor){tag}", "floor", None, P, len(idx),
                          sc, metrics))
-        rows[-1]["fidelity"] = (None if fl is None else
-                                _fidelity(dx, fl, min_diameter_px, "other patch"))
+        if fl is None:
+            rows[-1]["fidelity"] = None
+        else:
+            _fidelity(rows[-1], dx, fl, min_diameter_px, "other patch")
         scores[rows[-1]["name"]] = sc
     model_rows = []
     for name, model in loaded:
@@ -475,7 +482,7 @@ def evaluate_models(models, images, *, n: int = 100, other_images=None, stride: 
                          dists_weights=dists_weights, batch_size=batch_size)
         row = _row(name, "model", _latent_dim(model), P, len(x), sc, metrics)
         log(f"descriptor fidelity and specificity of {name}")
-        row["fidelity"] = _fidelity(dx, rec, min_diameter_px, "reconstruction")
+        _fidelity(row, dx, rec, min_diameter_px, "reconstruction")
         row["specificity"] = _specificity(model, x, rec, ids, seed)
         model_rows.append(row)
         scores[name] = sc
@@ -490,10 +497,14 @@ def evaluate_models(models, images, *, n: int = 100, other_images=None, stride: 
     return EvaluationReport(model_rows + rows, metrics, settings, raw, picked)
 
 
-def _fidelity(dx, other, min_diameter_px, other_name) -> dict:
-    """Descriptor -> Spearman dict of input descriptors ``dx`` against ``other`` patches."""
+def _fidelity(row, dx, other, min_diameter_px, other_name):
+    """Set ``row["fidelity"]`` (descriptor -> Spearman dict of the input descriptors ``dx``
+    against ``other`` patches) and ``row["graphite_found"]`` (patches with a non-empty mask)."""
     do = descriptor_array(other, min_diameter_px=min_diameter_px)
-    return {k: v.to_dict() for k, v in fidelity_from_arrays(dx, do, other_name=other_name).items()}
+    row["fidelity"] = {k: v.to_dict()
+                       for k, v in fidelity_from_arrays(dx, do, other_name=other_name).items()}
+    row["graphite_found"] = {"input": int((dx[:, 0] > 0).sum()),
+                             "compared": int((do[:, 0] > 0).sum())}
 
 
 def _specificity(model, x, rec, ids, seed):
@@ -707,6 +718,9 @@ class TraversalRanking:
     iqr : array of shape (K,) — inter-quartile range of each descriptor over the reference
         patches (the data)
     n_bases, n_reference : int
+    found, found_reference : float — share of the decoded images, and of the reference
+        patches, in which graphite was found (a non-empty mask): a decoder whose images hold
+        no segmentable graphite gives rankings of little meaning
     """
 
     dims: list
@@ -718,6 +732,8 @@ class TraversalRanking:
     iqr: np.ndarray
     n_bases: int
     n_reference: int
+    found: float = float("nan")
+    found_reference: float = float("nan")
 
     @property
     def moved(self) -> np.ndarray:
@@ -786,7 +802,8 @@ class TraversalRanking:
 
         return {"values": [float(v) for v in self.values], "dims": [int(d) for d in self.dims],
                 "descriptors": list(self.descriptors), "n_bases": self.n_bases,
-                "n_reference": self.n_reference,
+                "n_reference": self.n_reference, "graphite_found": round(self.found, 4),
+                "graphite_found_reference": round(self.found_reference, 4),
                 "iqr": dict(zip(self.descriptors, clean(self.iqr))),
                 "monotone_rho": MONOTONE_RHO, "min_iqr_share": MIN_IQR_SHARE,
                 "ranking": {f: self.ranking(f) for f in self.descriptors},
@@ -814,7 +831,9 @@ class TraversalRanking:
                  "segmentation as the data) averaged over the bases. rho: Spearman of step value "
                  "vs descriptor (monotone: |rho| >= "
                  f"{MONOTONE_RHO}); moved: range of the descriptor along the traversal / its "
-                 f"inter-quartile range over {self.n_reference} data patches.", "",
+                 f"inter-quartile range over {self.n_reference} data patches. Graphite found "
+                 f"in {100 * self.found:.0f} % of the decoded images ({100 * self.found_reference:.0f}"
+                 " % of the data patches).", "",
                  "| descriptor | IQR | goal met | top dimensions: rho, moved (x IQR) |",
                  "|---|---|---|---|"]
         goals = self.goals()
@@ -894,6 +913,7 @@ def traversal_effects(model, bases, *, reference=None, reference_descriptors=Non
     K, S = len(MEASURED_DESCRIPTORS), len(values)
     total = np.zeros((len(dims), S, K))
     count = np.zeros((len(dims), S, K))
+    found = 0
     for b, x in enumerate(bases):
         log(f"traversal of {len(dims)} dimensions x {S} steps from base patch {b + 1}/{len(bases)}")
         imgs = np.asarray(model.traverse(x, dims, values), dtype=np.float32)
@@ -905,6 +925,7 @@ def traversal_effects(model, bases, *, reference=None, reference_descriptors=Non
         ok = np.isfinite(d)
         total += np.where(ok, d, 0.0)
         count += ok
+        found += int((d[..., 0] > 0).sum())
     with np.errstate(invalid="ignore", divide="ignore"):
         curves = np.where(count > 0, total / np.maximum(count, 1), np.nan).transpose(0, 2, 1)
     rho = np.full((len(dims), K), np.nan)
@@ -922,7 +943,8 @@ def traversal_effects(model, bases, *, reference=None, reference_descriptors=Non
         if len(v) >= 2:
             q[k] = float(np.subtract(*np.percentile(v, [75, 25])))
     return TraversalRanking(dims, values, list(MEASURED_DESCRIPTORS), curves, rho, span, q,
-                            len(bases), len(ref))
+                            len(bases), len(ref), found / (len(bases) * len(dims) * S),
+                            float((ref[:, 0] > 0).mean()) if len(ref) else float("nan"))
 
 
 @dataclass

@@ -341,7 +341,10 @@ def test_descriptor_fidelity_identity_is_exactly_one(castiron, tmp_path):
     assert rep.rows[0]["specificity"]["frac_own_lower"] == 1.0
     paths = rep.write(tmp_path / "ev")
     md = paths["markdown"].read_text()
-    assert "## Descriptor fidelity" in md and "| fake | 24 | +1.00 | +1.00 |" in md
+    g = rep.rows[0]["graphite_found"]
+    assert g["input"] == g["compared"] >= 20                         # nearly all hold graphite
+    assert "## Descriptor fidelity" in md
+    assert f"| fake | 24 | {g['input']} → {g['input']} | +1.00 | +1.00 |" in md
     assert "100 % (own/other 0.00)" in md
     data = json.loads(paths["json"].read_text())
     assert data["rows"][0]["fidelity"]["nodularity"]["rho"] == 1.0
@@ -358,6 +361,7 @@ def test_descriptor_fidelity_constant_reconstruction_is_undefined(castiron, tmp_
         assert f["note"].startswith("undefined"), k
     assert "reconstruction is constant" in rep.rows[0]["fidelity"]["graphite_fraction"]["note"]
     assert rep.rows[0]["specificity"].startswith("n/a (the model has no style_distance")
+    assert rep.rows[0]["graphite_found"]["compared"] == 0
     paths = rep.write(tmp_path / "ev")
     md = paths["markdown"].read_text()
     row = [ln for ln in md.split("## Descriptor fidelity")[1].splitlines()
@@ -438,6 +442,7 @@ def test_traversal_effects_rank_dimensions_per_descriptor(dataset):
     bases = ps.patches[:3]
     tr = traversal_effects(Traverser(), bases, reference=ps.patches)
     assert tr.curves.shape == (3, 4, 7) and tr.n_bases == 3
+    assert tr.found == 1.0 and 0 < tr.found_reference <= 1
     top = {f: tr.top(f) for f in tr.descriptors}
     assert top["mean_eq_diameter"]["dim"] == 0 and top["mean_eq_diameter"]["rho"] > 0.9
     assert top["particle_density"]["dim"] == 2 and top["particle_density"]["monotone"]
