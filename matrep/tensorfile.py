@@ -58,7 +58,8 @@ def _problem(path: Path, exc: BaseException) -> str:
 
 def _check_file(path: Path, hint: str) -> None:
     if not path.is_file():
-        raise BadInputError(path, "no such file" + (f"; {hint}" if hint else ""))
+        what = "is a folder, expected a safetensors file" if path.is_dir() else "no such file"
+        raise BadInputError(path, what + (f"; {hint}" if hint else ""))
 
 
 def read_metadata(path, *, hint: str = "") -> dict[str, str]:

@@ -728,6 +728,13 @@ def _(ws):
                  "--out", str(ws.store), "-q"], f"{f}: 'mean' metadata; run `matrep weights import")
 
 
+@case("imported-cache-is-a-pickle-listing")
+def _(ws):
+    f = ws.cache / "vgg19" / "imported.safetensors"
+    f.write_bytes(pickle.dumps({"0.weight": first_conv()}, protocol=4))
+    return Case(["weights"], f"{f}: is a Python pickle, not a safetensors file")
+
+
 # ------------------------------------------------------------------------------ model folders
 def _encode_with(ws, model, method="texturevae"):
     return ["encode", "--method", method, "--model", str(model), "--images", str(ws.imgs), *PATCH,
@@ -890,6 +897,23 @@ def _(ws):
     return _model_case(ws, state=lambda p: p.unlink(), expect="{m}: no state.safetensors")
 
 
+@case("model-config-is-a-folder")
+def _(ws):
+    m = ws.out / "model_dir_cfg"
+    (m / "config.json").mkdir(parents=True)
+    return Case(_encode_with(ws, m), f"{m}: not a saved matrep model (no config.json)")
+
+
+@case("model-state-is-a-folder")
+def _(ws):
+    def state(p):
+        p.unlink()
+        p.mkdir()
+        _edit_config(p.parent, lambda c: c["meta"].pop("state_sha256", None))
+    return _model_case(ws, "tp", state=state,
+                       expect="{m}/state.safetensors: is a folder, expected a safetensors file")
+
+
 @case("model-folder-empty")
 def _(ws):
     m = ws.out / "model_none"
@@ -903,6 +927,29 @@ def _(ws):
     f = ws.bad / "labels.csv"
     f.write_text("file,strength\nm0.png,1.5\nm1.png,2.5,oops,extra\n")
     return Case(ws.encode(ws.imgs, "--labels", str(f)), f"{f}: not a readable CSV")
+
+
+@case("labels-not-utf8")
+def _(ws):
+    f = ws.bad / "labels.csv"
+    f.write_bytes(b"file,strength\nm0.png,1.5\nm1.png,\xff\xfe\n")
+    return Case(ws.encode(ws.imgs, "--labels", str(f)), f"{f}: not a readable CSV")
+
+
+@case("labels-empty-file")
+def _(ws):
+    f = ws.bad / "labels.csv"
+    f.write_bytes(b"")
+    return Case(ws.encode(ws.imgs, "--labels", str(f)), f"{f}: not a readable CSV")
+
+
+@case("bmp-truncated")
+def _(ws):
+    def write(p):
+        Image.fromarray(np.zeros((64, 64), np.uint8)).save(p, format="BMP")
+        p.write_bytes(p.read_bytes()[:200])
+    f = ws.image_dir("cut.bmp", write)
+    return Case(ws.encode(f.parent), f"{f}: corrupt image")
 
 
 @case("fit-lr-nan")
