@@ -14,8 +14,15 @@ Two library entry points, behind ``matrep evaluate`` and ``matrep interpret``:
       patch of a *different micrograph* of the same folder (a floor only if the folder holds
       different microstructures; pass ``other_images`` for a true other material).
 
+    *Descriptor fidelity*: input and reconstruction are segmented the same way and measured
+    (:mod:`matrep.metrics.morphology`); per descriptor (area fraction, particle density, mean
+    diameter, nodularity) the Spearman rho across patches, undefined with a note when one
+    side is constant. *Specificity*: own-vs-other style loss
+    (:func:`matrep.metrics.specificity.own_vs_other`).
+
     Pass micrographs the models were not trained on: the patches are held out only when the
-    images are.
+    images are. Or pass the training images with ``held_out=True``: the draw is restricted to
+    the patches the models held out (``model.held_out_patches``).
 
 :func:`interpret_model`
     For every latent dimension its Spearman correlation with each factor: numeric columns of a
@@ -45,8 +52,14 @@ Two library entry points, behind ``matrep evaluate`` and ``matrep interpret``:
     concepts from unlabeled observations", ICLR 2018.
 
 The models only need the methods of :class:`matrep.plugins.texturevae.TextureVAEEncoder` used
-here: ``transform``, ``reconstruct`` (evaluate) and ``traverse`` (figures), and a
-``latent_dim`` and ``patch_size_`` (or ``patch_size``).
+here: ``transform``, ``reconstruct`` (evaluate) and ``traverse`` (figures and the traversal
+ranking), optionally ``style_distance`` (specificity) and ``held_out_patches`` (held-out
+draws), and a ``latent_dim`` and ``patch_size_`` (or ``patch_size``).
+
+:func:`traversal_effects` (behind ``interpret`` and ``matrep traverse --dims auto``) sets each
+latent dimension of some base patches to -3..3, measures the descriptors of the decoded
+images and ranks the dimensions per descriptor by monotonicity (Spearman of step vs
+descriptor) and range moved relative to the data's inter-quartile range.
 """
 
 from __future__ import annotations
@@ -832,8 +845,8 @@ class TraversalRanking:
                  "vs descriptor (monotone: |rho| >= "
                  f"{MONOTONE_RHO}); moved: range of the descriptor along the traversal / its "
                  f"inter-quartile range over {self.n_reference} data patches. Graphite found "
-                 f"in {100 * self.found:.0f} % of the decoded images ({100 * self.found_reference:.0f}"
-                 " % of the data patches).", "",
+                 f"in {100 * self.found:.0f} % of the decoded images "
+                 f"({100 * self.found_reference:.0f} % of the data patches).", "",
                  "| descriptor | IQR | goal met | top dimensions: rho, moved (x IQR) |",
                  "|---|---|---|---|"]
         goals = self.goals()
@@ -899,7 +912,8 @@ def traversal_effects(model, bases, *, reference=None, reference_descriptors=Non
         raise BadInputError(None, f"model {type(model).__name__} cannot traverse its latent space")
     values = np.asarray(values, dtype=float)
     if values.ndim != 1 or len(values) < 3:
-        raise BadInputError(None, f"a traversal needs at least 3 step values, got {values.tolist()}")
+        raise BadInputError(None, "a traversal needs at least 3 step values, got "
+                                  f"{values.tolist()}")
     if dims is None:
         ld = _latent_dim(model)
         if ld is None:

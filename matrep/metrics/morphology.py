@@ -74,7 +74,8 @@ def segment_dark_phase(image, *, min_contrast: float = MIN_CONTRAST):
 
     img = np.asarray(image, dtype=np.float64)
     if img.ndim != 2:
-        raise ValueError(f"segment_dark_phase: expected one grey image (H, W), got shape {img.shape}")
+        raise ValueError("segment_dark_phase: expected one grey image (H, W), got shape "
+                         f"{img.shape}")
     if not np.isfinite(img).all() or np.ptp(img) == 0:
         return np.zeros(img.shape, bool)
     t = threshold_otsu(img)
