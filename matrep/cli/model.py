@@ -46,6 +46,11 @@ def _echo(quiet):
 
 @click.command("fit")
 @click.option("--method", default="texturevae", help="Encoder to train (see `matrep encoders`).")
+@click.option("--preset", default=None, metavar="NAME",
+              help="A named training configuration the method declares (texturevae: 'paper', "
+                   "the paper's configuration and the default, meant for GPUs; 'quick', trains "
+                   "in <= 20 min on 2 CPU cores, see docs/texturevae.md). It sets parameters and "
+                   "patching; options given explicitly override it.")
 @patch_options(images_required=False,
                images_help="Required, except with --resume (default: the run's fit.json).")
 @scale_options
@@ -89,17 +94,16 @@ def _echo(quiet):
                    "per process and lr x N (default none).")
 @quiet_option
 @handle_errors
-def fit_cmd(method, images, patch, stride, crop, crop_bottom, skip_bad, out, latent_dim, epochs,
-            batch_size, lr, kl_weight, layer_weights, seed, device, precision, weights,
+def fit_cmd(method, preset, images, patch, stride, crop, crop_bottom, skip_bad, out, latent_dim,
+            epochs, batch_size, lr, kl_weight, layer_weights, seed, device, precision, weights,
             checkpoint_every, max_patches, params, resume, nproc, lr_scaling, quiet, scale):
     """Train an encoder on micrographs and save it to a run folder.
 
-    Example (the documented quick CPU configuration of docs/texturevae.md):
+    Example (the quick CPU configuration of docs/texturevae.md, used by `make demo`):
 
     \b
-        matrep fit --method texturevae --images ../shared/data/castiron_ductile/images \\
-            --out runs/quick --max-patches 320 --epochs 4 --batch-size 8 \\
-            --param max_val_patches=48
+        matrep fit --method texturevae --preset quick \\
+            --images "$(matrep datasets path)/images" --out runs/quick
 
     Ctrl-C writes a checkpoint; `--resume` continues it with the same losses as an
     uninterrupted run. A NaN/inf loss stops with the last good checkpoint intact.
@@ -119,7 +123,8 @@ def fit_cmd(method, images, patch, stride, crop, crop_bottom, skip_bad, out, lat
                                        "`torchrun --nproc-per-node N -m matrep fit ...` yourself")
         sys.exit(distributed.launch(nproc, distributed.strip_option(argv, "--nproc")))
     if not distributed.in_torchrun():
-        return _fit(method, images, patch, stride, crop, crop_bottom, skip_bad, out, latent_dim,
+        return _fit(method, preset, images, patch, stride, crop, crop_bottom, skip_bad, out,
+                    latent_dim,
                     epochs, batch_size, lr, kl_weight, layer_weights, seed, device, precision,
                     weights, checkpoint_every, max_patches, params, resume, lr_scaling, quiet,
                     distributed.SINGLE, scale=scale)
@@ -128,7 +133,8 @@ def fit_cmd(method, images, patch, stride, crop, crop_bottom, skip_bad, out, lat
         if nproc > 1 and nproc != dist.world_size and dist.is_main:
             click.echo(f"warning: --nproc {nproc} ignored: already running under torchrun with "
                        f"{dist.world_size} processes", err=True)
-        return _fit(method, images, patch, stride, crop, crop_bottom, skip_bad, out, latent_dim,
+        return _fit(method, preset, images, patch, stride, crop, crop_bottom, skip_bad, out,
+                    latent_dim,
                     epochs, batch_size, lr, kl_weight, layer_weights, seed, device, precision,
                     weights, checkpoint_every, max_patches, params, resume, lr_scaling,
                     quiet or not dist.is_main, dist, scale=scale)
@@ -136,8 +142,8 @@ def fit_cmd(method, images, patch, stride, crop, crop_bottom, skip_bad, out, lat
         distributed.destroy(dist)
 
 
-def _fit(method, images, patch, stride, crop, crop_bottom, skip_bad, out, latent_dim, epochs,
-         batch_size, lr, kl_weight, layer_weights, seed, device, precision, weights,
+def _fit(method, preset, images, patch, stride, crop, crop_bottom, skip_bad, out, latent_dim,
+         epochs, batch_size, lr, kl_weight, layer_weights, seed, device, precision, weights,
          checkpoint_every, max_patches, params, resume, lr_scaling, quiet, dist, scale=None):
     from .. import registry
     from ..distributed import scaling_rule
@@ -164,6 +170,10 @@ def _fit(method, images, patch, stride, crop, crop_bottom, skip_bad, out, latent
         raise click.UsageError("Missing option '--images'.")
 
     cls = registry.encoder_class(method)
+    if preset is not None:  # on resume the run's recorded patching stays
+        p2, s2, given = _apply_preset(cls, method, preset, patch, stride, given)
+        if not resume:
+            patch, stride = p2, s2
     if not getattr(cls, "trainable", False):
         raise click.ClickException(f"encoder {method!r} is not trainable; use `matrep encode "
                                    f"--method {method}` directly")
@@ -187,7 +197,7 @@ def _fit(method, images, patch, stride, crop, crop_bottom, skip_bad, out, latent
     from ..encoder import _jsonable
 
     accepts = inspect.signature(enc.fit).parameters
-    record = {"method": method, "params": _jsonable(given),
+    record = {"method": method, "preset": preset, "params": _jsonable(given),
               "patches": {"images": [str(i) for i in images], "patch": patch,
                           "stride": stride, "crop": parse_crop(crop),
                           "crop_bottom": crop_bottom,
@@ -230,6 +240,35 @@ def _fit(method, images, patch, stride, crop, crop_bottom, skip_bad, out, latent
         click.echo(f"held-out style loss: {first:.4g} before training -> {last:.4g} after "
                    f"{hist[-1].get('epoch')} epochs", err=True)
     click.echo(f"model saved to {out} (load it with --model {out})")
+
+
+def _apply_preset(cls, method, preset, patch, stride, given):
+    """Merge the encoder's declared preset ``preset`` under the options given explicitly.
+
+    An encoder declares presets as a class attribute ``presets = {name: {"params": {...},
+    "patching": {"patch": P, "stride": S}, "description": str}}``. Returns the patch size,
+    stride and encoder parameters to use.
+    """
+    from click.core import ParameterSource
+
+    presets = getattr(cls, "presets", None) or {}
+    if preset not in presets:
+        raise click.BadParameter(
+            f"encoder {method!r} has no preset {preset!r}; it has: "
+            f"{', '.join(sorted(presets)) or 'none'}", param_hint="--preset")
+    spec = presets[preset]
+    ctx = click.get_current_context(silent=True)
+
+    def explicit(name):
+        src = ctx.get_parameter_source(name) if ctx is not None else None
+        return src not in (None, ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
+
+    patching = spec.get("patching", {})
+    if "patch" in patching and not explicit("patch"):
+        patch = int(patching["patch"])
+    if "stride" in patching and not explicit("stride"):
+        stride = int(patching["stride"])
+    return patch, stride, {**spec.get("params", {}), **given}
 
 
 def _resume_options(out: Path, **cli) -> dict:

@@ -76,6 +76,27 @@ class TextureVAEEncoder(BaseEncoder):
         (n, 2 * latent_dim).
     batch_size_eval : int, default 32
         Batch size of encoding and decoding.
+    downsample : int, default 1
+        The model works at ``1 / downsample`` of the input resolution: patches given to
+        ``fit``, ``transform``, ``reconstruct`` and ``style_distance`` are cut from images at
+        their own resolution and area-averaged by this factor inside the model (anti-aliased);
+        ``decode``/``reconstruct``/``sample``/``traverse`` return patches upsampled back to the
+        input patch size. ``P / downsample`` must be a multiple of 16 (>= 32). The quick preset
+        uses 2 (4x fewer pixels per step).
+    logvar_bounds : (float, float) or None, default (-10.0, 4.0)
+        Soft bounds of the posterior log-variance (``lo + ... tanh``, see
+        :func:`matrep.plugins.texturevae.model.bound_logvar`); keeps the KL term bounded.
+    grad_clip : float or None, default 10.0
+        Clip the global gradient norm of head + decoder per step (None: no clipping).
+    kl_warmup : int, default 0
+        Steps over which the KL weight ramps linearly from 0 to ``kl_weight``.
+    lr_schedule : {"constant", "cosine"}, default "constant"
+        ``"cosine"`` decays the learning rate to 5 % of ``lr`` over the run.
+    lr_warmup : int, default 0
+        Steps of linear learning-rate warm-up (from ``lr / 10``).
+    keep_best : bool, default True
+        Keep the model of the epoch with the lowest held-out style loss (epoch 0 = the
+        untrained model), not the last one; ``best_epoch_`` says which.
     lr_scaling : {"none", "linear"}, default "none"
         Under torchrun with W processes: ``"none"`` — ``batch_size`` is the global batch of
         one step (split over the processes) and ``lr`` is used as given, so the run equals
@@ -88,6 +109,25 @@ class TextureVAEEncoder(BaseEncoder):
     description = "Texture-VAE (Sardeshmukh et al. 2021): frozen VGG19 + FC head, style-loss decoder; trainable, decodes."
     trainable = True
     can_decode = True
+    #: Named training configurations (``matrep fit --preset NAME``): encoder parameters and
+    #: the patching they were measured with. Options given explicitly override them.
+    presets = {
+        "paper": {
+            "description": "the paper's configuration (the defaults): 128² patches at stride 50, "
+                           "20 epochs on all patches; meant for a GPU",
+            "params": {},
+            "patching": {"patch": 128, "stride": 50},
+        },
+        "quick": {
+            "description": "trains in <= 20 min on 2 CPU cores (docs/texturevae.md): 128² "
+                           "patches worked at 64² (downsample 2), balanced style layers, "
+                           "cosine learning rate, KL warm-up",
+            "params": {"downsample": 2, "layer_weights": "balanced", "batch_size": 8,
+                       "lr": 2e-3, "lr_schedule": "cosine", "lr_warmup": 50, "kl_warmup": 200,
+                       "max_patches": 800, "epochs": 3, "max_val_patches": 96},
+            "patching": {"patch": 128, "stride": 64},
+        },
+    }
 
     def __init__(self, *, latent_dim=64, pooling="meanstd", encoder_taps=DEFAULT_TAPS,
                  style_layers=DEFAULT_TAPS, layer_weights=None,
@@ -95,7 +135,8 @@ class TextureVAEEncoder(BaseEncoder):
                  kl_weight=1e-2, seed=0, val_fraction=0.1, val_split="region", max_patches=None,
                  max_val_patches=128, checkpoint_every=None, weights="auto", device="auto",
                  precision="auto", cache_memory_gb=2.0, output="mu", batch_size_eval=32,
-                 lr_scaling="none"):
+                 lr_scaling="none", downsample=1, logvar_bounds=(-10.0, 4.0), grad_clip=10.0,
+                 kl_warmup=0, lr_schedule="constant", lr_warmup=0, keep_best=True):
         self.latent_dim = latent_dim
         self.pooling = pooling
         self.encoder_taps = encoder_taps
@@ -119,6 +160,13 @@ class TextureVAEEncoder(BaseEncoder):
         self.output = output
         self.batch_size_eval = batch_size_eval
         self.lr_scaling = lr_scaling
+        self.downsample = downsample
+        self.logvar_bounds = logvar_bounds
+        self.grad_clip = grad_clip
+        self.kl_warmup = kl_warmup
+        self.lr_schedule = lr_schedule
+        self.lr_warmup = lr_warmup
+        self.keep_best = keep_best
 
     # ---------------------------------------------------------------------------------
     # validation and the frozen network
@@ -144,6 +192,22 @@ class TextureVAEEncoder(BaseEncoder):
             raise BadInputError(None, f"kl_weight must be >= 0, got {self.kl_weight!r}")
         if self.lr_scaling not in ("none", "linear"):
             raise BadInputError(None, f"lr_scaling must be 'none' or 'linear', got {self.lr_scaling!r}")
+        if int(self.downsample) < 1:
+            raise BadInputError(None, f"downsample must be an integer >= 1, got {self.downsample!r}")
+        lb = self.logvar_bounds
+        if lb is not None and (len(tuple(lb)) != 2 or not float(lb[0]) < float(lb[1])):
+            raise BadInputError(None, f"logvar_bounds must be (lo, hi) with lo < hi, or None; got {lb!r}")
+        if self.grad_clip is not None and not float(self.grad_clip) > 0:
+            raise BadInputError(None, f"grad_clip must be > 0 or None, got {self.grad_clip!r}")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise BadInputError(None, f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
+        if int(self.kl_warmup) < 0 or int(self.lr_warmup) < 0:
+            raise BadInputError(None, "kl_warmup and lr_warmup must be >= 0 steps, got "
+                                      f"{self.kl_warmup!r} and {self.lr_warmup!r}")
+        if not (np.isfinite(float(self.lr)) and float(self.lr) > 0):
+            raise BadInputError(None, f"lr must be a finite number > 0, got {self.lr!r}")
+        if not np.isfinite(float(self.kl_weight)):
+            raise BadInputError(None, f"kl_weight must be finite, got {self.kl_weight!r}")
         if int(self.batch_size) < 1 or int(self.epochs) < 0:
             raise BadInputError(None, "batch_size must be >= 1 and epochs >= 0, got "
                                       f"{self.batch_size!r} and {self.epochs!r}")
@@ -152,6 +216,12 @@ class TextureVAEEncoder(BaseEncoder):
         n = len(tuple(self.style_layers))
         if self.layer_weights is None:
             return (1.0,) * n
+        if isinstance(self.layer_weights, str):
+            if self.layer_weights != "balanced":
+                raise BadInputError(None, "layer_weights must be a list of weights, None or "
+                                          f"'balanced', got {self.layer_weights!r}")
+            lw = getattr(self, "layer_weights_", None)
+            return tuple(lw) if lw is not None else (1.0,) * n  # resolved by fit
         lw = tuple(float(w) for w in self.layer_weights)
         if len(lw) != n:
             raise BadInputError(None, f"layer_weights needs one weight per style layer ({n}: "
@@ -255,9 +325,11 @@ class TextureVAEEncoder(BaseEncoder):
         X = check_patches(X)
         self._validate_params()
         n, H, W = X.shape
-        if H != W or H % 16 or H < 32:
-            raise BadInputError(None, f"texture-VAE patches must be square with a side that is a "
-                                      f"multiple of 16 (>= 32), got {H}x{W}; use --patch 128")
+        ds = int(self.downsample)
+        if H != W or H % ds or (H // ds) % 16 or H // ds < 32:
+            raise BadInputError(None, f"texture-VAE patches must be square with a side that is "
+                                      f"{ds} x a multiple of 16 (>= {32 * ds}) for downsample={ds}, "
+                                      f"got {H}x{W}; use --patch {128 if ds == 1 else 64 * ds}")
         if n < 2:
             raise BadInputError(None, f"need at least 2 patches to train, got {n}")
         if run_dir is not None:
@@ -293,13 +365,15 @@ class TextureVAEEncoder(BaseEncoder):
                                    dynamic_ncols=True)
 
         spill = Path(run_dir) if run_dir is not None else None
-        train_cache = FeatureCache(backbone, X[train_idx], encoder_taps=encoder_taps,
+        Xm = _downsample(X, ds)  # the model's resolution
+        Hm = int(Xm.shape[1])
+        train_cache = FeatureCache(backbone, Xm[train_idx], encoder_taps=encoder_taps,
                                    style_taps=style_taps, pooling=self.pooling,
                                    batch_size=int(self.batch_size_eval), memory_budget=budget,
                                    directory=spill, progress=bar("caching VGG19 features"))
         val_cache = None
         if len(val_idx):
-            val_cache = FeatureCache(backbone, X[val_idx], encoder_taps=encoder_taps,
+            val_cache = FeatureCache(backbone, Xm[val_idx], encoder_taps=encoder_taps,
                                      style_taps=style_taps, pooling=self.pooling,
                                      batch_size=int(self.batch_size_eval),
                                      memory_budget=budget, directory=spill,
@@ -308,9 +382,16 @@ class TextureVAEEncoder(BaseEncoder):
             f"{(train_cache.nbytes + (val_cache.nbytes if val_cache else 0)) / 2**20:.0f} MiB "
             f"({'on disk' if train_cache.on_disk else 'in memory'})")
 
+        if self.layer_weights == "balanced":
+            from .train import balanced_layer_weights
+
+            self.layer_weights_ = balanced_layer_weights(backbone, Xm[train_idx], style_taps,
+                                                         seed=int(self.seed))
+            log("balanced style-layer weights: " + ", ".join(
+                f"{t} {w:.3g}" for t, w in zip(style_taps, self.layer_weights_)))
         torch.manual_seed(int(self.seed))
-        model = TextureVAE(pooled_size(encoder_taps, self.pooling), int(self.latent_dim), H,
-                           tuple(self.decoder_channels))
+        model = TextureVAE(pooled_size(encoder_taps, self.pooling), int(self.latent_dim), Hm,
+                           tuple(self.decoder_channels), self._logvar_bounds())
         pooled = torch.from_numpy(train_cache.pooled)
         model.feat_mean.copy_(pooled.mean(0))
         # z-score; a feature that hardly varies over the training patches is not blown up
@@ -325,6 +406,9 @@ class TextureVAEEncoder(BaseEncoder):
                                  lr=float(self.lr), kl_weight=float(self.kl_weight),
                                  layer_weights=self._layer_weights(), seed=int(self.seed),
                                  checkpoint_every=self.checkpoint_every, precision=precision,
+                                 grad_clip=None if self.grad_clip is None else float(self.grad_clip),
+                                 kl_warmup=int(self.kl_warmup), lr_schedule=str(self.lr_schedule),
+                                 lr_warmup=int(self.lr_warmup), keep_best=bool(self.keep_best),
                                  extra={"lr_scaling": str(self.lr_scaling)})
         params = _jsonable(self.get_params(deep=False))
         for k in ("epochs", "checkpoint_every", "device", "cache_memory_gb", "output",
@@ -347,10 +431,16 @@ class TextureVAEEncoder(BaseEncoder):
             train_cache.close()
             if val_cache is not None:
                 val_cache.close()
+        from .train import best_epoch
+
         self.model_ = model
         self.history_ = history
+        self.best_epoch_ = (best_epoch(history) if self.keep_best else None)
+        if self.best_epoch_ is None and history:
+            self.best_epoch_ = int(history[-1]["epoch"])
         self.weights_info_ = dict(backbone.weights_info)
         self.patch_size_ = int(H)
+        self.model_patch_size_ = int(Hm)
         self.n_features_in_ = int(H * W)
         self.n_train_patches_ = int(len(train_idx))
         self.n_val_patches_ = int(len(val_idx))
@@ -389,7 +479,7 @@ class TextureVAEEncoder(BaseEncoder):
         """
         import torch
 
-        from .model import pool_features
+        from .model import downsample_patches, pool_features
 
         model = self._model()
         X = check_patches(X)
@@ -404,6 +494,7 @@ class TextureVAEEncoder(BaseEncoder):
         with torch.inference_mode():
             for s in range(0, len(X), bs):
                 x = torch.from_numpy(np.ascontiguousarray(X[s:s + bs]))[:, None].to(dev)
+                x = downsample_patches(x, self._factor())
                 xp = bb.preprocess(x)
                 if dev.type == "cuda":
                     xp = xp.contiguous(memory_format=torch.channels_last)
@@ -422,8 +513,19 @@ class TextureVAEEncoder(BaseEncoder):
         mu, lv = self.encode_full(X)
         return np.concatenate([mu, lv], axis=1) if self.output == "mu_logvar" else mu
 
+    def _factor(self) -> int:
+        """Input patch size / the model's working patch size (1 for models saved before
+        ``downsample`` existed)."""
+        return int(self.patch_size_) // int(getattr(self, "model_patch_size_", self.patch_size_))
+
+    def _logvar_bounds(self):
+        lb = self.logvar_bounds
+        return None if lb is None else (float(lb[0]), float(lb[1]))
+
     def decode(self, Z):
-        """Decode latent vectors of shape (n, latent_dim) into patches (n, P, P) in [0, 1]."""
+        """Decode latent vectors of shape (n, latent_dim) into patches (n, P, P) in [0, 1]
+        (P the input patch size; a model with ``downsample > 1`` decodes at ``P / downsample``
+        and upsamples bilinearly)."""
         import torch
 
         model = self._model()
@@ -432,13 +534,16 @@ class TextureVAEEncoder(BaseEncoder):
             raise BadInputError(None, f"Z must have shape (n, {self.latent_dim}), got {Z.shape}")
         if not np.isfinite(Z).all():
             raise BadInputError(None, "Z contains NaN or inf values")
+        from .model import upsample_patches
+
         dev = self._torch_device()
         out = []
         bs = int(self.batch_size_eval)
         with torch.inference_mode():
             for s in range(0, len(Z), bs):
                 z = torch.from_numpy(Z[s:s + bs]).to(dev)
-                out.append(model.decode(z)[:, 0].float().cpu().numpy())
+                x = upsample_patches(model.decode(z).float(), self._factor())
+                out.append(x[:, 0].cpu().numpy())
         P = self.patch_size_
         return np.concatenate(out) if out else np.zeros((0, P, P), np.float32)
 
@@ -458,9 +563,15 @@ class TextureVAEEncoder(BaseEncoder):
 
         from matrep.kernels import style_loss
 
+        from .model import downsample_patches
+
         X, Y = check_patches(X, name="X"), check_patches(Y, name="Y")
         if X.shape != Y.shape:
             raise BadInputError(None, f"X and Y must have the same shape, got {X.shape} and {Y.shape}")
+        factor = self._factor() if hasattr(self, "patch_size_") else int(self.downsample)
+        if X.shape[1] % factor or X.shape[2] % factor:
+            raise BadInputError(None, f"patches of {X.shape[1]}x{X.shape[2]} cannot be downsampled "
+                                      f"by {factor}; use a patch size that is a multiple of {factor}")
         bb = self._get_backbone()
         dev = self._torch_device()
         taps, lw = tuple(self.style_layers), self._layer_weights()
@@ -470,6 +581,8 @@ class TextureVAEEncoder(BaseEncoder):
             for s in range(0, len(X), bs):
                 a = torch.from_numpy(np.ascontiguousarray(X[s:s + bs]))[:, None].to(dev)
                 b = torch.from_numpy(np.ascontiguousarray(Y[s:s + bs]))[:, None].to(dev)
+                # at the model's working resolution, like the training loss
+                a, b = downsample_patches(a, factor), downsample_patches(b, factor)
                 fa, fb = bb(bb.preprocess(a)), bb(bb.preprocess(b))
                 per = style_loss([fa[t] for t in taps], [fb[t] for t in taps], list(lw),
                                  reduction="none")
@@ -555,6 +668,9 @@ class TextureVAEEncoder(BaseEncoder):
         arrays = {f"model.{k}": v.detach().cpu().numpy()
                   for k, v in self.model_.state_dict().items()}
         meta = {"patch_size": self.patch_size_, "weights_info": self.weights_info_,
+                "model_patch_size": int(getattr(self, "model_patch_size_", self.patch_size_)),
+                "layer_weights": list(self._layer_weights()),
+                "best_epoch": getattr(self, "best_epoch_", None),
                 "history": getattr(self, "history_", []),
                 "n_train_patches": getattr(self, "n_train_patches_", None),
                 "n_val_patches": getattr(self, "n_val_patches_", None),
@@ -569,18 +685,38 @@ class TextureVAEEncoder(BaseEncoder):
 
         from .model import TextureVAE
 
+        self._validate_params()
+        if not isinstance(meta.get("weights_info") or {}, dict):
+            raise EncoderContractError("saved texture-VAE config: meta.weights_info must be an object")
         try:
-            model = TextureVAE(int(meta["in_features"]), int(self.latent_dim),
-                               int(meta["patch_size"]), tuple(self.decoder_channels))
+            args = (int(meta["in_features"]), int(self.latent_dim),
+                    int(meta.get("model_patch_size") or meta["patch_size"]),
+                    tuple(self.decoder_channels), self._logvar_bounds())
+            with torch.device("meta"):  # shapes first: a config must not make us allocate more
+                want = {k: tuple(v.shape) for k, v in TextureVAE(*args).state_dict().items()}
+            got = {k[len("model."):]: tuple(v.shape) for k, v in arrays.items()
+                   if k.startswith("model.")}
+            if got != want:
+                bad = sorted(set(want) ^ set(got)) or sorted(k for k in want if want[k] != got[k])
+                raise ValueError(f"tensor {bad[0]!r}: config wants {want.get(bad[0])}, "
+                                 f"state has {got.get(bad[0])}")
+            for k, v in arrays.items():
+                if v.dtype.kind != "f" or not np.isfinite(v).all():
+                    raise ValueError(f"tensor {k!r} is not finite floating point ({v.dtype})")
+            model = TextureVAE(*args)
             model.load_state_dict({k[len("model."):]: torch.from_numpy(np.array(v))
                                    for k, v in arrays.items() if k.startswith("model.")})
-        except (KeyError, RuntimeError, ValueError) as exc:
+        except (KeyError, RuntimeError, ValueError, TypeError) as exc:
             raise EncoderContractError(f"saved texture-VAE state does not match its config "
                                        f"({type(exc).__name__}: {exc})") from None
         _set_layout(model, self._torch_device())
         model.eval()
         self.model_ = model
         self.patch_size_ = int(meta["patch_size"])
+        self.model_patch_size_ = int(meta.get("model_patch_size") or meta["patch_size"])
+        self.best_epoch_ = meta.get("best_epoch")
+        if isinstance(self.layer_weights, str) and meta.get("layer_weights") is not None:
+            self.layer_weights_ = tuple(float(w) for w in meta["layer_weights"])
         self.n_features_in_ = self.patch_size_ ** 2
         self.weights_info_ = meta.get("weights_info") or {}
         self.history_ = meta.get("history", [])
@@ -620,10 +756,9 @@ class TextureVAEEncoder(BaseEncoder):
         path = Path(path)
         cfg = path / CONFIG_NAME
         if cfg.is_file():
-            try:
-                want = json.loads(cfg.read_text()).get("meta", {}).get("state_sha256")
-            except json.JSONDecodeError as exc:
-                raise BadInputError(cfg, f"corrupt model config ({exc})") from None
+            from matrep.encoder import read_config
+
+            want = read_config(path).get("meta", {}).get("state_sha256")
             st = path / STATE_NAME
             if not st.is_file():
                 raise BadInputError(path, f"no {STATE_NAME}: the run did not finish; continue it "
@@ -635,6 +770,19 @@ class TextureVAEEncoder(BaseEncoder):
             raise BadInputError(path, "holds a checkpoint but no final model (config.json): the "
                                       "run did not finish; continue it with `matrep fit ... --resume`")
         return super().load(path)
+
+
+def _downsample(X, factor: int) -> np.ndarray:
+    """Patches (n, P, P) area-averaged by ``factor`` (the model's resolution), float32."""
+    import torch
+
+    from .model import downsample_patches
+
+    if int(factor) == 1:
+        return X
+    with torch.inference_mode():
+        return downsample_patches(torch.from_numpy(np.ascontiguousarray(X))[:, None],
+                                  int(factor))[:, 0].numpy()
 
 
 def _set_layout(model, dev):

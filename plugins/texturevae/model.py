@@ -71,13 +71,35 @@ def pool_features(feats: dict, taps, pooling: str = "meanstd") -> torch.Tensor:
     return torch.cat(out, dim=1)
 
 
-class LatentHead(nn.Module):
-    """The two trained fully-connected layers of the encoder: pooled features -> (mu, logvar)."""
+def bound_logvar(raw, bounds):
+    """Soft-bound a raw log-variance to ``bounds = (lo, hi)`` (``None``: unbounded).
 
-    def __init__(self, in_features: int, latent_dim: int):
+    .. math:: \\lambda = c + h \\tanh\\big((r - c) / h\\big), \\quad
+              c = (lo + hi) / 2, \\; h = (hi - lo) / 2
+
+    The identity near the centre (slope 1 at ``r = c``), smooth, and never outside
+    ``[lo, hi]``: the posterior variance cannot explode the KL term (``e^{hi}``) nor collapse to
+    a numerically zero width (``e^{lo}``).
+    """
+    if bounds is None:
+        return raw
+    lo, hi = float(bounds[0]), float(bounds[1])
+    c, h = 0.5 * (lo + hi), 0.5 * (hi - lo)
+    return c + h * torch.tanh((raw - c) / h)
+
+
+class LatentHead(nn.Module):
+    """The two trained fully-connected layers of the encoder: pooled features -> (mu, logvar).
+
+    ``logvar_bounds = (lo, hi)`` soft-bounds the log-variance (:func:`bound_logvar`); ``None``
+    leaves it free.
+    """
+
+    def __init__(self, in_features: int, latent_dim: int, logvar_bounds=None):
         super().__init__()
         self.fc_mu = nn.Linear(in_features, latent_dim)
         self.fc_logvar = nn.Linear(in_features, latent_dim)
+        self.logvar_bounds = None if logvar_bounds is None else tuple(float(b) for b in logvar_bounds)
         # Start near the prior: small weights, log-variance around log(0.1).
         nn.init.normal_(self.fc_mu.weight, std=1.0 / math.sqrt(in_features))
         nn.init.zeros_(self.fc_mu.bias)
@@ -85,7 +107,7 @@ class LatentHead(nn.Module):
         nn.init.constant_(self.fc_logvar.bias, math.log(0.1))
 
     def forward(self, h):
-        return self.fc_mu(h), self.fc_logvar(h)
+        return self.fc_mu(h), bound_logvar(self.fc_logvar(h), self.logvar_bounds)
 
 
 class Decoder(nn.Module):
@@ -137,11 +159,11 @@ class TextureVAE(nn.Module):
     """
 
     def __init__(self, in_features: int, latent_dim: int, patch_size: int,
-                 decoder_channels=(256, 256, 128, 64, 32)):
+                 decoder_channels=(256, 256, 128, 64, 32), logvar_bounds=None):
         super().__init__()
         self.register_buffer("feat_mean", torch.zeros(in_features))
         self.register_buffer("feat_std", torch.ones(in_features))
-        self.head = LatentHead(in_features, latent_dim)
+        self.head = LatentHead(in_features, latent_dim, logvar_bounds)
         self.decoder = Decoder(latent_dim, patch_size, decoder_channels)
         self.latent_dim = latent_dim
         self.patch_size = patch_size
@@ -154,6 +176,27 @@ class TextureVAE(nn.Module):
     def decode(self, z):
         """Latent vectors (B, latent_dim) -> patches (B, 1, P, P) in [0, 1]."""
         return self.decoder(z)
+
+
+def downsample_patches(x, factor: int):
+    """Area (box-filter) downsampling of patches by an integer ``factor``: (B, 1, P, P) ->
+    (B, 1, P/factor, P/factor). Each output pixel is the mean of a ``factor x factor`` block,
+    which is the anti-aliased resampling for integer factors. ``factor = 1`` returns ``x``."""
+    factor = int(factor)
+    if factor == 1:
+        return x
+    return torch.nn.functional.avg_pool2d(x, factor)
+
+
+def upsample_patches(x, factor: int):
+    """Bilinear upsampling by an integer ``factor`` (the inverse size change of
+    :func:`downsample_patches`), clamped to [0, 1]."""
+    factor = int(factor)
+    if factor == 1:
+        return x
+    y = torch.nn.functional.interpolate(x, scale_factor=factor, mode="bilinear",
+                                        align_corners=False)
+    return y.clamp_(0.0, 1.0)
 
 
 def kl_divergence(mu, logvar):

@@ -53,7 +53,11 @@ CHECKPOINT_STATE = "state.safetensors"
 LOG_CSV = "log.csv"
 CHECKPOINT_FORMAT = "matrep-texturevae-checkpoint-v1"
 LOG_COLUMNS = ("epoch", "step", "train_loss", "train_style", "train_kl", "val_style", "val_kl",
-               "seconds", "patches_per_s")
+               "seconds", "patches_per_s", "lr", "kl_weight", "spikes")
+#: A loss term above this many times its running median is reported as a spike.
+SPIKE_FACTOR = 10.0
+#: Steps in the running window of each term (and the fewest before spikes are judged).
+SPIKE_WINDOW, SPIKE_MIN_STEPS = 64, 16
 
 
 # ---------------------------------------------------------------------------------------
@@ -72,7 +76,68 @@ class TrainSettings:
     checkpoint_every: int | None = None
     precision: str = "fp32"  # resolved: "fp32" or "bf16"
     style_backend: str = "auto"
+    #: clip the global gradient norm of head + decoder to this value (None: no clipping)
+    grad_clip: float | None = None
+    #: steps over which the KL weight ramps linearly from 0 to ``kl_weight`` (0: none)
+    kl_warmup: int = 0
+    #: "constant", or "cosine": decay from ``lr`` to ``lr * lr_final`` over the run
+    lr_schedule: str = "constant"
+    #: steps of linear learning-rate warm-up from ``lr / 10`` (0: none)
+    lr_warmup: int = 0
+    lr_final: float = 0.05
+    #: keep the model of the epoch with the lowest held-out style loss (needs held-out patches)
+    keep_best: bool = True
     extra: dict = field(default_factory=dict)
+
+    def lr_at(self, step: int, total: int, base: float) -> float:
+        """Learning rate of global step ``step`` (0-based) of ``total`` steps."""
+        lr = base
+        if self.lr_schedule == "cosine" and total > 0:
+            t = min(1.0, step / max(1, total - 1))
+            lr = base * (self.lr_final + (1.0 - self.lr_final) * 0.5 * (1.0 + math.cos(math.pi * t)))
+        if self.lr_warmup and step < self.lr_warmup:
+            lr *= 0.1 + 0.9 * step / self.lr_warmup
+        return lr
+
+    def kl_weight_at(self, step: int) -> float:
+        """KL weight of global step ``step`` (linear warm-up over ``kl_warmup`` steps)."""
+        if self.kl_warmup and step < self.kl_warmup:
+            return self.kl_weight * step / self.kl_warmup
+        return self.kl_weight
+
+
+class SpikeMonitor:
+    """Flags a loss term that jumps above ``factor`` x its running median.
+
+    The window holds the last :data:`SPIKE_WINDOW` values of each term; nothing is judged
+    before :data:`SPIKE_MIN_STEPS` values. ``state()``/``from_state()`` round-trip through a
+    checkpoint so a resumed run flags exactly what the uninterrupted one would.
+    """
+
+    def __init__(self, factor=SPIKE_FACTOR, window=SPIKE_WINDOW, min_steps=SPIKE_MIN_STEPS,
+                 values=None):
+        self.factor, self.window, self.min_steps = float(factor), int(window), int(min_steps)
+        self.values = {k: list(v) for k, v in (values or {}).items()}
+
+    def check(self, **terms) -> list:
+        """Add this step's values; return the names of the terms that spiked."""
+        out = []
+        for name, v in terms.items():
+            hist = self.values.setdefault(name, [])
+            if len(hist) >= self.min_steps:
+                med = float(np.median(hist))
+                if med > 0 and v > self.factor * med:
+                    out.append((name, v, med))
+            hist.append(float(v))
+            del hist[:-self.window]
+        return out
+
+    def state(self) -> dict:
+        return {"values": self.values}
+
+    @classmethod
+    def from_state(cls, state, factor=SPIKE_FACTOR):
+        return cls(factor=factor, values=(state or {}).get("values"))
 
 
 def resolve_device(device) -> torch.device:
@@ -187,6 +252,50 @@ def style_loss_grams(inputs, target_grams, weights, backend="auto"):
     return style_loss_from_grams(inputs, target_grams, weights, backend=backend)
 
 
+def balanced_layer_weights(backbone, patches, style_taps, *, n_pairs=64, seed=0):
+    """Style-layer weights that give every layer the same typical share of the loss.
+
+    With equal weights the Gatys normalisation :math:`1/(4 C_l^2 M_l^2)` leaves the deepest
+    layer dominant (pool4 carries ~93 % of the loss between two cast-iron patches at 64², ~98 %
+    at 128²: its Gram averages only :math:`M = 16` or 64 positions), so fine-scale statistics
+    (grey levels, edges, particle outlines) hardly steer the decoder. Here
+
+    .. math:: w_l = \\frac{\\sum_k m_k}{L\\, m_l}
+
+    with :math:`m_l` the median per-layer style loss between ``n_pairs`` seeded random pairs of
+    the given (training) patches, so each of the :math:`L` layers contributes
+    :math:`\\sum_k m_k / L` to a typical pair's loss and the total keeps the equal-weight scale
+    (the KL weight keeps its meaning).
+
+    Parameters
+    ----------
+    backbone : frozen VGG19Backbone
+    patches : array of shape (n, P, P) in [0, 1] (the model's resolution)
+    style_taps : sequence of tap names
+
+    Returns
+    -------
+    tuple of float, one weight per style tap.
+    """
+    from matrep.kernels import style_loss
+
+    n = len(patches)
+    rng = np.random.default_rng([int(seed), 31337])
+    k = min(int(n_pairs), n)
+    i = rng.choice(n, k, replace=False)
+    j = (i + rng.integers(1, max(2, n), size=k)) % n  # a different patch for each
+    dev = next(iter(backbone.parameters())).device
+    with torch.inference_mode():
+        a = torch.from_numpy(np.ascontiguousarray(patches[i]))[:, None].to(dev)
+        b = torch.from_numpy(np.ascontiguousarray(patches[j]))[:, None].to(dev)
+        fa, fb = backbone(backbone.preprocess(a)), backbone(backbone.preprocess(b))
+        med = [float(style_loss([fa[t]], [fb[t]], [1.0], reduction="none").median())
+               for t in style_taps]
+    med = [max(m, 1e-12) for m in med]
+    total = sum(med)
+    return tuple(total / (len(med) * m) for m in med)
+
+
 class VAEForward(torch.nn.Module):
     """The trained part of a training step as one module, for DistributedDataParallel.
 
@@ -242,7 +351,7 @@ def forward_losses(model, backbone, pooled, target_grams, *, style_taps, layer_w
 
 def train_step(model, backbone, optimizer, pooled, target_grams, *, kl_weight, style_taps,
                layer_weights, generator=None, autocast_dtype=None, style_backend="auto",
-               check_finite=True):
+               check_finite=True, grad_clip=None):
     """One optimisation step on a batch of cached inputs; returns (loss, style, kl) floats.
 
     Raises
@@ -260,13 +369,22 @@ def train_step(model, backbone, optimizer, pooled, target_grams, *, kl_weight, s
                                     f"kl={vals[2]})")
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    _clip(optimizer, grad_clip)
     optimizer.step()
     return vals
 
 
+def _clip(optimizer, grad_clip):
+    """Clip the global gradient norm of the optimised parameters (no-op for None)."""
+    if grad_clip:
+        params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        torch.nn.utils.clip_grad_norm_(params, float(grad_clip))
+
+
 def distributed_train_step(net, backbone, optimizer, pooled, target_grams, eps, *, n_local,
                            n_global, ctx, kl_weight, style_taps, layer_weights,
-                           autocast_dtype=None, style_backend="auto", flag=False):
+                           autocast_dtype=None, style_backend="auto", flag=False,
+                           grad_clip=None):
     """One DDP step on this rank's part of a global batch; returns ((loss, style, kl), flag).
 
     ``pooled``/``target_grams``/``eps`` hold this rank's ``n_local`` of the ``n_global``
@@ -296,6 +414,7 @@ def distributed_train_step(net, backbone, optimizer, pooled, target_grams, eps, 
                                     f"kl={vals[2]})")
     optimizer.zero_grad(set_to_none=True)
     (loss * local_loss_weight(n_local, n_global, ctx.world_size)).backward()
+    _clip(optimizer, grad_clip)  # after backward: DDP has averaged the gradients
     optimizer.step()
     return vals, tot[4] > 0
 
@@ -372,11 +491,16 @@ def _optimizer_from_flat(optimizer, tensors, meta, device):
 
 
 def save_checkpoint(run_dir, *, model, optimizer, generator, position: dict, history: list,
-                    fingerprint: dict, extra_meta: dict | None = None) -> Path:
-    """Write ``run_dir/checkpoint/`` atomically (state.safetensors + checkpoint.json)."""
+                    fingerprint: dict, extra_meta: dict | None = None, best_state=None) -> Path:
+    """Write ``run_dir/checkpoint/`` atomically (state.safetensors + checkpoint.json).
+
+    ``best_state``: the state dict of the best model so far (kept as ``best.*`` tensors).
+    """
     from safetensors.torch import save_file
 
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    for k, v in (best_state or {}).items():
+        tensors[f"best.{k}"] = v.detach().cpu().contiguous()
     opt_tensors, opt_meta = _optimizer_to_flat(optimizer)
     tensors.update(opt_tensors)
     tensors["rng.generator"] = generator.get_state().cpu()
@@ -418,11 +542,14 @@ def read_checkpoint(run_dir):
 
 
 def restore_checkpoint(tensors, meta, *, model, optimizer, generator, device):
+    """Load model, optimiser and RNG states; return the best model's state dict (or None)."""
     model.load_state_dict({k[len("model."):]: v for k, v in tensors.items()
                            if k.startswith("model.")})
     _optimizer_from_flat(optimizer, tensors, meta["optimizer"], device)
     generator.set_state(tensors["rng.generator"])
     torch.set_rng_state(tensors["rng.torch_cpu"])
+    best = {k[len("best."):]: v for k, v in tensors.items() if k.startswith("best.")}
+    return best or None
 
 
 def write_log(run_dir, history):
@@ -489,7 +616,7 @@ def _no_buffer_sync() -> dict:
 
 def train(model, backbone, train_cache, val_cache, *, settings: TrainSettings, style_taps,
           device, run_dir=None, resume=False, fingerprint=None, quiet=True, log=None,
-          stop_after_steps=None):
+          stop_after_steps=None, warn=None):
     """Train ``model`` (head + decoder) on cached inputs; return the per-epoch history.
 
     Under torchrun (after :func:`matrep.distributed.init`) the step runs in
@@ -525,6 +652,7 @@ def train(model, backbone, train_cache, val_cache, *, settings: TrainSettings, s
     ctx = current()
     W, main = ctx.world_size, ctx.is_main
     log = (log or (lambda msg: None)) if main else (lambda msg: None)
+    warn = warn or (lambda msg: print(msg, file=sys.stderr, flush=True))
     fingerprint = fingerprint or {}
     s = settings
     rule = scaling_rule(s.batch_size, s.lr, W, s.extra.get("lr_scaling", "none"))
@@ -543,8 +671,9 @@ def train(model, backbone, train_cache, val_cache, *, settings: TrainSettings, s
     log(rule.describe())
 
     history: list = []
-    position = {"epoch": 0, "batch": 0, "global_step": 0,
-                "sums": {"loss": 0.0, "style": 0.0, "kl": 0.0, "count": 0, "seconds": 0.0}}
+    position = {"epoch": 0, "batch": 0, "global_step": 0, "sums": _new_sums()}
+    best_state, spikes = None, SpikeMonitor()
+    total_steps = int(s.epochs) * n_batches
     if resume:
         tensors, meta = read_checkpoint(run_dir)
         if meta.get("fingerprint") != json.loads(json.dumps(fingerprint, default=_json_default)):
@@ -562,9 +691,11 @@ def train(model, backbone, train_cache, val_cache, *, settings: TrainSettings, s
                                 f"lr scaling {was.get('rule')!r}); this run has {bs} "
                                 f"({W} process(es), lr scaling {rule.rule!r}). Resume with "
                                 f"--nproc {was.get('world_size')} or with --lr-scaling none")
-        restore_checkpoint(tensors, meta, model=model, optimizer=optimizer, generator=generator,
-                           device=device)
+        best_state = restore_checkpoint(tensors, meta, model=model, optimizer=optimizer,
+                                        generator=generator, device=device)
         position, history = meta["position"], meta["history"]
+        position["sums"] = {**_new_sums(), **position["sums"]}
+        spikes = SpikeMonitor.from_state(position.get("spike_monitor"))
         log(f"resuming from epoch {position['epoch'] + 1}, batch {position['batch']} "
             f"(step {position['global_step']})")
 
@@ -579,10 +710,12 @@ def train(model, backbone, train_cache, val_cache, *, settings: TrainSettings, s
             return None
         path = None
         if main:
+            position["spike_monitor"] = spikes.state()
             path = save_checkpoint(run_dir, model=model, optimizer=optimizer,
                                    generator=generator, position=position, history=history,
                                    fingerprint=fingerprint,
-                                   extra_meta={"distributed": rule.to_dict()})
+                                   extra_meta={"distributed": rule.to_dict()},
+                                   best_state=best_state)
         ctx.barrier()  # no rank goes on (or exits) before the checkpoint is on disk
         return path or Path(run_dir) / CHECKPOINT_DIR
 
@@ -596,7 +729,10 @@ def train(model, backbone, train_cache, val_cache, *, settings: TrainSettings, s
         history.append({"epoch": 0, "step": 0, "train_loss": float("nan"),
                         "train_style": float("nan"), "train_kl": float("nan"),
                         "val_style": vs, "val_kl": vk, "seconds": 0.0,
-                        "patches_per_s": float("nan")})
+                        "patches_per_s": float("nan"), "lr": float("nan"),
+                        "kl_weight": float("nan"), "spikes": ""})
+        if s.keep_best and math.isfinite(vs):
+            best_state = _state_copy(model)
         save_log()
         log(f"before training: held-out style loss {vs:.4g}")
 
@@ -614,14 +750,20 @@ def train(model, backbone, train_cache, val_cache, *, settings: TrainSettings, s
                 while position["batch"] < n_batches:
                     b = position["batch"]
                     idx = order[b * bs:(b + 1) * bs]
+                    step = position["global_step"]
+                    lr_now = s.lr_at(step, total_steps, rule.lr)
+                    for g in optimizer.param_groups:
+                        g["lr"] = lr_now
+                    beta = s.kl_weight_at(step)
                     t0 = time.perf_counter()
                     try:
                         if net is None:
                             pooled, grams = train_cache.batch(idx, device)
                             loss, style, kl = train_step(
-                                model, backbone, optimizer, pooled, grams, kl_weight=s.kl_weight,
+                                model, backbone, optimizer, pooled, grams, kl_weight=beta,
                                 style_taps=style_taps, layer_weights=lw, generator=generator,
-                                autocast_dtype=autocast_dtype, style_backend=s.style_backend)
+                                autocast_dtype=autocast_dtype, style_backend=s.style_backend,
+                                grad_clip=s.grad_clip)
                             stop = intr.flag
                         else:
                             # the single-process draw for the whole global batch; keep our rows
@@ -635,10 +777,10 @@ def train(model, backbone, train_cache, val_cache, *, settings: TrainSettings, s
                             (loss, style, kl), stop = distributed_train_step(
                                 net, backbone, optimizer, pooled, grams,
                                 eps[torch.from_numpy(rows).to(eps.device)], n_local=n_local,
-                                n_global=len(idx), ctx=ctx, kl_weight=s.kl_weight,
+                                n_global=len(idx), ctx=ctx, kl_weight=beta,
                                 style_taps=style_taps, layer_weights=lw,
                                 autocast_dtype=autocast_dtype, style_backend=s.style_backend,
-                                flag=intr.flag)
+                                flag=intr.flag, grad_clip=s.grad_clip)
                     except TrainingDivergedError as exc:
                         ck = Path(run_dir) / CHECKPOINT_DIR if run_dir is not None else None
                         where = (f"the last good checkpoint {ck} is intact; " if ck and ck.exists()
@@ -653,6 +795,13 @@ def train(model, backbone, train_cache, val_cache, *, settings: TrainSettings, s
                     sums["kl"] += kl * len(idx)
                     sums["count"] += len(idx)
                     sums["seconds"] += dt
+                    sums["lr"], sums["kl_weight"] = lr_now, beta
+                    for name, v, med in spikes.check(style=style, kl=kl):
+                        sums["spikes"].append(f"{step + 1}:{name}")
+                        if main:
+                            warn(f"warning: loss spike at epoch {e + 1}, step {step + 1}: {name} "
+                                 f"= {v:.4g} is {v / med:.0f}x its running median {med:.4g} "
+                                 f"(marked in {LOG_CSV})")
                     position["batch"] = b + 1
                     position["global_step"] += 1
                     steps_this_call += 1
@@ -677,11 +826,15 @@ def train(model, backbone, train_cache, val_cache, *, settings: TrainSettings, s
                             "train_loss": sums["loss"] / c, "train_style": sums["style"] / c,
                             "train_kl": sums["kl"] / c, "val_style": vs, "val_kl": vk,
                             "seconds": sums["seconds"],
-                            "patches_per_s": sums["count"] / max(sums["seconds"], 1e-9)})
+                            "patches_per_s": sums["count"] / max(sums["seconds"], 1e-9),
+                            "lr": sums["lr"], "kl_weight": sums["kl_weight"],
+                            "spikes": ";".join(sums["spikes"])})
+            if s.keep_best and math.isfinite(vs) and vs < _best_val(history[:-1]):
+                best_state = _state_copy(model)
             log(f"epoch {e + 1}/{s.epochs}: style {sums['style'] / c:.4g}, kl {sums['kl'] / c:.4g}, "
                 f"held-out style {vs:.4g} ({sums['count'] / max(sums['seconds'], 1e-9):.2f} patches/s)")
             position = {"epoch": e + 1, "batch": 0, "global_step": position["global_step"],
-                        "sums": {"loss": 0.0, "style": 0.0, "kl": 0.0, "count": 0, "seconds": 0.0}}
+                        "sums": _new_sums()}
             save_log()
             checkpoint("epoch")
             stop = intr.flag
@@ -691,10 +844,43 @@ def train(model, backbone, train_cache, val_cache, *, settings: TrainSettings, s
                 log("interrupted: checkpoint written; continue with --resume")
                 raise KeyboardInterrupt
     model.eval()
+    if s.keep_best and best_state is not None:
+        b = best_epoch(history)
+        if b is not None and b != history[-1]["epoch"]:
+            model.load_state_dict(best_state)
+            log(f"kept the model of epoch {b} (held-out style {history[b]['val_style']:.4g}; "
+                f"last epoch {history[-1]['val_style']:.4g})")
     return history
+
+
+def _new_sums():
+    return {"loss": 0.0, "style": 0.0, "kl": 0.0, "count": 0, "seconds": 0.0,
+            "lr": float("nan"), "kl_weight": float("nan"), "spikes": []}
+
+
+def _state_copy(model):
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+def _best_val(history):
+    vals = [h["val_style"] for h in history if isinstance(h.get("val_style"), (int, float))
+            and math.isfinite(h["val_style"])]
+    return min(vals) if vals else float("inf")
+
+
+def best_epoch(history):
+    """Epoch (row index) with the lowest held-out style loss (the first of ties); None without
+    held-out losses."""
+    best, out = float("inf"), None
+    for h in history:
+        v = h.get("val_style")
+        if isinstance(v, (int, float)) and math.isfinite(v) and v < best:
+            best, out = v, int(h["epoch"])
+    return out
 
 
 __all__ = ["TrainSettings", "train", "train_step", "distributed_train_step", "VAEForward",
            "forward_losses", "evaluate", "split_patches",
            "save_checkpoint", "read_checkpoint", "write_log", "resolve_device",
-           "resolve_precision", "fingerprint_arrays", "style_loss_grams"]
+           "resolve_precision", "fingerprint_arrays", "style_loss_grams", "SpikeMonitor",
+           "best_epoch"]

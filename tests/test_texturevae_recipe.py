@@ -1,0 +1,283 @@
+"""Texture-VAE training recipe: bounded log-variance, schedules, loss-spike warning, best-model
+keeping, balanced layer weights, the model's own resampling, and `fit --preset`.
+
+Fast: random VGG19 weights, tiny patches and decoder, one thread.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from matrep.plugins.texturevae import TextureVAEEncoder  # noqa: E402
+from matrep.plugins.texturevae import train as tr  # noqa: E402
+from matrep.plugins.texturevae.model import (TextureVAE, bound_logvar,  # noqa: E402
+                                             downsample_patches, upsample_patches)
+
+TINY = dict(latent_dim=4, weights="random", decoder_channels=(8, 8, 8, 8, 8), epochs=1,
+            batch_size=4, device="cpu", batch_size_eval=8)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _patches(n=12, size=64, seed=0):
+    from matrep.testing import make_texture_patches
+
+    return make_texture_patches(n, size, seed)
+
+
+# -- log-variance bound, schedules ------------------------------------------------------
+def test_bound_logvar_is_identity_near_centre_and_never_leaves_bounds():
+    raw = torch.tensor([-1e6, -50.0, -3.0, 1.0, 50.0, 1e6])
+    out = bound_logvar(raw, (-10.0, 4.0))
+    assert float(out.min()) >= -10.0 and float(out.max()) <= 4.0
+    # slope 1 at the centre (-3): the parametrisation does not change a typical posterior
+    c = torch.tensor([-3.0], requires_grad=True)
+    bound_logvar(c, (-10.0, 4.0)).backward()
+    assert float(c.grad) == pytest.approx(1.0)
+    assert torch.equal(bound_logvar(raw, None), raw)
+
+
+def test_kl_stays_bounded_for_an_exploding_head():
+    model = TextureVAE(8, 3, 32, (4, 4, 4, 4, 4), logvar_bounds=(-10.0, 4.0))
+    with torch.no_grad():
+        model.head.fc_logvar.bias.fill_(1e4)  # what a diverging run does to the raw output
+    _, lv = model.encode(torch.zeros(2, 8))
+    assert float(lv.detach().max()) <= 4.0
+    assert math.isfinite(float(torch.exp(lv.detach()).sum()))
+
+
+def test_lr_schedule_and_kl_warmup():
+    s = tr.TrainSettings(lr=1e-3, kl_weight=0.02, lr_schedule="cosine", lr_warmup=10,
+                         kl_warmup=100, lr_final=0.05)
+    assert s.lr_at(0, 1000, 1e-3) == pytest.approx(1e-4)        # warm-up starts at lr / 10
+    assert s.lr_at(10, 1000, 1e-3) == pytest.approx(1e-3, rel=1e-3)
+    assert s.lr_at(999, 1000, 1e-3) == pytest.approx(5e-5)      # cosine ends at 5 %
+    lrs = [s.lr_at(t, 1000, 1e-3) for t in range(10, 1000)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+    assert s.kl_weight_at(0) == 0.0 and s.kl_weight_at(50) == pytest.approx(0.01)
+    assert s.kl_weight_at(100) == s.kl_weight_at(5000) == 0.02
+    const = tr.TrainSettings(lr=1e-3)
+    assert const.lr_at(0, 10, 1e-3) == const.lr_at(9, 10, 1e-3) == 1e-3
+
+
+# -- spikes ----------------------------------------------------------------------------
+def test_spike_monitor_flags_a_tenfold_jump_only():
+    m = tr.SpikeMonitor()
+    for i in range(tr.SPIKE_MIN_STEPS):
+        assert m.check(style=10.0 + i % 3, kl=400.0) == []
+    assert m.check(style=12.0, kl=3000.0) == []          # 7.5x: not a spike
+    hits = m.check(style=11.0, kl=8000.0)                 # 20x the running median
+    assert [h[0] for h in hits] == ["kl"]
+    again = tr.SpikeMonitor.from_state(json.loads(json.dumps(m.state())))
+    assert again.values == m.values
+
+
+class _FakeCache:
+    def __init__(self, n):
+        self.n = n
+
+    def batch(self, idx, device):
+        return torch.zeros(len(idx), 8), []
+
+
+def _fake_loop(monkeypatch, kl_values, val_values=None):
+    """Run tr.train with a scripted train_step (it nudges the decoder bias by +1 each step,
+    so each epoch's model differs) and, optionally, scripted held-out losses."""
+    kl_iter = iter(kl_values)
+
+    def fake_step(model, backbone, optimizer, pooled, grams, **kw):
+        with torch.no_grad():
+            model.decoder.out.bias.add_(1.0)
+        kl = next(kl_iter)
+        return [10.0 + 0.01 * kl, 10.0, kl]
+
+    monkeypatch.setattr(tr, "train_step", fake_step)
+    if val_values is not None:
+        vals = iter(val_values)
+        monkeypatch.setattr(tr, "evaluate", lambda *a, **k: (next(vals), 1.0))
+    return fake_step
+
+
+def test_loss_spike_prints_one_warning_and_is_marked_in_log(monkeypatch, tmp_path, capsys):
+    n_steps = 40
+    kls = [400.0] * 30 + [9000.0] + [400.0] * 9
+    _fake_loop(monkeypatch, kls)
+    model = TextureVAE(8, 3, 32, (4, 4, 4, 4, 4))
+    s = tr.TrainSettings(epochs=2, batch_size=1, keep_best=False)
+    warnings = []
+    tr.train(model, None, _FakeCache(n_steps // 2), None, settings=s, style_taps=(),
+             device=torch.device("cpu"), run_dir=tmp_path, warn=warnings.append)
+    assert len(warnings) == 1
+    assert "loss spike at epoch 2, step 31: kl" in warnings[0]
+    rows = list(csv.DictReader(open(tmp_path / "log.csv")))
+    assert rows[2]["spikes"] == "31:kl" and rows[1]["spikes"] == ""
+    # default warn: one line on stderr
+    kls2 = iter(kls)
+    monkeypatch.setattr(tr, "train_step", lambda *a, **k: [10.0, 10.0, next(kls2)])
+    tr.train(TextureVAE(8, 3, 32, (4, 4, 4, 4, 4)), None, _FakeCache(n_steps // 2), None,
+             settings=s, style_taps=(), device=torch.device("cpu"))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len([ln for ln in err if "loss spike" in ln]) == 1
+
+
+def test_keeps_the_best_epoch_not_the_last(monkeypatch):
+    _fake_loop(monkeypatch, [100.0] * 12, val_values=[5.0, 3.0, 1.0, 2.0, 4.0])
+    model = TextureVAE(8, 3, 32, (4, 4, 4, 4, 4))
+    b0 = model.decoder.out.bias.clone()
+    msgs = []
+    hist = tr.train(model, None, _FakeCache(3), _FakeCache(2),
+                    settings=tr.TrainSettings(epochs=4, batch_size=1), style_taps=(),
+                    device=torch.device("cpu"), log=msgs.append)
+    assert tr.best_epoch(hist) == 2
+    # 3 steps per epoch, +1 per step: the kept model is the one after epoch 2
+    assert torch.allclose(model.decoder.out.bias, b0 + 6.0)
+    assert any("kept the model of epoch 2" in m for m in msgs)
+
+
+def test_best_state_survives_resume(monkeypatch, tmp_path):
+    """Interrupt in epoch 3, after epoch 2 (the best); resume: the kept model is the
+    checkpointed best one."""
+    _fake_loop(monkeypatch, [100.0] * 12, val_values=[5.0, 3.0, 1.0])
+    model = TextureVAE(8, 3, 32, (4, 4, 4, 4, 4))
+    b0 = model.decoder.out.bias.clone()
+    s = tr.TrainSettings(epochs=4, batch_size=1)
+    tr.train(model, None, _FakeCache(3), _FakeCache(2), settings=s, style_taps=(),
+             device=torch.device("cpu"), run_dir=tmp_path, stop_after_steps=7)
+    _fake_loop(monkeypatch, [100.0] * 5, val_values=[2.0, 4.0])
+    model2 = TextureVAE(8, 3, 32, (4, 4, 4, 4, 4))
+    hist = tr.train(model2, None, _FakeCache(3), _FakeCache(2), settings=s, style_taps=(),
+                    device=torch.device("cpu"), run_dir=tmp_path, resume=True)
+    assert [h["epoch"] for h in hist] == [0, 1, 2, 3, 4]
+    assert tr.best_epoch(hist) == 2
+    assert torch.allclose(model2.decoder.out.bias, b0 + 6.0)
+
+
+# -- layer weights, resampling ----------------------------------------------------------
+def test_balanced_layer_weights_equalise_the_layers():
+    from matrep.backbone import VGG19Backbone
+    from matrep.kernels import style_loss
+
+    taps = ("conv1_1", "pool1", "pool2")
+    bb = VGG19Backbone(weights="random", taps=taps).eval()
+    X = _patches(16, 32)
+    w = tr.balanced_layer_weights(bb, X, taps, n_pairs=16)
+    assert len(w) == 3 and all(v > 0 for v in w)
+    rng = np.random.default_rng([0, 31337])
+    i = rng.choice(16, 16, replace=False)
+    j = (i + rng.integers(1, 16, size=16)) % 16
+    with torch.inference_mode():
+        fa = bb(bb.preprocess(torch.from_numpy(X[i])[:, None]))
+        fb = bb(bb.preprocess(torch.from_numpy(X[j])[:, None]))
+        med = [float(style_loss([fa[t]], [fb[t]], [1.0], reduction="none").median()) for t in taps]
+    shares = [wi * m for wi, m in zip(w, med)]
+    assert shares == pytest.approx([sum(med) / 3] * 3, rel=1e-4)
+
+
+def test_area_downsampling_and_back():
+    x = torch.rand(2, 1, 8, 8)
+    d = downsample_patches(x, 2)
+    assert d.shape == (2, 1, 4, 4)
+    assert float(d[0, 0, 0, 0]) == pytest.approx(float(x[0, 0, :2, :2].mean()))
+    assert upsample_patches(d, 2).shape == x.shape
+    assert downsample_patches(x, 1) is x
+
+
+def test_downsampled_model_takes_and_returns_native_patches(tmp_path):
+    X = _patches(12, 64)
+    enc = TextureVAEEncoder(**TINY, downsample=2, layer_weights="balanced", kl_warmup=2,
+                            lr_schedule="cosine", lr_warmup=1, val_split="patch",
+                            val_fraction=0.25)
+    enc.fit(X, run_dir=tmp_path / "run")
+    assert enc.patch_size_ == 64 and enc.model_patch_size_ == 32
+    assert enc.model_.decoder.start == 2  # decodes 32x32 internally
+    assert enc.transform(X[:3]).shape == (3, 4)
+    assert enc.reconstruct(X[:3]).shape == (3, 64, 64)
+    assert enc.sample(2).shape == (2, 64, 64)
+    assert enc.traverse(X[0], [0, 1], values=[-1.0, 1.0]).shape == (2, 2, 64, 64)
+    assert enc.style_distance(X[:2], X[:2]) == pytest.approx([0.0, 0.0], abs=1e-6)
+    assert len(enc.layer_weights_) == 5 and enc.best_epoch_ in (0, 1)
+    with pytest.raises(Exception, match="64x64"):
+        enc.transform(_patches(2, 32))
+    import matrep
+
+    back = matrep.load_model(tmp_path / "run")
+    np.testing.assert_allclose(back.transform(X[:3]), enc.transform(X[:3]), rtol=1e-5, atol=1e-6)
+    assert back.layer_weights_ == pytest.approx(enc.layer_weights_)
+    assert back.best_epoch_ == enc.best_epoch_
+    assert back.reconstruct(X[:1]).shape == (1, 64, 64)
+
+
+def test_bad_recipe_parameters_are_refused():
+    from matrep.errors import BadInputError
+
+    X = _patches(6, 32)
+    for bad in ({"lr": float("nan")}, {"lr": -1.0}, {"logvar_bounds": (2.0, 1.0)},
+                {"grad_clip": 0}, {"lr_schedule": "linear"}, {"downsample": 0},
+                {"layer_weights": "loud"}):
+        with pytest.raises(BadInputError):
+            TextureVAEEncoder(**{**TINY, **bad}).fit(X)
+    with pytest.raises(BadInputError, match="multiple of 16"):
+        TextureVAEEncoder(**TINY, downsample=2).fit(_patches(6, 48))
+
+
+# -- fit --preset -----------------------------------------------------------------------
+def test_fit_help_documents_preset():
+    from click.testing import CliRunner
+
+    from matrep.cli import main
+
+    res = CliRunner().invoke(main, ["fit", "--help"])
+    assert res.exit_code == 0
+    assert "--preset" in res.output and "quick" in res.output
+
+
+def test_presets_are_declared_and_valid():
+    presets = TextureVAEEncoder.presets
+    assert {"paper", "quick"} <= set(presets)
+    assert presets["paper"]["params"] == {}          # the paper's configuration = the defaults
+    valid = set(TextureVAEEncoder().get_params())
+    for spec in presets.values():
+        assert set(spec["params"]) <= valid
+        assert spec["patching"]["patch"] % (16 * spec["params"].get("downsample", 1)) == 0
+
+
+def test_fit_preset_quick_sets_parameters_and_patching(tmp_path):
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from matrep.cli import main
+
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    rng = np.random.default_rng(0)
+    for k in range(2):
+        Image.fromarray((rng.random((256, 256)) * 255).astype(np.uint8)).save(imgs / f"m{k}.png")
+    out = tmp_path / "run"
+    args = ["fit", "--method", "texturevae", "--preset", "quick", "--images", str(imgs),
+            "--out", str(out), "--weights", "random", "--epochs", "0", "--latent-dim", "4",
+            "--param", "decoder_channels=[8,8,8,8,8]", "--quiet"]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    rec = json.loads((out / "fit.json").read_text())
+    q = TextureVAEEncoder.presets["quick"]
+    assert rec["preset"] == "quick"
+    assert rec["patches"]["patch"] == q["patching"]["patch"]
+    assert rec["patches"]["stride"] == q["patching"]["stride"]
+    assert rec["params"]["downsample"] == q["params"]["downsample"]
+    assert rec["params"]["epochs"] == 0 and rec["params"]["latent_dim"] == 4  # explicit wins
+    bad = CliRunner().invoke(main, ["fit", "--preset", "nope", "--images", str(imgs),
+                                    "--out", str(tmp_path / "r2"), "--quiet"])
+    assert bad.exit_code != 0 and "no preset 'nope'" in bad.output
