@@ -221,8 +221,9 @@ class CorrectedSurrogate:
     base : LatentGP
         Fitted on the patch-level properties of the training patches.
     min_points_for_fit : int, default 6
-        With fewer corrections than this, the correction is their mean (zero when there are
-        none) with their spread as uncertainty, and no GP is fitted.
+        With fewer corrections than this, the correction is their mean with their spread as
+        uncertainty (before any check: zero, with the base GP's noise as uncertainty), and no
+        GP is fitted.
 
     Attributes
     ----------
@@ -259,8 +260,8 @@ class CorrectedSurrogate:
         return self
 
     def _const(self):
-        if len(self.r_) == 0:
-            return 0.0, 0.0
+        if len(self.r_) == 0:  # nothing checked yet: a correction as large as the base noise
+            return 0.0, self.base.noise_std ** 2
         spread = float(self.r_.std(ddof=1)) if len(self.r_) > 1 else abs(float(self.r_[0]))
         return float(self.r_.mean()), spread ** 2
 
