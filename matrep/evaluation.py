@@ -543,6 +543,11 @@ def _held_out_pool(ps, models, images, stride, crop, crop_bottom) -> np.ndarray:
                                       "--held-out")
         _check_training_patching(name, images, stride, crop, crop_bottom)
         val = model.held_out_patches(ps)
+        expected = getattr(model, "n_val_patches_", None)
+        if expected is not None and len(val) != int(expected):
+            raise BadInputError(None, f"{name}: held out {int(expected)} patches in training but "
+                                      f"{len(val)} of these images; pass the training --images, "
+                                      "--stride and --crop options of `matrep fit`")
         key = {(s, int(c[0]), int(c[1])) for s, c in zip(val.sources.tolist(), val.coords)}
         keep &= np.array([(s, int(c[0]), int(c[1])) in key
                           for s, c in zip(ps.sources.tolist(), ps.coords)])

@@ -388,6 +388,11 @@ def test_evaluate_held_out_draws_only_held_out_patches(castiron):
     with pytest.raises(BadInputError, match="does not say which patches"):
         evaluate_models([FakeModel(patch_size=64)], root / "images", n=4, stride=32,
                         metrics=(), held_out=True)
+    other_split = WithStyle()
+    other_split.n_val_patches_ = 999                     # trained on other images or patching
+    with pytest.raises(BadInputError, match="held out 999 patches in training"):
+        evaluate_models([other_split], root / "images", n=4, stride=32, metrics=(),
+                        held_out=True)
 
 
 def test_spearman_helper_undefined_and_exact():
