@@ -164,8 +164,14 @@ class BaseEncoder(TransformerMixin, BaseEstimator):
             if exc.path is not None:
                 raise
             raise BadInputError(path, exc.problem) from exc
-        except MatrepError as exc:
-            raise BadInputError(path, " ".join(str(exc).split())) from exc
+        except MatrepError as exc:  # same type, with the folder named
+            if str(path) in str(exc):
+                raise
+            try:
+                named = type(exc)(f"{path}: {exc}")
+            except TypeError:
+                raise exc from None
+            raise named from exc
         except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as exc:
             raise BadInputError(path, f"the saved state does not match {CONFIG_NAME} "
                                       f"({type(exc).__name__}: {exc}); save the model again or "
