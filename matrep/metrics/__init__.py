@@ -9,6 +9,11 @@ and return N similarities in [0, 1] (1 = same texture), on CPU or GPU::
                               # raises WeightsNotFoundError saying how to provide them
 
 Importing this package does not import torch; the functions do.
+
+Beside them: :mod:`.correlation` (Spearman rho that says when it is undefined),
+:mod:`.morphology` (graphite segmentation, descriptors and descriptor fidelity),
+:mod:`.specificity` (own-vs-other distance of reconstructions) and :mod:`.disentanglement`
+(MIG, SAP).
 """
 
 from __future__ import annotations
