@@ -303,16 +303,17 @@ def cli(monkeypatch, fake_data, tmp_path):
     return run
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--target", "youngs_modulus_gpa=5000"], "outside the data's patch-level range"),
-    (["--target", "strength=3"], "no column 'strength'"),
-    (["--target", "hardness=205", "--physics"], "no physics solver for 'hardness'"),
-    (["--target", "youngs_modulus_gpa"], "expected COLUMN=VALUE"),
+@pytest.mark.parametrize("extra, message, code", [
+    (["--target", "youngs_modulus_gpa=5000"], "outside the data's patch-level range", 1),
+    (["--target", "strength=3"], "no column 'strength'", 1),
+    (["--target", "hardness=205", "--physics"], "no physics solver for 'hardness'", 1),
+    (["--target", "youngs_modulus_gpa"], "expected COLUMN=VALUE", 2),     # a usage error
 ])
-def test_cli_bad_requests_one_line_exit_1(cli, extra, message):
+def test_cli_bad_requests_one_line(cli, extra, message, code):
     r = cli(*extra)
-    assert r.exit_code != 0, r.output
-    assert message in r.output
+    assert r.exit_code == code, r.output
+    errors = [line for line in r.output.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1 and message in errors[0]
     assert "Traceback" not in r.output
 
 
