@@ -952,6 +952,15 @@ def _(ws):
     return Case(ws.encode(f.parent), f"{f}: corrupt image")
 
 
+@case("compare-constant-target")
+def _(ws):
+    f = ws.bad / "labels.csv"
+    f.write_text("file,strength\nm0.png,5.0\nm1.png,5\n")
+    return Case(["compare", "twopoint", "--images", str(ws.imgs), *PATCH, "--labels", str(f),
+                 "--target", "strength", "--out", str(ws.out / "report")],
+                "target column 'strength' is constant")
+
+
 @case("fit-lr-nan")
 def _(ws):
     return Case(["fit", "--method", "texturevae", "--images", str(ws.imgs), *PATCH,
@@ -964,6 +973,13 @@ def _(ws):
     return Case(["fit", "--method", "texturevae", "--images", str(ws.imgs), *PATCH,
                  "--weights", "random", "--kl-weight", "inf", "--out", str(ws.out / "run"), "-q"],
                 "kl_weight must be finite")
+
+
+@case("fit-latent-dim-not-a-number")
+def _(ws):
+    return Case(["fit", "--method", "texturevae", "--images", str(ws.imgs), *PATCH,
+                 "--weights", "random", "--param", "latent_dim=abc", "--out", str(ws.out / "run"),
+                 "-q"], "latent_dim must be an integer, got 'abc'")
 
 
 # ------------------------------------------------------------------------------ the test
@@ -996,6 +1012,7 @@ def test_bad_input_gives_one_clean_line(name, assets, tmp_path, monkeypatch, req
     assert len(lines) == 1, "expected one line on stderr, got:\n" + "\n".join(lines)
     assert lines[0].startswith("Error: "), lines[0]
     assert c.names in lines[0], f"{c.names!r} not in {lines[0]!r}"
+    assert "np.float64" not in lines[0] and "np.str_" not in lines[0], lines[0]
     after = {k: sha_tree(p) for k, p in watched.items()}
     for k in watched:
         assert after[k] == before[k], f"{k} changed: {sorted(set(after[k].items()) ^ set(before[k].items()))}"
