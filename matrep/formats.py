@@ -154,8 +154,10 @@ def _resolution_tags(page) -> FilePixelSize | None:
 def _tiff_pixel_size(path: Path) -> FilePixelSize | None:
     import tifffile
 
+    from .io import LibraryLog
+
     try:
-        with tifffile.TiffFile(str(path)) as tif:
+        with LibraryLog("tifffile"), tifffile.TiffFile(str(path)) as tif:
             for rule in (_fei, _zeiss, _olympus, _imagej):
                 found = rule(tif)
                 if found is not None:

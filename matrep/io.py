@@ -174,8 +174,9 @@ def _check_pixels(path: Path, height: int, width: int, frames: int = 1) -> None:
                                   f"real, raise the limit with {ENV_MAX_PIXELS}={n}")
 
 
-class _LogCapture(logging.Handler):
-    """Collects a library's log records while it reads one file (shown only if reading fails)."""
+class LibraryLog(logging.Handler):
+    """``with LibraryLog("tifffile") as log:`` keeps a library's log records (``log.messages``)
+    off the terminal while it reads one file: matrep reports a bad file in its own one line."""
 
     def __init__(self, name: str):
         super().__init__(logging.DEBUG)
@@ -199,7 +200,7 @@ class _LogCapture(logging.Handler):
 def _read_tiff(path: Path) -> np.ndarray:
     import tifffile
 
-    with _LogCapture("tifffile") as logs:
+    with LibraryLog("tifffile") as logs:
         try:
             with tifffile.TiffFile(str(path)) as tif:
                 if not tif.series:

@@ -499,7 +499,9 @@ def _image_hw(path, crop=None, crop_bottom: int = 0) -> tuple[int, int] | None:
         if suffix in (".tif", ".tiff"):
             import tifffile
 
-            with tifffile.TiffFile(str(path)) as tif:
+            from .io import LibraryLog
+
+            with LibraryLog("tifffile"), tifffile.TiffFile(str(path)) as tif:
                 shp = tif.pages.first.shape
                 hw = (int(shp[0]), int(shp[1])) if len(shp) == 2 or shp[-1] in (1, 2, 3, 4) \
                     else (int(shp[-2]), int(shp[-1]))

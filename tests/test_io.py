@@ -205,17 +205,46 @@ def test_pixel_limit_follows_the_environment(tmp_path, monkeypatch, caplog):
         read_micrograph(tmp_path / "a.png")
 
 
+def _tiff_with_bad_tag(width, height):
+    """A one-strip grey TIFF with an extra tag of the invalid data type 99 (tifffile logs it)."""
+    import struct
+
+    tags = [(256, 4, width), (257, 4, height), (258, 3, 8), (259, 3, 1), (262, 3, 1),
+            (273, 4, None), (277, 3, 1), (278, 4, height), (279, 4, 16), (700, 99, 5)]
+    at = 8 + 2 + 12 * len(tags) + 4
+    out = b"II*\0" + struct.pack("<IH", 8, len(tags))
+    for tag, typ, val in tags:
+        val = at if val is None else val
+        out += struct.pack("<HHI", tag, typ, 1) + (struct.pack("<HH", val, 0) if typ == 3
+                                                    else struct.pack("<I", val))
+    return out + struct.pack("<I", 0) + b"\0" * 16
+
+
 def test_tifffile_log_lines_stay_out_of_the_output(tmp_path, caplog):
-    """tifffile logs warnings about odd files; matrep's one-line error replaces them."""
+    """tifffile logs an error about the bad tag; matrep's one-line error replaces it, in every
+    place that opens a TIFF (pixel size, image size, pixels) (issue 16)."""
     import logging
 
+    from click.testing import CliRunner
+
+    from matrep.cli import main
+
     f = tmp_path / "odd.tif"
-    tifffile.imwrite(f, np.zeros((64, 64), np.uint16))
-    f.write_bytes(f.read_bytes()[:100])  # strips cut off
-    with caplog.at_level(logging.DEBUG):
-        with pytest.raises(BadInputError, match="odd.tif: not a readable TIFF"):
-            read_micrograph(f)
+    f.write_bytes(_tiff_with_bad_tag(30000, 30000))
+    with caplog.at_level(logging.DEBUG, logger="tifffile"):
+        res = CliRunner().invoke(main, ["encode", "--method", "twopoint", "--images", str(f),
+                                        "--out", str(tmp_path / "f.h5"), "-q"])
+    assert res.exit_code == 1
+    assert res.stderr.splitlines() == [f"Error: {f}: image header claims 30000x30000 = "
+                                       "900,000,000 pixels, more than the limit of 178,956,970 "
+                                       "(a decompression bomb?); if the image is real, raise the "
+                                       "limit with MATREP_MAX_IMAGE_PIXELS=900000000"]
     assert not [r for r in caplog.records if r.name.startswith("tifffile")]
+    import tifffile as tf  # the file really makes tifffile log (else this test proves nothing)
+
+    with caplog.at_level(logging.DEBUG, logger="tifffile"):
+        tf.TiffFile(str(f)).close()
+    assert [r for r in caplog.records if r.name.startswith("tifffile")]
 
 
 def test_links_and_folders_named_like_images(tmp_path):
