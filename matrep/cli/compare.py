@@ -159,13 +159,19 @@ def compare_cmd(methods, images, patch, stride, crop, crop_bottom, skip_bad, lab
                   inner_folds=inner_folds, resume=resume, n_jobs=n_jobs, controls=controls,
                   log=(lambda s: None) if quiet else log,
                   progress=None if quiet else (lambda **k: progress(quiet=quiet, **k)))
-    result = study.run()
     import shlex
     import sys
 
-    if Path(sys.argv[0]).name in ("matrep", "__main__.py"):  # not when called in-process
-        result.settings["command"] = "matrep " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    files = write_report(result, out)
+    from ..atomic import lock
+
+    # one study writing into --out at a time (OUT/.compare.lock): a second one waits, then
+    # resumes from the first one's results
+    with lock(Path(out) / "compare", on_wait=warn):
+        result = study.run()
+        if Path(sys.argv[0]).name in ("matrep", "__main__.py"):  # not when called in-process
+            result.settings["command"] = "matrep " + " ".join(shlex.quote(a)
+                                                              for a in sys.argv[1:])
+        files = write_report(result, out)
     click.echo(format_summary(result))
     click.echo(f"\nreport: {files['markdown']} (also report.json, predictions.csv, "
                f"{len(files['figures'])} figures in {Path(out) / 'figures'})")
