@@ -148,7 +148,8 @@ def encode_cmd(method, model, images, patch, stride, crop, crop_bottom, skip_bad
 
     Reads the images, cuts patches (size --patch, step --stride), runs the encoder, and writes
     the features with their provenance to --out. Re-running with the same images, encoder and
-    parameters reuses the stored features; an interrupted run resumes.
+    parameters reuses the stored features; an interrupted run resumes. Encodes into one --out
+    take turns (a lock beside it, .OUT.lock), so all their features land.
 
     Under `torchrun --nproc-per-node N -m matrep encode ...` the N processes share the chunks
     and rank 0 writes the one store, identical to a single-process run.
