@@ -118,9 +118,10 @@ def leftovers(path) -> list[Path]:
         names = os.listdir(path.parent)
     except OSError:
         return []
+    tmp, old = f".tmp-{path.name}-", f".old-{path.name}-"
     return sorted(path.parent / e for e in names
-                  if _writer(path.name, "tmp", e) is not False
-                  or _writer(path.name, "old", e) is not False)
+                  if (e.startswith(tmp) and _writer(path.name, "tmp", e) is not False)
+                  or (e.startswith(old) and _writer(path.name, "old", e) is not False))
 
 
 def remove_leftovers(path, *, locked: bool = False) -> list[Path]:
