@@ -213,6 +213,11 @@ def lock(path, *, wait: bool = True, on_wait=None):
     path.parent.mkdir(parents=True, exist_ok=True)
     lock_file = path.parent / f".{path.name}.lock"
     key = (str(lock_file.resolve()), threading.get_ident())
+    if key not in _HELD:  # filelock polls forever on a lock file it cannot create (read-only
+        try:              # folder): say so, naming the folder
+            os.close(os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o666))
+        except OSError as exc:
+            raise type(exc)(exc.errno, exc.strerror, str(path.parent)) from None
     if key in _HELD:  # re-entered by the thread that holds it
         _HELD[key] += 1
         try:

@@ -463,7 +463,15 @@ def _(ws):
                  "--out", str(ro / "run"), "-q"], f"{ro}: permission denied")
 
 
+@case("encode-out-where-no-file-can-be-created")
+def _(ws):
+    """/proc takes no new files, even from root (filelock used to poll such a folder forever)."""
+    return Case(["encode", "--method", "twopoint", "--images", str(ws.imgs), *PATCH,
+                 "--out", "/proc/features.h5", "-q"], "/proc: cannot create files in this folder")
+
+
 NEEDS_NON_ROOT = {"encode-out-in-read-only-folder", "fit-out-in-read-only-folder"}
+NEEDS_PROC = {"encode-out-where-no-file-can-be-created"}
 
 
 # ------------------------------------------------------------------------------ weights files
@@ -992,6 +1000,8 @@ def _stderr_lines(res) -> list[str]:
 def test_bad_input_gives_one_clean_line(name, assets, tmp_path, monkeypatch, request):
     if name in NEEDS_NON_ROOT:
         request.getfixturevalue("_not_root")
+    if name in NEEDS_PROC and not Path("/proc/self").is_dir():
+        pytest.skip("no /proc file system here")
     ws = Workspace(tmp_path, assets)
     monkeypatch.setenv("MATREP_CACHE", str(ws.cache))
     monkeypatch.delenv("MATREP_VGG19_WEIGHTS", raising=False)
