@@ -174,6 +174,20 @@ class TextureVAEEncoder(BaseEncoder):
     def _validate_params(self):
         from .model import POOLINGS, TAP_CHANNELS
 
+        for name, kind in (("latent_dim", int), ("epochs", int), ("batch_size", int),
+                           ("batch_size_eval", int), ("seed", int), ("downsample", int),
+                           ("kl_warmup", int), ("lr_warmup", int), ("lr", float),
+                           ("kl_weight", float), ("val_fraction", float),
+                           ("cache_memory_gb", float), ("max_patches", int),
+                           ("max_val_patches", int), ("checkpoint_every", int)):
+            value = getattr(self, name, None)
+            if value is None and name in ("max_patches", "max_val_patches", "checkpoint_every"):
+                continue
+            try:
+                kind(value)
+            except (TypeError, ValueError, OverflowError):
+                raise BadInputError(None, f"{name} must be {'an integer' if kind is int else 'a number'}"
+                                          f", got {value!r}") from None
         if int(self.latent_dim) < 1:
             raise BadInputError(None, f"latent_dim must be a positive integer, got {self.latent_dim!r}")
         if self.pooling not in POOLINGS:
