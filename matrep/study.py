@@ -995,9 +995,11 @@ def verdict(result) -> dict | None:
     for name in controlled:
         controls = [k for k, m in result.methods.items() if m.get("control_of") == name]
         for kind in ("grouped", "random"):
-            where = (f"unseen {group}s (held-out patches pooled)" if kind == "grouped"
+            unseen = ("unseen micrographs" if result.data.group_column is None
+                      else f"unseen {group} groups")
+            where = (f"{unseen} (held-out patches pooled)" if kind == "grouped"
                      else "random 80/20 splits (mean over seeds)")
-            parts, wins = [], []
+            parts, wins = [], []  # wins: (regressor, beats all)
             for reg in result.regressors:
                 own = _summary_row(result, name, reg, kind)
                 if own is None:
@@ -1017,27 +1019,29 @@ def verdict(result) -> dict | None:
                         k for k, v in others.items() if beats[k] and mine - v[metric]
                         < max(own.get(metric + "_std", 0.0), v.get(metric + "_std", 0.0)))
                 comparisons.append(comp)
-                wins.append(comp["beats_all"])
-                nums = f"{name} {_num(mine)}, " + ", ".join(f"{k} {_num(v)}" for k, v in vals.items())
-                if comp["beats_all"]:
-                    part = f"{model_label(reg)}: {nums}"
-                    if comp.get("within_std"):
-                        part += (" (the margin over " + " and ".join(comp["within_std"])
-                                 + " is within one standard deviation over seeds)")
-                else:
+                wins.append((reg, comp["beats_all"]))
+                nums = f"{name} {_num(mine)} vs " + ", ".join(f"{k} {_num(v)}"
+                                                               for k, v in vals.items())
+                notes = []
+                if not comp["beats_all"]:
                     lost = [k for k, b in beats.items() if not b]
-                    part = f"{model_label(reg)}: {nums}; not better than " + " and ".join(lost)
-                parts.append(part)
+                    notes.append(" and ".join(lost) + " as good or better")
+                if comp.get("within_std"):
+                    notes.append("margin over " + " and ".join(comp["within_std"])
+                                 + " within one standard deviation over seeds")
+                parts.append(f"With {model_label(reg)}: {nums}"
+                             + (f" ({'; '.join(notes)})" if notes else "") + ".")
             if not parts:
                 continue
             n_ctrl = {0: "the baseline", 1: "its control and the baseline"}.get(
                 len(controls), "both controls and the baseline" if len(controls) == 2
                 else "its controls and the baseline")
-            how = ("beats " + n_ctrl + " with every model" if all(wins) else
-                   "does not beat " + n_ctrl + " with any model" if not any(wins) else
-                   "beats " + n_ctrl + " with some models only")
-            sentences.append(f"On {where}, the trained {name} {how} ({head}; "
-                             + "; ".join(parts) + ").")
+            won = [model_label(r) for r, w in wins if w]
+            lost = [model_label(r) for r, w in wins if not w]
+            how = (f"beats {n_ctrl} with every model" if not lost else
+                   f"does not beat {n_ctrl} with any model" if not won else
+                   f"beats {n_ctrl} with {' and '.join(won)} but not with {' and '.join(lost)}")
+            sentences.append(f"On {where}, the trained {name} {how} ({head}). " + " ".join(parts))
     return {"metric": metric, "text": " ".join(sentences), "comparisons": comparisons}
 
 

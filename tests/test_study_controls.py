@@ -262,15 +262,33 @@ def test_verdict_says_yes_only_when_every_competitor_is_beaten():
             ("vgg19 (style mean/std)", "grouped"): 0.64, ("baseline", "grouped"): -0.19}
     v = verdict(_fake(vals))
     assert v["text"] == ("On unseen micrographs (held-out patches pooled), the trained tv beats "
-                         "both controls and the baseline with every model (R²; svr: tv 0.704, "
-                         "tv (untrained head) 0.630, vgg19 (style mean/std) 0.640, "
-                         "baseline -0.190).")
+                         "both controls and the baseline with every model (R²). With svr: tv "
+                         "0.704 vs tv (untrained head) 0.630, vgg19 (style mean/std) 0.640, "
+                         "baseline -0.190.")
     vals[("tv (untrained head)", "grouped")] = 0.71
     v = verdict(_fake(vals))
     assert "does not beat both controls and the baseline with any model" in v["text"]
-    assert "not better than tv (untrained head)" in v["text"]
+    assert "(tv (untrained head) as good or better)" in v["text"]
     assert v["comparisons"][0]["beats"] == {"tv (untrained head)": False,
                                             "vgg19 (style mean/std)": True, "baseline": True}
+    vals[("tv (untrained head)", "grouped")] = 0.704  # a tie is not a win
+    assert not verdict(_fake(vals))["comparisons"][0]["beats_all"]
+
+
+def test_verdict_names_the_models_it_holds_for():
+    vals = {("tv", "grouped"): 0.70, ("tv (untrained head)", "grouped"): 0.60,
+            ("vgg19 (style mean/std)", "grouped"): 0.65, ("baseline", "grouped"): -0.19}
+    res = _fake(vals, regs=("svr", "linear"))
+    for row in res.summary:  # linear: the vgg19 control wins
+        if row["regressor"] == "linear" and row["method"].startswith("vgg19"):
+            row["r2"] = 0.75
+    res.data.group_column = "sample_key"
+    v = verdict(res)
+    assert v["text"].startswith("On unseen sample_key groups (held-out patches pooled), the "
+                                "trained tv beats both controls and the baseline with svr but "
+                                "not with linear (R²).")
+    assert "With linear: tv 0.700 vs tv (untrained head) 0.600, vgg19 (style mean/std) 0.750, " \
+           "baseline -0.190 (vgg19 (style mean/std) as good or better)." in v["text"]
 
 
 def test_verdict_flags_a_random_split_margin_within_the_seeds_spread():
@@ -278,7 +296,8 @@ def test_verdict_flags_a_random_split_margin_within_the_seeds_spread():
             ("vgg19 (style mean/std)", "random"): 0.70, ("baseline", "random"): -0.03}
     v = verdict(_fake(vals, stds={("tv", "random"): 0.02}))
     assert v["comparisons"][0]["within_std"] == ["tv (untrained head)"]
-    assert "margin over tv (untrained head) is within one standard deviation" in v["text"]
+    assert "(margin over tv (untrained head) within one standard deviation over seeds)" \
+        in v["text"]
     assert verdict(_fake(vals))["comparisons"][0]["within_std"] == []
     none = _fake(vals)
     none.methods = {"tv": {"role": "method"}}
