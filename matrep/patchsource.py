@@ -381,6 +381,9 @@ def open_patch_cache(path) -> LazyPatchSet:
     path = Path(path)
     try:
         with h5py.File(path, "r") as f:
+            from .store import check_self_contained
+
+            check_self_contained(f, lambda problem: BadInputError(path, problem), "a patch cache")
             g = f["patches"]
             if g.attrs.get("format") != "matrep-patch-cache-v1" or "data" not in g:
                 raise BadInputError(path, "not a matrep patch cache (no /patches/data); write one "

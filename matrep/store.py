@@ -99,6 +99,49 @@ def _str_array(values) -> np.ndarray:
     return np.array([str(v) for v in values], dtype=h5py.string_dtype("utf-8"))
 
 
+def check_self_contained(f, bad, kind: str = "a feature store", max_depth: int = 3) -> None:
+    """Refuse what would make reading the open HDF5 file ``f`` reach outside it, or allocate
+    more than it holds: soft or external links, datasets with external storage, virtual
+    datasets, groups nested deeper than ``max_depth``, and datasets declaring more than 64 MiB
+    of which the file stores less than 1/1000.
+
+    ``bad(problem)`` makes the exception to raise (naming the file); ``kind`` names what the
+    file should be in the messages.
+    """
+    import h5py
+
+    def walk(group, prefix, depth):
+        if depth > max_depth:
+            raise bad(f"{prefix} is nested deeper than {kind}'s groups")
+        for name in group:
+            full = f"{prefix}/{name}"
+            link = group.get(name, getlink=True)
+            if isinstance(link, h5py.ExternalLink):
+                raise bad(f"{full} is an external link to {link.filename}:{link.path}; {kind} "
+                          "holds no links, and matrep does not follow one out of the file")
+            if isinstance(link, h5py.SoftLink):
+                raise bad(f"{full} is a soft link to {link.path}; {kind} holds no links")
+            if not isinstance(link, h5py.HardLink):
+                raise bad(f"{full} is a {type(link).__name__}; {kind} holds no links")
+            obj = group[name]
+            if isinstance(obj, h5py.Group):
+                walk(obj, full, depth + 1)
+            elif isinstance(obj, h5py.Dataset):
+                if obj.is_virtual:
+                    raise bad(f"{full} is a virtual dataset (its data would come from other "
+                              f"files); {kind} holds its data itself")
+                if obj.external:
+                    files = ", ".join(str(e[0]) for e in obj.external)
+                    raise bad(f"{full} keeps its data in an external file ({files}); {kind} "
+                              "holds its data itself")
+                size = obj.size * obj.dtype.itemsize if obj.shape is not None else 0
+                if size > _BOMB_MIN_BYTES and obj.id.get_storage_size() * _BOMB_RATIO < size:
+                    raise bad(f"{full} declares {size / 2**30:.3g} GiB of data but the file "
+                              f"stores {obj.id.get_storage_size()} bytes of it")
+
+    walk(f, "", 0)
+
+
 class FeatureStore:
     """Read and (atomically) extend an HDF5 feature store.
 
@@ -155,48 +198,13 @@ class FeatureStore:
 
     def _validate(self, f) -> None:
         try:
-            self._check_tree(f, f, "", 0)
+            check_self_contained(f, self._bad)
             self._check_layout(f)
         except StoreError:
             raise
         except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
             raise self._bad(f"unreadable layout ({type(exc).__name__}: "
                             f"{' '.join(str(exc).split())})") from None
-
-    def _check_tree(self, f, group, prefix: str, depth: int) -> None:
-        """No links, external storage, virtual datasets or size bombs anywhere in the file."""
-        import h5py
-
-        if depth > 3:
-            raise self._bad(f"{prefix} is nested deeper than a feature store's groups")
-        for name in group:
-            full = f"{prefix}/{name}"
-            link = group.get(name, getlink=True)
-            if isinstance(link, h5py.ExternalLink):
-                raise self._bad(f"{full} is an external link to {link.filename}:{link.path}; "
-                                "a feature store holds no links, and matrep does not follow "
-                                "one out of the file")
-            if isinstance(link, h5py.SoftLink):
-                raise self._bad(f"{full} is a soft link to {link.path}; a feature store holds "
-                                "no links")
-            if not isinstance(link, h5py.HardLink):
-                raise self._bad(f"{full} is a {type(link).__name__}; a feature store holds "
-                                "no links")
-            obj = group[name]
-            if isinstance(obj, h5py.Group):
-                self._check_tree(f, obj, full, depth + 1)
-            elif isinstance(obj, h5py.Dataset):
-                if obj.is_virtual:
-                    raise self._bad(f"{full} is a virtual dataset (its data would come from "
-                                    "other files); a feature store holds its data itself")
-                if obj.external:
-                    files = ", ".join(str(e[0]) for e in obj.external)
-                    raise self._bad(f"{full} keeps its data in an external file ({files}); a "
-                                    "feature store holds its data itself")
-                size = obj.size * obj.dtype.itemsize if obj.shape is not None else 0
-                if size > _BOMB_MIN_BYTES and obj.id.get_storage_size() * _BOMB_RATIO < size:
-                    raise self._bad(f"{full} declares {size / 2**30:.3g} GiB of data but the "
-                                    f"file stores {obj.id.get_storage_size()} bytes of it")
 
     def _check_layout(self, f) -> None:
         import h5py

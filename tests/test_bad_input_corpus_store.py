@@ -515,3 +515,17 @@ def test_failed_fit_leaves_no_fit_json(good, tmp_path):
     res = _invoke([*args, "--out", tmp_path / "mine"])
     assert res.exit_code == 1 and isinstance(res.exception, SystemExit), res.output
     assert list((tmp_path / "mine").iterdir()) == [tmp_path / "mine" / ".fit.lock"]
+
+
+def test_patch_cache_refuses_external_storage(tmp_path):
+    from matrep.errors import BadInputError
+    from matrep.patchsource import open_patch_cache
+
+    (tmp_path / "raw.bin").write_bytes(bytes(64))
+    with h5py.File(tmp_path / "cache.h5", "w") as f:
+        g = f.create_group("patches")
+        g.attrs["format"] = "matrep-patch-cache-v1"
+        g.create_dataset("data", shape=(4, 4, 4), dtype="u1",
+                         external=[(str(tmp_path / "raw.bin"), 0, 64)])
+    with pytest.raises(BadInputError, match="keeps its data in an external file"):
+        open_patch_cache(tmp_path / "cache.h5")
