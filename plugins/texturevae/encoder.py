@@ -76,6 +76,14 @@ class TextureVAEEncoder(BaseEncoder):
         (n, 2 * latent_dim).
     batch_size_eval : int, default 32
         Batch size of encoding and decoding.
+    decoder_input : {"dense", "noise"}, default "dense"
+        How z enters the decoder: a fully-connected layer to the first feature map (``"dense"``)
+        or a position-free projection plus noise maps at every block (``"noise"``, used by
+        the quick preset); see :class:`matrep.plugins.texturevae.model.Decoder`.
+    decoder_padding : {"zeros", "circular"}, default "zeros"
+        Padding of the decoder's convolutions; ``"circular"`` (quick preset) makes the decoder
+        a stationary texture generator whose particle placement comes from the noise (see
+        :class:`matrep.plugins.texturevae.model.Decoder`).
     downsample : int, default 1
         The model works at ``1 / downsample`` of the input resolution: patches given to
         ``fit``, ``transform``, ``reconstruct`` and ``style_distance`` are cut from images at
@@ -120,11 +128,12 @@ class TextureVAEEncoder(BaseEncoder):
         },
         "quick": {
             "description": "trains in <= 20 min on 2 CPU cores (docs/texturevae.md): 128² "
-                           "patches worked at 64² (downsample 2), balanced style layers, "
-                           "cosine learning rate, KL warm-up",
-            "params": {"downsample": 2, "layer_weights": "balanced", "batch_size": 8,
+                           "patches worked at 64² (downsample 2), position-free decoder input "
+                           "with noise, cosine learning rate, KL warm-up",
+            "params": {"downsample": 2, "decoder_input": "noise", "decoder_padding": "circular",
+                       "batch_size": 8,
                        "lr": 2e-3, "lr_schedule": "cosine", "lr_warmup": 50, "kl_warmup": 200,
-                       "max_patches": 800, "epochs": 3, "max_val_patches": 96},
+                       "max_patches": 1500, "epochs": 6, "max_val_patches": 96},
             "patching": {"patch": 128, "stride": 64},
         },
     }
@@ -135,7 +144,7 @@ class TextureVAEEncoder(BaseEncoder):
                  kl_weight=1e-2, seed=0, val_fraction=0.1, val_split="region", max_patches=None,
                  max_val_patches=128, checkpoint_every=None, weights="auto", device="auto",
                  precision="auto", cache_memory_gb=2.0, output="mu", batch_size_eval=32,
-                 lr_scaling="none", downsample=1, logvar_bounds=(-10.0, 4.0), grad_clip=10.0,
+                 lr_scaling="none", decoder_input="dense", decoder_padding="zeros", downsample=1, logvar_bounds=(-10.0, 4.0), grad_clip=10.0,
                  kl_warmup=0, lr_schedule="constant", lr_warmup=0, keep_best=True):
         self.latent_dim = latent_dim
         self.pooling = pooling
@@ -160,6 +169,8 @@ class TextureVAEEncoder(BaseEncoder):
         self.output = output
         self.batch_size_eval = batch_size_eval
         self.lr_scaling = lr_scaling
+        self.decoder_input = decoder_input
+        self.decoder_padding = decoder_padding
         self.downsample = downsample
         self.logvar_bounds = logvar_bounds
         self.grad_clip = grad_clip
@@ -206,6 +217,14 @@ class TextureVAEEncoder(BaseEncoder):
             raise BadInputError(None, f"kl_weight must be >= 0, got {self.kl_weight!r}")
         if self.lr_scaling not in ("none", "linear"):
             raise BadInputError(None, f"lr_scaling must be 'none' or 'linear', got {self.lr_scaling!r}")
+        from .model import DECODER_INPUTS
+
+        if self.decoder_input not in DECODER_INPUTS:
+            raise BadInputError(None, f"decoder_input must be one of {DECODER_INPUTS}, got "
+                                      f"{self.decoder_input!r}")
+        if self.decoder_padding not in ("zeros", "circular"):
+            raise BadInputError(None, "decoder_padding must be 'zeros' or 'circular', got "
+                                      f"{self.decoder_padding!r}")
         if int(self.downsample) < 1:
             raise BadInputError(None, f"downsample must be an integer >= 1, got {self.downsample!r}")
         lb = self.logvar_bounds
@@ -405,7 +424,8 @@ class TextureVAEEncoder(BaseEncoder):
                 f"{t} {w:.3g}" for t, w in zip(style_taps, self.layer_weights_)))
         torch.manual_seed(int(self.seed))
         model = TextureVAE(pooled_size(encoder_taps, self.pooling), int(self.latent_dim), Hm,
-                           tuple(self.decoder_channels), self._logvar_bounds())
+                           tuple(self.decoder_channels), self._logvar_bounds(),
+                           str(self.decoder_input), str(self.decoder_padding))
         pooled = torch.from_numpy(train_cache.pooled)
         model.feat_mean.copy_(pooled.mean(0))
         # z-score; a feature that hardly varies over the training patches is not blown up
@@ -536,10 +556,16 @@ class TextureVAEEncoder(BaseEncoder):
         lb = self.logvar_bounds
         return None if lb is None else (float(lb[0]), float(lb[1]))
 
-    def decode(self, Z):
+    def decode(self, Z, seeds=None):
         """Decode latent vectors of shape (n, latent_dim) into patches (n, P, P) in [0, 1]
         (P the input patch size; a model with ``downsample > 1`` decodes at ``P / downsample``
-        and upsamples bilinearly)."""
+        and upsamples bilinearly).
+
+        ``seeds`` (n ints, ``decoder_input="noise"`` only): the noise seed of each row, which
+        sets where particles are placed; default 0 for every row (one placement, so rows
+        differ by their statistics only). :meth:`reconstruct` seeds each patch from its own
+        pixels, :meth:`traverse` keeps one seed along a row.
+        """
         import torch
 
         model = self._model()
@@ -551,12 +577,15 @@ class TextureVAEEncoder(BaseEncoder):
         from .model import upsample_patches
 
         dev = self._torch_device()
+        if seeds is not None and len(seeds) != len(Z):
+            raise BadInputError(None, f"seeds needs one seed per row of Z ({len(Z)}), got {len(seeds)}")
         out = []
         bs = int(self.batch_size_eval)
         with torch.inference_mode():
             for s in range(0, len(Z), bs):
                 z = torch.from_numpy(Z[s:s + bs]).to(dev)
-                x = upsample_patches(model.decode(z).float(), self._factor())
+                sd = None if seeds is None else list(seeds[s:s + bs])
+                x = upsample_patches(model.decode(z, sd).float(), self._factor())
                 out.append(x[:, 0].cpu().numpy())
         P = self.patch_size_
         return np.concatenate(out) if out else np.zeros((0, P, P), np.float32)
@@ -604,15 +633,22 @@ class TextureVAEEncoder(BaseEncoder):
         return np.concatenate(out) if out else np.zeros(0)
 
     def reconstruct(self, X):
-        """Decode the posterior mean of each patch: (n, P, P) in [0, 1]."""
+        """Decode the posterior mean of each patch: (n, P, P) in [0, 1] (the decoder's noise,
+        if any, seeded from the patch's own pixels)."""
+        from .model import noise_seed
+
+        X = check_patches(X)
         mu, _ = self.encode_full(X)
-        return self.decode(mu)
+        return self.decode(mu, seeds=[noise_seed(x) for x in X])
 
     def sample(self, n, seed=0):
         """``n`` new patches decoded from z ~ N(0, I) (seeded): (n, P, P) in [0, 1]."""
         self._model()
+        from .model import noise_seed
+
         z = np.random.default_rng(seed).standard_normal((int(n), int(self.latent_dim)))
-        return self.decode(z.astype(np.float32))
+        z = z.astype(np.float32)
+        return self.decode(z, seeds=[noise_seed(r) for r in z])
 
     def traverse(self, x, dims, values=None):
         """Latent traversal (the paper's Fig. 6).
@@ -640,7 +676,10 @@ class TextureVAEEncoder(BaseEncoder):
         Z = np.repeat(mu, len(dims) * len(values), axis=0).reshape(len(dims), len(values), -1)
         for i, d in enumerate(dims):
             Z[i, :, d] = values
-        out = self.decode(Z.reshape(-1, Z.shape[-1]))
+        from .model import noise_seed
+
+        Z = Z.reshape(-1, Z.shape[-1])
+        out = self.decode(Z, seeds=[noise_seed(x)] * len(Z))  # one placement along each row
         return out.reshape(len(dims), len(values), *out.shape[1:])
 
     def held_out_patches(self, patchset):
@@ -705,7 +744,8 @@ class TextureVAEEncoder(BaseEncoder):
         try:
             args = (int(meta["in_features"]), int(self.latent_dim),
                     int(meta.get("model_patch_size") or meta["patch_size"]),
-                    tuple(self.decoder_channels), self._logvar_bounds())
+                    tuple(self.decoder_channels), self._logvar_bounds(),
+                    str(self.decoder_input), str(self.decoder_padding))
             with torch.device("meta"):  # shapes first: a config must not make us allocate more
                 want = {k: tuple(v.shape) for k, v in TextureVAE(*args).state_dict().items()}
             got = {k[len("model."):]: tuple(v.shape) for k, v in arrays.items()

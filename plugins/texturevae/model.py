@@ -110,8 +110,12 @@ class LatentHead(nn.Module):
         return self.fc_mu(h), bound_logvar(self.fc_logvar(h), self.logvar_bounds)
 
 
+#: How z enters the decoder (``decoder_input``).
+DECODER_INPUTS = ("dense", "noise")
+
+
 class Decoder(nn.Module):
-    """z -> grey patch: FC projection, four (3x3 conv, nearest 2x up, LeakyReLU 0.3) blocks,
+    """z -> grey patch: input projection, four (3x3 conv, nearest 2x up, LeakyReLU 0.3) blocks,
     3x3 output conv + sigmoid.
 
     Parameters
@@ -119,9 +123,30 @@ class Decoder(nn.Module):
     latent_dim : int
     patch_size : int, a multiple of 16 (the four blocks upsample 16x)
     channels : sequence of 5 ints — the projected map's channels, then each block's output
+    input : {"dense", "noise"}
+        ``"dense"``: one fully-connected layer from z to a ``channels[0] x P/16 x P/16`` map
+        (a weight per position). ``"noise"``: z is projected to ``channels[0]`` values that are
+        the same at every position, and every block's input gets ``noise_channels`` maps of
+        standard normal noise at its resolution. A Gram-matrix loss does not care where a
+        particle sits, so a per-position projection is free to paint one fixed layout for every
+        z; the position-free projection leaves z the statistics and the noise the placement.
+        Noise is fresh for every patch in training; in ``eval()`` it is drawn from a seed per
+        row (``seeds``; default 0 for every row), so decoding is deterministic: the same
+        seed keeps the particles' placement while z changes their statistics (traversals),
+        another seed places them anew (reconstructions of different patches).
+    noise_channels : int, default 8
+    padding : {"zeros", "circular"}
+        Padding of the 3x3 convolutions. With zero padding a convolution stack can tell how far
+        each pixel is from the border and paint a fixed layout even from a position-free input
+        (measured: the quick preset with zero padding put its particles at the same places for
+        every patch and ignored the noise). ``"circular"`` (periodic) padding removes every
+        absolute position, so the decoder is a stationary texture generator: a
+        spatially constant input decodes to a constant image, and the particles' placement
+        can only come from the noise.
     """
 
-    def __init__(self, latent_dim: int, patch_size: int, channels=(256, 256, 128, 64, 32)):
+    def __init__(self, latent_dim: int, patch_size: int, channels=(256, 256, 128, 64, 32),
+                 input: str = "dense", noise_channels: int = 8, padding: str = "zeros"):
         super().__init__()
         channels = tuple(int(c) for c in channels)
         if len(channels) != 5:
@@ -130,25 +155,65 @@ class Decoder(nn.Module):
         if patch_size % 16:
             raise ValueError(f"patch size must be a multiple of 16 for the 4 upsampling blocks, "
                              f"got {patch_size}")
+        if padding not in ("zeros", "circular"):
+            raise ValueError(f"decoder padding must be 'zeros' or 'circular', got {padding!r}")
+        if input not in DECODER_INPUTS:
+            raise ValueError(f"decoder input must be one of {DECODER_INPUTS}, got {input!r}")
         self.start = patch_size // 16
         self.channels = channels
-        self.project = nn.Linear(latent_dim, channels[0] * self.start * self.start)
+        self.input = input
+        self.noise_channels = int(noise_channels) if input == "noise" else 0
+        per = 1 if input == "noise" else self.start * self.start
+        self.project = nn.Linear(latent_dim, channels[0] * per)
         blocks = []
         for cin, cout in zip(channels[:-1], channels[1:]):
-            blocks += [nn.Conv2d(cin, cout, 3, padding=1),
+            blocks += [nn.Conv2d(cin + self.noise_channels, cout, 3, padding=1,
+                                 padding_mode=padding),
                        nn.Upsample(scale_factor=2, mode="nearest"),
                        nn.LeakyReLU(LEAKY_SLOPE)]
         self.blocks = nn.Sequential(*blocks)
-        self.out = nn.Conv2d(channels[-1], 1, 3, padding=1)
+        self.out = nn.Conv2d(channels[-1], 1, 3, padding=1, padding_mode=padding)
         self.act = nn.LeakyReLU(LEAKY_SLOPE)
         #: run the convolutions in channels-last layout (faster with oneDNN and cuDNN)
         self.channels_last = True
 
-    def forward(self, z):
-        h = self.act(self.project(z)).view(z.shape[0], self.channels[0], self.start, self.start)
+    def forward(self, z, seeds=None):
+        """Decode ``z`` of shape (B, latent_dim); ``seeds``: B ints, the eval-mode noise seed
+        of each row (``"noise"`` input only; default 0 for all)."""
+        B, s = z.shape[0], self.start
+        if self.input == "noise":
+            h = self.act(self.project(z))[:, :, None, None].expand(B, self.channels[0], s, s)
+        else:
+            h = self.act(self.project(z)).view(B, self.channels[0], s, s)
         if self.channels_last:
             h = h.contiguous(memory_format=torch.channels_last)
-        return torch.sigmoid(self.out(self.blocks(h)))
+        if not self.noise_channels:
+            return torch.sigmoid(self.out(self.blocks(h)))
+        noises = self._noise(B, h.device, h.dtype, seeds)
+        k = 0
+        for m in self.blocks:
+            if isinstance(m, nn.Conv2d):
+                h = torch.cat([h, noises[k]], dim=1)
+                k += 1
+            h = m(h)
+        return torch.sigmoid(self.out(h))
+
+    def _noise(self, B, device, dtype, seeds):
+        """The noise maps of the four blocks, each (B, noise_channels, s, s)."""
+        sizes = [self.start * 2 ** i for i in range(4)]
+        if self.training:  # fresh noise from the global generator (seeded, checkpointed)
+            return [torch.randn((B, self.noise_channels, n, n), device=device, dtype=dtype)
+                    for n in sizes]
+        seeds = [0] * B if seeds is None else [int(v) for v in seeds]
+        if len(seeds) != B:
+            raise ValueError(f"need one noise seed per row ({B}), got {len(seeds)}")
+        per_seed = {}
+        for sd in dict.fromkeys(seeds):
+            gen = torch.Generator(device="cpu")
+            gen.manual_seed(sd)
+            per_seed[sd] = [torch.randn((self.noise_channels, n, n), generator=gen) for n in sizes]
+        return [torch.stack([per_seed[sd][i] for sd in seeds]).to(device=device, dtype=dtype)
+                for i in range(4)]
 
 
 class TextureVAE(nn.Module):
@@ -159,12 +224,14 @@ class TextureVAE(nn.Module):
     """
 
     def __init__(self, in_features: int, latent_dim: int, patch_size: int,
-                 decoder_channels=(256, 256, 128, 64, 32), logvar_bounds=None):
+                 decoder_channels=(256, 256, 128, 64, 32), logvar_bounds=None,
+                 decoder_input="dense", decoder_padding="zeros"):
         super().__init__()
         self.register_buffer("feat_mean", torch.zeros(in_features))
         self.register_buffer("feat_std", torch.ones(in_features))
         self.head = LatentHead(in_features, latent_dim, logvar_bounds)
-        self.decoder = Decoder(latent_dim, patch_size, decoder_channels)
+        self.decoder = Decoder(latent_dim, patch_size, decoder_channels, decoder_input,
+                               padding=decoder_padding)
         self.latent_dim = latent_dim
         self.patch_size = patch_size
 
@@ -173,9 +240,20 @@ class TextureVAE(nn.Module):
         h = (pooled.float() - self.feat_mean) / self.feat_std
         return self.head(h)
 
-    def decode(self, z):
-        """Latent vectors (B, latent_dim) -> patches (B, 1, P, P) in [0, 1]."""
-        return self.decoder(z)
+    def decode(self, z, seeds=None):
+        """Latent vectors (B, latent_dim) -> patches (B, 1, P, P) in [0, 1] (``seeds``: see
+        :class:`Decoder`)."""
+        return self.decoder(z, seeds)
+
+
+def noise_seed(a) -> int:
+    """A decoding noise seed derived from the bytes of an array (a patch): deterministic, and
+    different for different patches."""
+    import hashlib
+
+    import numpy as np
+
+    return int(hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()[:15], 16)
 
 
 def downsample_patches(x, factor: int):
