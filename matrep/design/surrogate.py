@@ -56,11 +56,11 @@ class LatentGP:
     ard : bool, default True
         One length scale per latent dimension (automatic relevance determination);
         ``False``: one shared length scale (used for the small correction data sets).
-    max_fit_points : int, default 300
+    max_fit_points : int, default 200
         Hyperparameters are fitted on a seeded subset of at most this many points (the cost is
         cubic, and with ARD the gradient has one n x n slice per dimension); the posterior
         always uses every point.
-    max_iter : int, default 100
+    max_iter : int, default 60
         L-BFGS-B iterations of the marginal-likelihood fit.
     length_scale_bounds : (float, float), default (1e-2, 1e3)
     noise_bounds : (float, float), default (1e-6, 1.0)
@@ -74,7 +74,7 @@ class LatentGP:
     constant_, length_scale_, noise_ : fitted hyperparameters (standardised units)
     """
 
-    def __init__(self, *, ard: bool = True, max_fit_points: int = 300, max_iter: int = 100,
+    def __init__(self, *, ard: bool = True, max_fit_points: int = 200, max_iter: int = 60,
                  length_scale_bounds=(1e-2, 1e3), noise_bounds=(1e-6, 1.0), seed: int = 0):
         self.ard = ard
         self.max_fit_points = max_fit_points
