@@ -338,8 +338,8 @@ def _markdown(result, rep, figs, group_figs, out: Path) -> str:
          "in `predictions.csv`; the numbers below are also in `report.json`.", ""]
     if result.verdict:
         L += ["## Verdict", "", result.verdict["text"], "",
-              "Same patches, same splits and the same models for every row; the controls and "
-              "the baseline are described under Encoders.", ""]
+              "Every row uses the same patches and splits, the controls with the same models "
+              "as the method; the controls and the baseline are described under Encoders.", ""]
     L += ["## Data", ""]
     L.append(f"- Images: {d['images']} micrographs from `{d['image_folder']}`, labels from "
              f"`{d['labels']}`.")
