@@ -41,3 +41,13 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     but shared across the session so expensive conversions happen once."""
     if "MATREP_CACHE" not in os.environ:
         monkeypatch.setenv("MATREP_CACHE", str(tmp_path_factory.getbasetemp() / "matrep-cache"))
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Run a torch test on one thread (tests stay fast and deterministic on shared cores)."""
+    torch = pytest.importorskip("torch")
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -20,22 +20,13 @@ from matrep.plugins.texturevae import train as tr  # noqa: E402
 from matrep.plugins.texturevae.model import (TextureVAE, bound_logvar,  # noqa: E402
                                              downsample_patches, upsample_patches)
 
-TINY = dict(latent_dim=4, weights="random", decoder_channels=(8, 8, 8, 8, 8), epochs=1,
-            batch_size=4, device="cpu", batch_size_eval=8)
+from matrep.testing import make_texture_patches as _patches  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def _patches(n=12, size=64, seed=0):
-    from matrep.testing import make_texture_patches
-
-    return make_texture_patches(n, size, seed)
+#: a tiny texture-VAE (random VGG19 weights, 8-channel decoder), one epoch
+TINY = {"latent_dim": 4, "weights": "random", "decoder_channels": (8,) * 5, "epochs": 1,
+        "batch_size": 4, "device": "cpu", "batch_size_eval": 8}
 
 
 # -- log-variance bound, schedules ------------------------------------------------------

@@ -81,9 +81,10 @@ class TextureVAEEncoder(BaseEncoder):
         or a position-free projection plus noise maps at every block (``"noise"``, used by
         the quick preset); see :class:`matrep.plugins.texturevae.model.Decoder`.
     decoder_padding : {"zeros", "circular"}, default "zeros"
-        Padding of the decoder's convolutions; ``"circular"`` (quick preset) makes the decoder
-        a stationary texture generator whose particle placement comes from the noise (see
-        :class:`matrep.plugins.texturevae.model.Decoder`).
+        Padding of the decoder's convolutions; ``"circular"`` makes the decoder a stationary
+        texture generator whose particle placement can only come from the noise (see
+        :class:`matrep.plugins.texturevae.model.Decoder`; measured: it did not learn within the
+        quick preset's budget, docs/texturevae.md).
     downsample : int, default 1
         The model works at ``1 / downsample`` of the input resolution: patches given to
         ``fit``, ``transform``, ``reconstruct`` and ``style_distance`` are cut from images at
@@ -130,8 +131,7 @@ class TextureVAEEncoder(BaseEncoder):
             "description": "trains in <= 20 min on 2 CPU cores (docs/texturevae.md): 128² "
                            "patches worked at 64² (downsample 2), position-free decoder input "
                            "with noise, cosine learning rate, KL warm-up",
-            "params": {"downsample": 2, "decoder_input": "noise", "decoder_padding": "circular",
-                       "batch_size": 8,
+            "params": {"downsample": 2, "decoder_input": "noise", "batch_size": 8,
                        "lr": 2e-3, "lr_schedule": "cosine", "lr_warmup": 50, "kl_warmup": 200,
                        "max_patches": 1500, "epochs": 6, "max_val_patches": 96},
             "patching": {"patch": 128, "stride": 64},
