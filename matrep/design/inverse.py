@@ -50,7 +50,7 @@ class DesignSettings:
         :func:`~matrep.design.search.secant_steps`); 0: search rounds only
     tolerance : float, default 0.02 — relative error that scales the search objective
     quantile : float, default 0.99 — prior mass of the search ball
-    n_starts : int, default 16 — search starts per round
+    n_starts : int, default 8 — search starts per round
     min_latent_distance : float, default 1.0 — candidates of one target kept this far apart
     threshold : "otsu" or float — segmentation of designed images
     size : int, default 512 — side of the large designs (0: none)
@@ -67,7 +67,7 @@ class DesignSettings:
     refine: int = 6
     tolerance: float = 0.02
     quantile: float = 0.99
-    n_starts: int = 16
+    n_starts: int = 8
     min_latent_distance: float = 1.0
     threshold: object = "otsu"
     size: int = 512

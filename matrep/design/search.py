@@ -78,8 +78,11 @@ def score(surrogates, targets, scales, Z) -> np.ndarray:
     return out
 
 
-def optimise(surrogates, targets, scales, starts, radius: float, *, maxiter: int = 60):
+def optimise(surrogates, targets, scales, starts, radius: float, *, maxiter: int = 30):
     """Minimise :func:`objective` from each start; the results projected into the ball.
+
+    At most ``maxiter`` L-BFGS-B iterations and ``2 * maxiter`` objective evaluations per
+    start: the physics check corrects what a short search leaves.
 
     Returns
     -------
@@ -89,7 +92,7 @@ def optimise(surrogates, targets, scales, starts, radius: float, *, maxiter: int
     for z0 in np.atleast_2d(starts):
         res = minimize(lambda z: objective(surrogates, targets, scales, z, radius),
                        np.asarray(z0, dtype=np.float64), jac=True, method="L-BFGS-B",
-                       options={"maxiter": int(maxiter)})
+                       options={"maxiter": int(maxiter), "maxfun": 2 * int(maxiter)})
         out.append(res.x)
     return project_to_ball(np.array(out), radius) if out else np.zeros((0, np.shape(starts)[-1]))
 
@@ -119,7 +122,7 @@ def select_diverse(Z, scores, k: int, min_distance: float, exclude=None) -> np.n
 
 
 def propose(surrogates, targets, scales, *, pool, radius: float, n: int, n_starts: int = 16,
-            min_distance: float = 1.0, exclude=None, rng=None, maxiter: int = 60):
+            min_distance: float = 1.0, exclude=None, rng=None, maxiter: int = 30):
     """Up to ``n`` diverse latents the surrogates expect to meet the targets.
 
     Parameters
