@@ -415,18 +415,9 @@ def _load_decoder_model(model):
 
 def _pick_spread(ps, n, seed):
     """Up to ``n`` patch indices, round-robin over micrographs (seeded within each)."""
-    import numpy as np
+    from ..evaluation import spread_patches
 
-    rng = np.random.default_rng(seed)
-    groups = [rng.permutation(np.flatnonzero(ps.micrograph_ids == m))
-              for m in dict.fromkeys(ps.micrograph_ids.tolist())]
-    pick, k = [], 0
-    while len(pick) < n and any(k < len(g) for g in groups):
-        for g in groups:
-            if k < len(g) and len(pick) < n:
-                pick.append(int(g[k]))
-        k += 1
-    return np.array(pick, dtype=np.int64)
+    return spread_patches(ps.micrograph_ids, n, seed)
 
 
 @click.command("reconstruct")
