@@ -133,7 +133,7 @@ class TextureVAEEncoder(BaseEncoder):
                            "with noise, cosine learning rate, KL warm-up",
             "params": {"downsample": 2, "decoder_input": "noise", "batch_size": 8,
                        "lr": 2e-3, "lr_schedule": "cosine", "lr_warmup": 50, "kl_warmup": 200,
-                       "max_patches": 1500, "epochs": 6, "max_val_patches": 96},
+                       "max_patches": 1500, "epochs": 4, "max_val_patches": 96},
             "patching": {"patch": 128, "stride": 64},
         },
     }
