@@ -213,7 +213,8 @@ def load_training_data(model, images, labels, properties, *, solver=None, masks=
             mp = _segment_patches(ps, solver.dark_phase)
             how = "Otsu segmentation of each image patch (no masks found)"
         else:
-            how = f"the phase masks ({'--masks ' + str(masks) if masks else 'labels column ' + repr(mask_column)})"
+            where = f"--masks {masks}" if masks else f"labels column {mask_column!r}"
+            how = f"the phase masks ({where})"
         got = _cached(solver, mp) if cache else None
         if got is None:
             log(f"homogenising {len(ps)} mask patches of {P}x{P} ({solver.material} solver) ...")
