@@ -31,20 +31,8 @@ Two library entry points, behind ``matrep evaluate`` and ``matrep interpret``:
     then :func:`matrep.datasets.descriptors.measure_mask`: graphite fraction, particle density,
     mean equivalent diameter, nodularity). It ranks the dimensions that track each factor,
     draws traversals of the top ones, and scores disentanglement by the Mutual Information Gap
-    (Chen et al. 2018) and the Separated Attribute Predictability (Kumar et al. 2018):
-
-    .. math::
-
-        \mathrm{MIG} = \frac{1}{K}\sum_k \frac{I(z_{j^{(k)}_1}; v_k) - I(z_{j^{(k)}_2}; v_k)}
-        {H(v_k)}, \qquad
-        \mathrm{SAP} = \frac{1}{K}\sum_k \left(S_{j^{(k)}_1 k} - S_{j^{(k)}_2 k}\right),
-
-    with :math:`j^{(k)}_1, j^{(k)}_2` the latent dimensions with the largest and second largest
-    mutual information (MIG) or score (SAP) for factor :math:`v_k`. MIG discretises each latent
-    into ``n_bins`` equal-width bins and each factor into at most ``n_bins`` values (its distinct
-    values, else quantile bins); SAP's score :math:`S_{jk}` is the :math:`R^2` of a linear fit
-    of factor k on latent j (Kumar et al.'s continuous-factor form). Both lie in [0, 1]; higher
-    means each factor is captured by one dimension alone.
+    (Chen et al. 2018) and the Separated Attribute Predictability (Kumar et al. 2018), both
+    defined in :mod:`matrep.metrics.disentanglement`.
 
     R. T. Q. Chen, X. Li, R. Grosse and D. Duvenaud, "Isolating sources of disentanglement in
     variational autoencoders", NeurIPS 2018.

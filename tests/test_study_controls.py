@@ -30,12 +30,8 @@ def _data(dataset, target="modulus", **kw):
 
 
 @pytest.fixture
-def one_thread():
-    torch = pytest.importorskip("torch")
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def one_thread(one_torch_thread):
+    """One torch thread (the shared conftest fixture)."""
 
 
 # ---------------------------------------------------------------------------------------
