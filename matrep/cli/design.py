@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from ._common import handle_errors, progress, quiet_option
-from .encode import parse_crop
+from .encode import parse_crop, window_options
 
 
 def _parse_targets(values, study):
@@ -86,11 +86,7 @@ def _threshold(value):
               help="Folder of phase masks of the training images (default: the labels' "
                    "mask_file column; else Otsu segmentation of the images).")
 @click.option("--file-column", default="file", help="Labels column naming the image files.")
-@click.option("--stride", default=128, type=click.IntRange(1),
-              help="Sliding-window stride of the training patches (patch size: the model's).")
-@click.option("--crop", default=None, metavar="TOP,LEFT,HEIGHT,WIDTH",
-              help="Crop box applied to every image before patching (default: none).")
-@click.option("--crop-bottom", default=0, type=click.IntRange(0), help="Rows removed at the bottom first.")
+@window_options(stride=128)
 @click.option("--max-patches", default=None, type=click.IntRange(3),
               help="Use a seeded random subset of at most N training patches.")
 @click.option("--study", "study", default=None, type=click.IntRange(1), metavar="K",

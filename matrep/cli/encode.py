@@ -35,10 +35,14 @@ def parse_crop(value):
     return tuple(int(p) for p in parts)
 
 
-def window_options(func):
-    """--stride, --crop and --crop-bottom (for commands whose patch size comes from a model)."""
+def window_options(func=None, *, stride: int = 50):
+    """--stride, --crop and --crop-bottom (for commands whose patch size comes from a model);
+    ``@window_options`` or ``@window_options(stride=128)`` for another default stride."""
+    if func is None:
+        return lambda f: window_options(f, stride=stride)
     opts = [
-        click.option("--stride", default=50, type=click.IntRange(1), help="Sliding-window stride."),
+        click.option("--stride", default=stride, type=click.IntRange(1), show_default=True,
+                     help="Sliding-window stride."),
         click.option("--crop", default=None, metavar="TOP,LEFT,HEIGHT,WIDTH",
                      help="Crop box applied to every image before patching (default: none)."),
         click.option("--crop-bottom", default=0, type=click.IntRange(0),

@@ -120,7 +120,8 @@ class SpikeMonitor:
         self.values = {k: list(v) for k, v in (values or {}).items()}
 
     def check(self, **terms) -> list:
-        """Add this step's values; return the names of the terms that spiked."""
+        """Add this step's values; return ``(name, value, running median)`` of each term that
+        spiked."""
         out = []
         for name, v in terms.items():
             hist = self.values.setdefault(name, [])
@@ -731,7 +732,7 @@ def train(model, backbone, train_cache, val_cache, *, settings: TrainSettings, s
                         "val_style": vs, "val_kl": vk, "seconds": 0.0,
                         "patches_per_s": float("nan"), "lr": float("nan"),
                         "kl_weight": float("nan"), "spikes": ""})
-        if s.keep_best and math.isfinite(vs):
+        if s.keep_best and best_epoch(history) == 0:
             best_state = _state_copy(model)
         save_log()
         log(f"before training: held-out style loss {vs:.4g}")
@@ -829,7 +830,7 @@ def train(model, backbone, train_cache, val_cache, *, settings: TrainSettings, s
                             "patches_per_s": sums["count"] / max(sums["seconds"], 1e-9),
                             "lr": sums["lr"], "kl_weight": sums["kl_weight"],
                             "spikes": ";".join(sums["spikes"])})
-            if s.keep_best and math.isfinite(vs) and vs < _best_val(history[:-1]):
+            if s.keep_best and best_epoch(history) == e + 1:  # a new best held-out loss
                 best_state = _state_copy(model)
             log(f"epoch {e + 1}/{s.epochs}: style {sums['style'] / c:.4g}, kl {sums['kl'] / c:.4g}, "
                 f"held-out style {vs:.4g} ({sums['count'] / max(sums['seconds'], 1e-9):.2f} patches/s)")
@@ -860,12 +861,6 @@ def _new_sums():
 
 def _state_copy(model):
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-
-
-def _best_val(history):
-    vals = [h["val_style"] for h in history if isinstance(h.get("val_style"), (int, float))
-            and math.isfinite(h["val_style"])]
-    return min(vals) if vals else float("inf")
 
 
 def best_epoch(history):
