@@ -550,7 +550,7 @@ class TextureVAEEncoder(BaseEncoder):
     def _factor(self) -> int:
         """Input patch size / the model's working patch size (1 for models saved before
         ``downsample`` existed)."""
-        return int(self.patch_size_) // int(self.model_patch_size_)
+        return int(self.patch_size_) // int(getattr(self, "model_patch_size_", self.patch_size_))
 
     def _logvar_bounds(self):
         lb = self.logvar_bounds
@@ -721,7 +721,7 @@ class TextureVAEEncoder(BaseEncoder):
         arrays = {f"model.{k}": v.detach().cpu().numpy()
                   for k, v in self.model_.state_dict().items()}
         meta = {"patch_size": self.patch_size_, "weights_info": self.weights_info_,
-                "model_patch_size": int(self.model_patch_size_),
+                "model_patch_size": int(getattr(self, "model_patch_size_", self.patch_size_)),
                 "layer_weights": list(self._layer_weights()),
                 "best_epoch": getattr(self, "best_epoch_", None),
                 "history": getattr(self, "history_", []),
