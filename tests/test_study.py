@@ -208,7 +208,7 @@ def test_dotted_path_regressor_and_given_model(plugins, dataset, tmp_path):
 # resume
 # ---------------------------------------------------------------------------------------
 def test_interrupted_study_resumes_from_finished_results(plugins, dataset, tmp_path, monkeypatch):
-    import matrep.study as study_mod
+    import matrep.study.runner as study_mod  # where Study looks fit_predict up
 
     data = _data(dataset)
     out = tmp_path / "out"

@@ -302,11 +302,18 @@ def test_verdict_flags_a_random_split_margin_within_the_seeds_spread():
 
 def test_study_docstring_examples():
     import doctest
+    import importlib
+    import pkgutil
 
     import matrep.study as study
 
-    res = doctest.testmod(study, optionflags=doctest.NORMALIZE_WHITESPACE)
-    assert res.attempted >= 10 and res.failed == 0
+    attempted = failed = 0
+    for info in pkgutil.iter_modules(study.__path__, study.__name__ + "."):
+        res = doctest.testmod(importlib.import_module(info.name),
+                              optionflags=doctest.NORMALIZE_WHITESPACE)
+        attempted += res.attempted
+        failed += res.failed
+    assert attempted >= 10 and failed == 0
 
 
 def test_texturevae_without_a_model_is_fitted_inside_each_split(plugins, dataset, tmp_path,
