@@ -92,7 +92,7 @@ def test_compare_classification_target(plugins, dataset, tmp_path):
     (["histogram", "--target", "constant"], "target column 'constant' is constant"),
     (["histogram", "--target", "empty"], "target column 'empty' is empty"),
     (["histogram", "--target", "modulus", "--group", "batch"], "no group column 'batch'"),
-    (["histogram", "--target", "modulus", "--param", "bins=3"], "METHOD.KEY=VALUE"),
+    (["histogram", "spy", "--target", "modulus", "--param", "bins=3"], "METHOD.KEY=VALUE"),
     (["histogram", "--target", "modulus", "--param", "vgg19.layer=pool4"], "not one of the methods"),
     (["histogram", "--target", "modulus", "--model", "spy=runs/x"], "not one of the methods"),
     (["histogram", "--target", "modulus", "--regressor", "lasso"], "unknown regressor 'lasso'"),
@@ -120,6 +120,6 @@ def test_compare_help_lists_the_options():
     res = CliRunner().invoke(main, ["compare", "--help"])
     assert res.exit_code == 0
     for opt in ("--target", "--group", "--model", "--param", "--regressor", "--seeds", "--folds",
-                "--max-groups", "--resume / --restart", "--crop-bottom",
+                "--max-groups", "--resume / --no-resume", "--crop-bottom",
                 "--controls / --no-controls"):
         assert opt in res.output, opt

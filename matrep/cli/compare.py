@@ -2,52 +2,66 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
-from ._common import handle_errors, progress, quiet_option
+from ._common import (deprecated_option, file_column_option, handle_errors, jobs_option,
+                      labels_option, out_option, param_option, parse_crop, parse_method_params,
+                      patch_options, progress, quiet_option, report_skipped, resume_option,
+                      warn_deprecated)
 from ._scale import scale_options, to_options
-from .encode import parse_crop, patch_options, report_skipped
 
 
-def _split_pairs(values, option: str, sep: str) -> list[tuple[str, str]]:
-    out = []
+class _Command(click.Command):
+    """``matrep compare``: the deprecated positional METHOD arguments stay out of the usage."""
+
+    def collect_usage_pieces(self, ctx):
+        return [self.options_metavar]
+
+
+def _legacy_methods(ctx, param, value):
+    if value:
+        warn_deprecated("positional METHOD arguments (`matrep compare " + " ".join(value) + "`)",
+                        "--method " + " --method ".join(value))
+        ctx.meta["matrep.compare.methods"] = tuple(value)
+
+
+def models_by_method(values, methods) -> dict:
+    """``--model`` values → ``{method: path}``.
+
+    ``METHOD=PATH`` names the method; a plain ``PATH`` is the model of the method its folder
+    records (``config.json``).
+    """
+    from ..encoder import read_config
+
+    out = {}
     for v in values:
-        if sep not in v:
-            raise click.BadParameter(f"expected NAME{sep}..., got {v!r}", param_hint=option)
-        a, b = v.split(sep, 1)
-        out.append((a.strip(), b.strip()))
-    return out
-
-
-def parse_method_params(pairs, methods) -> dict:
-    """``vgg19.layer=pool5`` → ``{"vgg19": {"layer": "pool5"}}`` (values parsed as JSON)."""
-    out: dict = {}
-    for p in pairs:
-        if "=" not in p or "." not in p.split("=", 1)[0]:
-            raise click.BadParameter(f"expected METHOD.KEY=VALUE, got {p!r}", param_hint="--param")
-        k, v = p.split("=", 1)
-        name, key = k.split(".", 1)
+        name, path = (v.split("=", 1) if "=" in v and not Path(v).is_dir() else (None, v))
+        path = path.strip()
+        if name is None:
+            if not Path(path).is_dir():
+                raise click.BadParameter(f"{path}: no such model folder", param_hint="--model")
+            name = read_config(path)["encoder"]
+        name = name.strip()
         if name not in methods:
-            raise click.BadParameter(f"{p!r} names {name!r}, which is not one of the methods "
-                                     f"({', '.join(methods)})", param_hint="--param")
-        try:
-            val = json.loads(v)
-        except json.JSONDecodeError:
-            val = v
-        out.setdefault(name, {})[key.strip()] = val
+            raise click.BadParameter(f"--model {v}: {name!r} is not one of the methods "
+                                     f"({', '.join(methods)})", param_hint="--model")
+        if not Path(path).is_dir():
+            raise click.BadParameter(f"{path}: no such model folder", param_hint="--model")
+        out[name] = path
     return out
 
 
-@click.command("compare")
-@click.argument("methods", nargs=-1, required=True)
+@click.command("compare", cls=_Command)
+@click.option("--method", "methods", multiple=True, metavar="NAME",
+              help="Encoder to compare (repeatable, at least one; see `matrep encoders`).")
+@click.argument("legacy_methods", nargs=-1, expose_value=False, callback=_legacy_methods)
 @patch_options
 @scale_options
-@click.option("--labels", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="CSV with a file column and property columns (one row per micrograph).")
-@click.option("--file-column", default="file", help="Column of --labels naming the image files.")
+@labels_option("CSV with a file column and property columns (one row per micrograph).",
+               required=True)
+@file_column_option
 @click.option("--target", required=True,
               help="Label column to predict. Numeric: regression; otherwise classification.")
 @click.option("--group", default=None,
@@ -55,13 +69,13 @@ def parse_method_params(pairs, methods) -> dict:
                    "default: each micrograph is its own group.")
 @click.option("--task", type=click.Choice(["auto", "regression", "classification"]),
               default="auto", help="Force regression or classification.")
-@click.option("--model", "models", multiple=True, metavar="METHOD=PATH",
-              help="A fitted model for a trainable method (e.g. texturevae=runs/NAME), used as "
-                   "is; without it trainable methods are fitted inside each split on its "
-                   "training patches. A texture-VAE given this way gets two control rows on "
-                   "the same patches and splits (see --controls).")
-@click.option("--param", "params", multiple=True, metavar="METHOD.KEY=VALUE",
-              help="Encoder parameter (repeatable; JSON values), e.g. vgg19.layer=pool4.")
+@click.option("--model", "models", multiple=True, metavar="[METHOD=]PATH",
+              help="A fitted model folder for a trainable method (repeatable; PATH alone is "
+                   "the model of the method its folder records, METHOD=PATH names it, e.g. "
+                   "texturevae=runs/NAME), used as is; without it trainable methods are fitted "
+                   "inside each split on its training patches. A texture-VAE given this way "
+                   "gets two control rows on the same patches and splits (see --controls).")
+@param_option(per_method=True)
 @click.option("--regressor", "regressors", multiple=True, default=("linear", "svr"),
               metavar="SPEC",
               help="Model(s) on the features (repeatable; replaces the default pair): linear, "
@@ -83,11 +97,11 @@ def parse_method_params(pairs, methods) -> dict:
               help="Use a seeded random subset of this many labelled micrographs.")
 @click.option("--max-patches-per-image", default=None, type=click.IntRange(1),
               help="Keep a seeded random subset of each micrograph's patches.")
-@click.option("--n-jobs", default=1, type=int, help="Parallel jobs of the inner grid search.")
-@click.option("--out", required=True, type=click.Path(file_okay=False),
-              help="Report folder (also holds the feature caches and resumable state).")
-@click.option("--resume/--restart", default=True,
-              help="Continue an interrupted study from its finished results, or start over.")
+@jobs_option("Parallel jobs of the inner grid search.")
+@deprecated_option("--n-jobs", dest="jobs", new="-j/--jobs", type=int)
+@out_option("Report folder (also holds the feature caches and resumable state).",
+            required=True)
+@resume_option("Continue an interrupted study from its finished results.")
 @click.option("--controls/--no-controls", default=True, show_default=True,
               help="With --model texturevae=PATH, also score 'texturevae (untrained head)' (its "
                    "configuration and seed, no training) and 'vgg19 (style mean/std)' (the "
@@ -98,10 +112,9 @@ def parse_method_params(pairs, methods) -> dict:
 @handle_errors
 def compare_cmd(methods, images, patch, stride, crop, crop_bottom, skip_bad, labels, file_column,
                 target, group, task, models, params, regressors, split, seeds, test_size, folds,
-                max_groups, inner_folds, max_images, max_patches_per_image, n_jobs, out, resume,
-                scale,
-                controls, quiet):
-    """Compare encoders (METHOD...) on how well their features predict a property.
+                max_groups, inner_folds, max_images, max_patches_per_image, jobs, out, resume,
+                scale, controls, quiet):
+    """Compare encoders (--method, repeated) on how well their features predict a property.
 
     For each method, regressor and split, fits on training patches only and predicts the
     held-out patches: random 80/20 splits over patches (several seeds) and grouped splits
@@ -109,23 +122,25 @@ def compare_cmd(methods, images, patch, stride, crop, crop_bottom, skip_bad, lab
     or the majority class) is reported once per study. Writes report.md, report.json,
     predictions.csv and figures to --out. An interrupted study resumes.
 
-    Example: matrep compare twopoint vgg19 --images data/images --labels data/labels.csv
-    --target youngs_modulus_gpa --out report/
+    Example: matrep compare --method twopoint --method vgg19 --images data/images
+    --labels data/labels.csv --target youngs_modulus_gpa --out report/
+
+    (Deprecated: the methods as positional arguments, `matrep compare twopoint vgg19 ...`.)
     """
     from .. import registry
     from ..report import format_summary, write_report
     from ..study import MethodSpec, Study, parse_model_spec, prepare_data
 
-    methods = list(dict.fromkeys(methods))
+    legacy = click.get_current_context().meta.get("matrep.compare.methods", ())
+    if legacy and methods:
+        raise click.UsageError("give the methods with --method, not also as positional "
+                               "arguments (deprecated)")
+    methods = list(dict.fromkeys(methods or legacy))
+    if not methods:
+        raise click.UsageError("Missing option '--method' (at least one encoder to compare).")
     for m in methods:  # validate names before reading any image
         registry.encoder_class(m)
-    model_of = dict(_split_pairs(models, "--model", "="))
-    for name, path in model_of.items():
-        if name not in methods:
-            raise click.BadParameter(f"--model {name}={path}: {name!r} is not one of the methods "
-                                     f"({', '.join(methods)})", param_hint="--model")
-        if not Path(path).is_dir():
-            raise click.BadParameter(f"{path}: no such model folder", param_hint="--model")
+    model_of = models_by_method(models, methods)
     kw = parse_method_params(params, methods)
     for r in regressors:
         parse_model_spec(r)
@@ -156,7 +171,7 @@ def compare_cmd(methods, images, patch, stride, crop, crop_bottom, skip_bad, lab
                    f"by {group or 'micrograph'}", err=True)
     study = Study(data, specs, out, regressors=regressors, split=split, seeds=seeds,
                   test_size=test_size, folds=folds, max_groups=max_groups,
-                  inner_folds=inner_folds, resume=resume, n_jobs=n_jobs, controls=controls,
+                  inner_folds=inner_folds, resume=resume, n_jobs=jobs, controls=controls,
                   log=(lambda s: None) if quiet else log,
                   progress=None if quiet else (lambda **k: progress(quiet=quiet, **k)))
     import shlex

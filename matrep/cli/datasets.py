@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ._common import handle_errors, progress, quiet_option
+from ._common import handle_errors, jobs_option, progress, quiet_option
 
 
 @click.group("datasets")
@@ -39,8 +39,8 @@ def make_cmd():
               help="Poisson's ratio of graphite.")
 @click.option("--tol", default=1e-5, type=click.FloatRange(min=0, min_open=True),
               help="Relative residual at which the elasticity solver stops.")
-@click.option("--jobs", "-j", default=None, type=click.IntRange(min=1),
-              help="Worker processes (default: one per CPU core, at most one per micrograph).")
+@jobs_option("Worker processes (default: one per CPU core, at most one per micrograph).",
+             default=None)
 @quiet_option
 @handle_errors
 def castiron_cmd(out, n_micrographs, size, seed, graphite_fraction, e_matrix, e_graphite,

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import click
 
-from ._common import handle_errors, progress, quiet_option
-from .encode import parse_crop, window_options
+from ._common import (file_column_option, handle_errors, images_option, jobs_option,
+                      labels_option, model_option, n_option, out_option, parse_crop, progress,
+                      quiet_option, seed_option, window_options)
+from ._scale import scale_options, to_options
 
 
 def _parse_targets(values, study):
@@ -41,19 +43,16 @@ def _threshold(value):
 
 
 @click.command("design")
-@click.option("--model", required=True, type=click.Path(exists=True, file_okay=False),
-              help="A trained run folder that decodes (matrep fit --out), e.g. runs/quick.")
-@click.option("--images", "images", required=True, multiple=True,
-              help="Training micrographs: folder, glob pattern or file (repeatable).")
-@click.option("--labels", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="Labels CSV of the training micrographs (file column + property columns).")
+@model_option("A trained run folder that decodes (matrep fit --out), e.g. runs/quick.")
+@images_option("Training micrographs: folder, glob pattern or file (repeatable).")
+@labels_option("Labels CSV of the training micrographs (file column + property columns).",
+               required=True)
 @click.option("--target", "targets", required=True, multiple=True, metavar="COLUMN=VALUE",
               help="Target property value (repeatable, all met together), e.g. "
                    "youngs_modulus_gpa=150. With --study: just COLUMN.")
-@click.option("-n", "--n", "n", default=8, type=click.IntRange(1), help="Designs per target.")
-@click.option("--out", default="designs", type=click.Path(file_okay=False),
-              help="Folder for designs.json, designs.png, target_vs_achieved_*.png, designs.md "
-                   "and the design images.")
+@n_option(8, "Designs per target.")
+@out_option("Folder for designs.json, designs.png, target_vs_achieved_*.png, designs.md and "
+            "the design images.", default="designs")
 @click.option("--budget", default=24, type=click.IntRange(1),
               help="Solver calls per target (physics in the loop); the baseline gets the same.")
 @click.option("--batch", default=6, type=click.IntRange(1), help="Candidates checked per round.")
@@ -85,24 +84,24 @@ def _threshold(value):
 @click.option("--masks", default=None, type=click.Path(exists=True, file_okay=False),
               help="Folder of phase masks of the training images (default: the labels' "
                    "mask_file column; else Otsu segmentation of the images).")
-@click.option("--file-column", default="file", help="Labels column naming the image files.")
+@file_column_option
 @window_options(stride=128)
+@scale_options
 @click.option("--max-patches", default=None, type=click.IntRange(3),
               help="Use a seeded random subset of at most N training patches.")
 @click.option("--study", "study", default=None, type=click.IntRange(1), metavar="K",
               help="Run the study instead: K targets spread over the 5th-95th percentile of "
                    "the patch-level values of the --target column, -n designs each.")
-@click.option("-j", "--jobs", "jobs", default=1, type=click.IntRange(1),
-              help="Worker processes for homogenising the training patches.")
+@jobs_option("Worker processes for homogenising the training patches.")
 @click.option("--cache/--no-cache", default=True,
               help="Reuse the solver's values of the training mask patches from matrep's cache "
                    "(keyed by the masks and the solver).")
-@click.option("--seed", default=0, type=int, help="Seed of the search, the baseline and the tiles.")
+@seed_option("Seed of the search, the baseline and the tiles.")
 @quiet_option
 @handle_errors
 def design_cmd(model, images, labels, targets, n, out, budget, batch, refine, size, material, physics,
                baseline, allow_extrapolation, tolerance, quantile, distinct, threshold, masks, file_column,
-               stride, crop, crop_bottom, max_patches, study, jobs, cache, seed, quiet):
+               stride, crop, crop_bottom, max_patches, study, jobs, cache, seed, quiet, scale):
     """Design microstructures with target properties, verified by physics.
 
     Searches the model's latent space with a Gaussian-process surrogate trained on patch-level
@@ -135,7 +134,10 @@ def design_cmd(model, images, labels, targets, n, out, budget, batch, refine, si
     kw = dict(material=material, physics=physics, settings=settings, masks=masks,
               file_column=file_column, stride=stride, crop=parse_crop(crop),
               crop_bottom=crop_bottom, max_patches=max_patches, n_jobs=jobs, cache=cache, log=log,
-              progress=lambda it: progress(it, desc="patches", quiet=quiet))
+              progress=lambda it: progress(it, desc="patches", quiet=quiet),
+              # the model's recorded training scale applies, as in `matrep encode`
+              scale=to_options(scale, labels=labels, file_column=file_column, models=[model],
+                               quiet=quiet))
     if study:
         from ..design.study import run_study, summary_markdown
 

@@ -7,93 +7,19 @@ from pathlib import Path
 
 import click
 
-from ._common import handle_errors, progress, quiet_option
+from ._common import (file_column_option, handle_errors, labels_option, model_option, out_file,
+                      out_option, param_option, parse_params, patch_options, progress,
+                      quiet_option, read_patchset, report_skipped, resume_option)
 from ._scale import report_scale, scale_options, to_options
 
-
-def parse_params(pairs) -> dict:
-    """``key=value`` strings → dict; values parsed as JSON when possible (``3``, ``true``, ``[1,2]``)."""
-    out = {}
-    for p in pairs:
-        if "=" not in p:
-            raise click.BadParameter(f"expected KEY=VALUE, got {p!r}", param_hint="--param")
-        k, v = p.split("=", 1)
-        try:
-            out[k.strip()] = json.loads(v)
-        except json.JSONDecodeError:
-            out[k.strip()] = v
-    return out
-
-
-def parse_crop(value):
-    if value is None:
-        return None
-    parts = value.replace(" ", "").split(",")
-    if len(parts) != 4 or not all(p.lstrip("-").isdigit() for p in parts):
-        raise click.BadParameter(f"expected TOP,LEFT,HEIGHT,WIDTH (4 integers), got {value!r}",
-                                 param_hint="--crop")
-    return tuple(int(p) for p in parts)
-
-
-def window_options(func=None, *, stride: int = 50):
-    """--stride, --crop and --crop-bottom (for commands whose patch size comes from a model);
-    ``@window_options`` or ``@window_options(stride=128)`` for another default stride."""
-    if func is None:
-        return lambda f: window_options(f, stride=stride)
-    opts = [
-        click.option("--stride", default=stride, type=click.IntRange(1), show_default=True,
-                     help="Sliding-window stride."),
-        click.option("--crop", default=None, metavar="TOP,LEFT,HEIGHT,WIDTH",
-                     help="Crop box applied to every image before patching (default: none)."),
-        click.option("--crop-bottom", default=0, type=click.IntRange(0),
-                     help="Rows removed at the bottom first (UHCS data bar: 38)."),
-    ]
-    for o in reversed(opts):
-        func = o(func)
-    return func
-
-
-def patch_options(func=None, *, images_required: bool = True, images_help: str = ""):
-    """The patching options shared by commands that read micrographs.
-
-    ``@patch_options`` or ``@patch_options(images_required=False, images_help="...")`` (the
-    command then checks that it has images).
-    """
-    if func is None:
-        return lambda f: patch_options(f, images_required=images_required,
-                                       images_help=images_help)
-    func = click.option("--skip-bad", is_flag=True,
-                        help="Skip unreadable or too-small images and list them at the end.")(func)
-    func = window_options(func)
-    func = click.option("--patch", default=128, type=click.IntRange(8),
-                        help="Patch size in pixels.")(func)
-    return click.option("--images", "images", required=images_required, multiple=True,
-                        help="Folder, glob pattern or file of micrographs (repeatable)."
-                             + (f" {images_help}" if images_help else ""))(func)
-
-
-def read_patchset(images, patch, stride, crop, crop_bottom, skip_bad, quiet, lazy=False, **kw):
-    from ..io import load_patches
-
-    imgs = list(images) if len(images) > 1 else images[0]
-    if lazy:  # patch records now, pixels when encoded (matrep.patchsource)
-        from ..patchsource import lazy_patches
-
-        load_patches = lazy_patches
-    return load_patches(imgs, patch=patch, stride=stride, crop=parse_crop(crop),
-                        crop_bottom=crop_bottom, skip_bad=skip_bad,
-                        progress=lambda it: progress(it, desc="read", quiet=quiet), **kw)
-
-
-def report_skipped(ps):
-    for path, problem in ps.skipped:
-        click.echo(f"skipped {path}: {problem}", err=True)
+STORE = "features.h5"
 
 
 @click.command("encoders")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@quiet_option
 @handle_errors
-def encoders_cmd(as_json):
+def encoders_cmd(as_json, quiet):
     """List the installed encoders (built-in and plugins).
 
     Encoders register in the `matrep.encoders` entry-point group; a plugin that fails to load
@@ -123,23 +49,22 @@ def encoders_cmd(as_json):
 
 
 @click.command("encode")
-@click.option("--method", required=True, help="Encoder name (see `matrep encoders`).")
-@click.option("--model", "model", default=None, type=click.Path(exists=True, file_okay=False),
-              help="A saved/trained model folder (e.g. runs/NAME); default: a fresh encoder "
-                   "(trainable ones are fitted on the encoded patches).")
+@click.option("--method", default=None,
+              help="Encoder name (see `matrep encoders`). Required without --model; with "
+                   "--model it defaults to the model's encoder.")
+@model_option("A saved/trained model folder (e.g. runs/NAME); default: a fresh encoder "
+              "(trainable ones are fitted on the encoded patches).", required=False)
 @patch_options
 @scale_options
-@click.option("--out", required=True, type=click.Path(dir_okay=False),
-              help="HDF5 feature store to create or extend.")
-@click.option("--labels", default=None, type=click.Path(exists=True, dir_okay=False),
-              help="CSV of labels (a file column + property columns), stored with the features.")
-@click.option("--file-column", default="file", help="Column of --labels naming the image files.")
-@click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
-              help="Encoder parameter (repeatable; values parsed as JSON), e.g. n_components=8.")
+@out_option(f"Folder of the HDF5 feature store: creates or extends FOLDER/{STORE}. A path "
+            "ending in .h5/.hdf5 (or an existing file) names the store itself.", required=True,
+            file_form=True, metavar="FOLDER|STORE.h5")
+@labels_option("CSV of labels (a file column + property columns), stored with the features.")
+@file_column_option
+@param_option()
 @click.option("--chunk", default=256, type=click.IntRange(1),
               help="Patches per checkpointed chunk.")
-@click.option("--resume/--restart", default=True,
-              help="Continue an interrupted encode from its finished chunks, or start over.")
+@resume_option("Continue an interrupted encode from its finished chunks.")
 @click.option("--lazy/--in-memory", default=None,
               help="Read each patch from its micrograph when it is encoded (bounded memory, see "
                    "docs/distributed.md) instead of all patches up front. Default: lazy under "
@@ -151,15 +76,18 @@ def encode_cmd(method, model, images, patch, stride, crop, crop_bottom, skip_bad
     """Encode micrographs into an HDF5 feature store.
 
     Reads the images, cuts patches (size --patch, step --stride), runs the encoder, and writes
-    the features with their provenance to --out. Re-running with the same images, encoder and
-    parameters reuses the stored features; an interrupted run resumes. Encodes into one --out
-    take turns (a lock beside it, .OUT.lock), so all their features land.
+    the features with their provenance to OUT/features.h5. Re-running with the same images,
+    encoder and parameters reuses the stored features; an interrupted run resumes. Encodes into
+    one store take turns (a lock beside it, .features.h5.lock), so all their features land.
 
     Under `torchrun --nproc-per-node N -m matrep encode ...` the N processes share the chunks
     and rank 0 writes the one store, identical to a single-process run.
     """
     from .. import distributed
 
+    if method is None and model is None:
+        raise click.UsageError("Missing option '--method' (or give --model).")
+    out = out_file(out, STORE, (".h5", ".hdf5", ".hdf"), deprecated=False)
     if not distributed.in_torchrun():
         return _encode(method, model, images, patch, stride, crop, crop_bottom, skip_bad, out,
                        labels, file_column, params, chunk, resume, bool(lazy), quiet, None,
@@ -181,11 +109,12 @@ def _encode(method, model, images, patch, stride, crop, crop_bottom, skip_bad, o
     from ..pipeline import encode_patchset
 
     # validate the method first: a typo must not cost a full image read
-    registry.encoder_class(method)
+    if method is not None:
+        registry.encoder_class(method)
     kw = parse_params(params)
     if model:
         encoder = registry.load_model(model)
-        if encoder.name != method:
+        if method is not None and encoder.name != method:
             raise EncoderContractError(f"{model}: holds a {encoder.name!r} model, but --method "
                                        f"is {method!r}")
         if kw:

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import click
 
-from ._common import handle_errors, quiet_option
+from ._common import (file_column_option, handle_errors, images_option, labels_option,
+                      model_option, n_option, out_option, parse_crop, quiet_option, seed_option,
+                      window_options)
 from ._scale import scale_options, to_options
-from .encode import parse_crop, window_options
 
 
 def _images_arg(images):
@@ -20,17 +21,14 @@ def _log(quiet):
 
 
 @click.command("evaluate")
-@click.option("--model", "models", required=True, multiple=True,
-              type=click.Path(exists=True, file_okay=False),
-              help="A trained run folder (matrep fit --out); repeat to compare models.")
-@click.option("--images", "images", required=True, multiple=True,
-              help="Held-out micrographs, or the training ones with --held-out: folder, glob "
-                   "pattern or file (repeatable).")
+@model_option("A trained run folder (matrep fit --out); repeat to compare models.",
+              multiple=True)
+@images_option("Held-out micrographs, or the training ones with --held-out: folder, glob "
+               "pattern or file (repeatable).")
 @click.option("--other-images", "other_images", default=None, multiple=True,
               help="Micrographs of another material for the floor baseline (default: a "
                    "different micrograph of --images).")
-@click.option("-n", "--n", "n", default=100, type=click.IntRange(1),
-              help="Patches per model (the paper used 100).")
+@n_option(100, "Patches per model (the paper used 100).")
 @click.option("--held-out", is_flag=True,
               help="Draw the patches only from those the model(s) held out from training (the "
                    "run's validation split, replayed); --images and the patching options must "
@@ -40,7 +38,7 @@ def _log(quiet):
 @click.option("--metrics", default="stsim2,stsim2_global,dists",
               help="Comma-separated texture metrics: stsim2 (7x7 window), stsim2_global, dists; "
                    "'none' for none (descriptor fidelity and specificity are always reported).")
-@click.option("--seed", default=0, type=int, help="Seed of the patch choice and baselines.")
+@seed_option("Seed of the patch choice and baselines.")
 @click.option("--device", default="auto", help="Device of the metrics: auto, cpu, cuda, ...")
 @click.option("--vgg16-weights", default=None, type=click.Path(dir_okay=False),
               help="DISTS: ImageNet VGG16 weights (default $MATREP_VGG16_WEIGHTS or the "
@@ -48,8 +46,8 @@ def _log(quiet):
 @click.option("--dists-weights", default=None, type=click.Path(dir_okay=False),
               help="DISTS: the published alpha/beta weights.pt (default $MATREP_DISTS_WEIGHTS "
                    "or an installed dists-pytorch).")
-@click.option("--out", default="evaluation", type=click.Path(file_okay=False),
-              help="Folder for evaluation.json, evaluation.csv and evaluation.md.")
+@out_option("Folder for evaluation.json, evaluation.csv and evaluation.md.",
+            default="evaluation")
 @quiet_option
 @handle_errors
 def evaluate_cmd(models, images, other_images, n, held_out, stride, crop, crop_bottom, metrics,
@@ -84,19 +82,15 @@ def evaluate_cmd(models, images, other_images, n, held_out, stride, crop, crop_b
 
 
 @click.command("interpret")
-@click.option("--model", required=True, type=click.Path(exists=True, file_okay=False),
-              help="A trained run folder (matrep fit --out).")
-@click.option("--images", "images", required=True, multiple=True,
-              help="Micrographs: folder, glob pattern or file (repeatable).")
-@click.option("--labels", default=None, type=click.Path(exists=True, dir_okay=False),
-              help="Labels CSV: its numeric columns are the factors (default: descriptors "
-                   "measured from the images).")
-@click.option("--file-column", default="file", help="Labels column naming the image files.")
+@model_option()
+@images_option()
+@labels_option("Labels CSV: its numeric columns are the factors (default: descriptors "
+               "measured from the images).")
+@file_column_option
 @click.option("--factors", default=None, metavar="COL1,COL2,...",
               help="Label columns to use as factors (default: every numeric column but "
                    "bookkeeping such as seed); MIG/SAP use the same list.")
-@click.option("-n", "--n", "n", default=500, type=click.IntRange(1),
-              help="Random subset of patches to encode.")
+@n_option(500, "Random subset of patches to encode.")
 @click.option("--held-out", is_flag=True,
               help="Use only the patches the model held out from training (as in `matrep "
                    "evaluate --held-out`).")
@@ -109,10 +103,9 @@ def evaluate_cmd(models, images, other_images, n, held_out, stride, crop, crop_b
                    "each descriptor of the decoded image (0: no ranking).")
 @click.option("--traversal-dims", default=6, type=click.IntRange(0),
               help="Dimensions in the traversal figure (0: no figure).")
-@click.option("--seed", default=0, type=int, help="Seed of the patch subset.")
-@click.option("--out", default="interpret", type=click.Path(file_okay=False),
-              help="Folder for interpret.json/.md, interpret_spearman.csv, "
-                   "interpret_traversal.csv and traversal.png.")
+@seed_option("Seed of the patch subset.")
+@out_option("Folder for interpret.json/.md, interpret_spearman.csv, interpret_traversal.csv "
+            "and traversal.png.", default="interpret")
 @quiet_option
 @handle_errors
 def interpret_cmd(model, images, labels, file_column, factors, n, held_out, stride, crop,

@@ -15,9 +15,11 @@ from pathlib import Path
 
 import click
 
-from ._common import handle_errors, progress, quiet_option
+from ._common import given as option_given
+from ._common import (handle_errors, images_option, model_option, n_option, out_file, out_option,
+                      param_option, parse_crop, parse_params, patch_options, quiet_option,
+                      read_patchset, report_skipped, resume_option, seed_option, window_options)
 from ._scale import report_scale, scale_options, to_options
-from .encode import parse_crop, parse_params, patch_options, read_patchset, report_skipped
 
 FIT_JSON = "fit.json"
 
@@ -52,11 +54,10 @@ def _echo(quiet):
                    "in <= 20 min on 2 CPU cores, see docs/texturevae.md). It sets parameters and "
                    "patching; options given explicitly override it.")
 @patch_options(images_required=False,
-               images_help="Required, except with --resume (default: the run's fit.json).")
+               images_help="Required, except when resuming a run (default: the run's fit.json).")
 @scale_options
-@click.option("--out", "out", required=True, type=click.Path(file_okay=False),
-              help="Run folder: checkpoints, log.csv, and the final model (config.json + "
-                   "state.safetensors) for `--model`.")
+@out_option("Run folder: checkpoints, log.csv, and the final model (config.json + "
+            "state.safetensors) for `--model`.", required=True)
 @click.option("--latent-dim", type=int, default=None,
               help="Latent size (texturevae: 8/16/32/64; default 64).")
 @click.option("--epochs", type=click.IntRange(0), default=None, help="Epochs (texturevae default 20).")
@@ -78,12 +79,10 @@ def _echo(quiet):
               help="Also checkpoint every N steps (always at the end of each epoch).")
 @click.option("--max-patches", type=click.IntRange(1), default=None,
               help="Train on a seeded random subset of at most N training patches.")
-@click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
-              help="Any other encoder parameter (repeatable; JSON values), e.g. --param "
-                   "val_split=micrograph.")
-@click.option("--resume", is_flag=True,
-              help="Continue the run in --out from its last checkpoint (options not given are "
-                   "taken from the run's fit.json). Works with another --nproc.")
+@param_option(example="val_split=micrograph")
+@resume_option("Continue the run in --out from its last checkpoint when it has one (options not "
+               "given are taken from the run's fit.json; a run with other settings is refused). "
+               "Works with another --nproc.")
 @click.option("--nproc", type=click.IntRange(1), default=1,
               help="Train with DistributedDataParallel on N processes of this machine (re-runs "
                    "the command under torchrun; on GPUs one process per GPU). For several "
@@ -105,8 +104,9 @@ def fit_cmd(method, preset, images, patch, stride, crop, crop_bottom, skip_bad, 
         matrep fit --method texturevae --preset quick \\
             --images "$(matrep datasets path)/images" --out runs/quick
 
-    Ctrl-C writes a checkpoint; `--resume` continues it with the same losses as an
-    uninterrupted run. A NaN/inf loss stops with the last good checkpoint intact.
+    Ctrl-C writes a checkpoint; running the command again continues it (`--resume`, the
+    default) with the same losses as an uninterrupted run; `--no-resume` deletes the checkpoint
+    and starts over. A NaN/inf loss stops with the last good checkpoint intact.
 
     `--nproc N` (or `torchrun --nproc-per-node N -m matrep fit ...`) trains with
     DistributedDataParallel (gloo on CPU, NCCL on GPUs); only process 0 writes.
@@ -159,6 +159,11 @@ def _fit(method, preset, images, patch, stride, crop, crop_bottom, skip_bad, out
     from ..atomic import recover_dir
 
     recover_dir(out / "checkpoint")  # a checkpoint swap killed between its two renames
+    explicit = option_given("resume")
+    has_checkpoint = (out / "checkpoint").is_dir()
+    restart = not resume and explicit and has_checkpoint  # --no-resume: start over
+    if resume and not explicit and not has_checkpoint:
+        resume = False  # the default: resume when there is something to resume
     if resume:
         saved = _resume_options(out, method=method, images=images, patch=patch, stride=stride,
                                 crop=crop, crop_bottom=crop_bottom, skip_bad=skip_bad)
@@ -205,9 +210,15 @@ def _fit(method, preset, images, patch, stride, crop, crop_bottom, skip_bad, out
                           "scale_um_per_px": ps.scale.target_um_per_px,
                           "pixel_sizes": ps.scale.summary()}}
     if "run_dir" in accepts:
-        if not resume and (out / "checkpoint").exists():
-            raise click.ClickException(f"{out} already holds a training checkpoint; add --resume "
-                                       "to continue it, or choose a new --out")
+        if restart and main:
+            import shutil
+
+            shutil.rmtree(out / "checkpoint")
+            click.echo(f"warning: --no-resume: deleted the checkpoint in {out}; training starts "
+                       "over", err=True)
+        dist.barrier()
+        if resume and not explicit:
+            log(f"continuing the run in {out} from its checkpoint (--no-resume starts over)")
         p = enc.get_params(deep=False)
         if "batch_size" in p and "lr" in p:
             record["distributed"] = scaling_rule(p["batch_size"], p["lr"], dist.world_size,
@@ -215,7 +226,7 @@ def _fit(method, preset, images, patch, stride, crop, crop_bottom, skip_bad, out
             record["distributed"]["backend"] = dist.backend
         if resume and not (out / "checkpoint").is_dir():
             raise click.ClickException(f"{out} holds no checkpoint to resume from; start "
-                                       "without --resume")
+                                       "without --resume (or with --no-resume)")
         record["patches"]["skip_bad"] = bool(skip_bad)
         kw = {"run_dir": out, "resume": resume}
         if "quiet" in accepts:
@@ -225,8 +236,9 @@ def _fit(method, preset, images, patch, stride, crop, crop_bottom, skip_bad, out
         with _run_folder(out, record, main=main):
             enc.fit(ps, **kw)
     else:
-        if resume:
-            raise click.ClickException(f"encoder {method!r} does not checkpoint; run without --resume")
+        if resume and explicit:
+            raise click.ClickException(f"encoder {method!r} does not checkpoint; run without "
+                                       "--resume")
         enc.fit(ps.patches)
         if main:
             enc.save(out)
@@ -421,34 +433,38 @@ def _pick_spread(ps, n, seed):
 
 
 @click.command("reconstruct")
-@click.option("--model", required=True, type=click.Path(exists=True, file_okay=False),
-              help="A trained run folder (matrep fit --out).")
-@click.option("--images", "images", required=True, multiple=True,
-              help="Folder, glob pattern or file of micrographs (repeatable).")
-@click.option("--stride", default=50, type=click.IntRange(1), help="Sliding-window stride.")
-@click.option("--crop", default=None, metavar="TOP,LEFT,HEIGHT,WIDTH",
-              help="Crop box applied to every image before patching (default: none).")
-@click.option("--crop-bottom", default=0, type=click.IntRange(0), help="Rows removed at the bottom first.")
-@click.option("-n", "n", default=8, type=click.IntRange(1), help="Number of patches (spread over micrographs).")
-@click.option("--seed", default=0, type=int, help="Seed of the patch choice.")
-@click.option("--out", required=True, type=click.Path(dir_okay=False),
-              help="Figure (PNG); the arrays go beside it as .npz.")
+@model_option()
+@images_option()
+@window_options
+@scale_options
+@n_option(8, "Number of patches (spread over micrographs).")
+@seed_option("Seed of the patch choice.")
+@out_option("Folder for reconstructions.png (the figure) and reconstructions.npz (the arrays). "
+            "(Deprecated: a path ending in .png is the figure; the .npz goes beside it.)",
+            required=True, file_form=True)
 @quiet_option
 @handle_errors
-def reconstruct_cmd(model, images, stride, crop, crop_bottom, n, seed, out, quiet):
-    """Figure of patches and their reconstructions (original | reconstruction pairs)."""
+def reconstruct_cmd(model, images, stride, crop, crop_bottom, n, seed, out, quiet, scale):
+    """Figure of patches and their reconstructions (original | reconstruction pairs).
+
+    The images are resampled to the scale the model was trained at (its fit.json), like
+    `matrep encode` does; --scale overrides it.
+    """
     from matrep.plugins.texturevae.figures import reconstruction_figure, write_npz
 
     enc = _load_decoder_model(model)
     P = int(enc.patch_size_)
-    ps = read_patchset(images, P, stride, crop, crop_bottom, False, quiet)
+    opts = to_options(scale, models=[model], quiet=quiet)
+    ps = read_patchset(images, P, stride, crop, crop_bottom, False, quiet, scale=opts)
+    report_scale(ps, quiet)
     idx = _pick_spread(ps, n, seed)
     X = ps.patches[idx]
     R = enc.reconstruct(X)
     d = enc.style_distance(X, R) if hasattr(enc, "style_distance") else None
     labels = [f"{ps.micrograph_ids[i]} ({ps.coords[i][0]},{ps.coords[i][1]})"
               + (f"\nstyle loss {d[k]:.3g}" if d is not None else "") for k, i in enumerate(idx)]
-    out = Path(out)
+    out = out_file(out, "reconstructions.png", (".png",))
+    out.parent.mkdir(parents=True, exist_ok=True)
     reconstruction_figure(X, R, out, labels=labels,
                           caption=f"Texture-VAE reconstructions (decoded posterior mean), model "
                                   f"{model}; label: micrograph (y,x) and style loss of the pair.")
@@ -459,14 +475,13 @@ def reconstruct_cmd(model, images, stride, crop, crop_bottom, n, seed, out, quie
 
 
 @click.command("generate")
-@click.option("--model", required=True, type=click.Path(exists=True, file_okay=False),
-              help="A trained run folder (matrep fit --out).")
-@click.option("-n", "n", default=16, type=click.IntRange(1), help="Number of samples.")
-@click.option("--seed", default=0, type=int, help="Seed of z ~ N(0, I).")
-@click.option("--out", required=True, type=click.Path(file_okay=False),
-              help="Folder for samples.png (grid), sample_NNN.png and samples.npz.")
+@model_option()
+@n_option(16, "Number of samples.")
+@seed_option("Seed of z ~ N(0, I).")
+@out_option("Folder for samples.png (grid), sample_NNN.png and samples.npz.", required=True)
+@quiet_option
 @handle_errors
-def generate_cmd(model, n, seed, out):
+def generate_cmd(model, n, seed, out, quiet):
     """Sample new microstructure patches from the prior z ~ N(0, I)."""
     from matrep.plugins.texturevae.figures import grid_figure, write_npz, write_png
 
@@ -484,12 +499,13 @@ def generate_cmd(model, n, seed, out):
 
 
 @click.command("traverse")
-@click.option("--model", required=True, type=click.Path(exists=True, file_okay=False),
-              help="A trained run folder (matrep fit --out).")
+@model_option()
 @click.option("--image", required=True, type=click.Path(exists=True, dir_okay=False),
               help="Micrograph to take the patch from.")
+@scale_options
 @click.option("--at", default=None, metavar="Y,X",
-              help="Top-left corner of the patch in the image (default: the centre patch).")
+              help="Top-left corner of the patch in the image, after resampling to the model's "
+                   "scale (default: the centre patch).")
 @click.option("--dims", required=True, metavar="D1,D2,...|auto",
               help="Latent dimensions, one row each; or 'auto': for each descriptor (area "
                    "fraction, particle density, mean diameter, nodularity) the dimension whose "
@@ -503,15 +519,18 @@ def generate_cmd(model, n, seed, out):
 @click.option("--range", "vrange", nargs=2, type=float, default=(-4.0, 4.0), show_default=True,
               help="Values of the varied dimension in the figure: from LO to HI.")
 @click.option("--steps", default=10, type=click.IntRange(2), help="Number of values.")
-@click.option("--out", required=True, type=click.Path(dir_okay=False),
-              help="Figure (PNG); the arrays go beside it as .npz.")
+@out_option("Folder for traversal.png (the figure) and traversal.npz (the arrays). "
+            "(Deprecated: a path ending in .png is the figure; the .npz goes beside it.)",
+            required=True, file_form=True)
+@quiet_option
 @handle_errors
-def traverse_cmd(model, image, at, dims, auto_bases, vrange, steps, out):
+def traverse_cmd(model, image, at, dims, auto_bases, vrange, steps, out, quiet, scale):
     """Latent traversal: one row per dimension, the original patch first (paper Fig. 6).
 
     `--dims auto` picks the dimensions by what their traversal does to the measured graphite
     descriptors of the decoded image (docs/metrics.md) and labels each row, e.g.
-    "dim 17: area fraction ↑".
+    "dim 17: area fraction ↑". The image is resampled to the scale the model was trained at
+    (its fit.json), like `matrep encode` does; --scale overrides it.
     """
     import numpy as np
 
@@ -520,9 +539,12 @@ def traverse_cmd(model, image, at, dims, auto_bases, vrange, steps, out):
 
     from ..errors import BadInputError
 
+    from ..scale import as_plan
+
     enc = _load_decoder_model(model)
     P = int(enc.patch_size_)
-    img = read_micrograph(image)
+    plan = as_plan(to_options(scale, models=[model], quiet=quiet), [image])
+    img = plan.resample(image, read_micrograph(image))
     H, W = img.shape
     if H < P or W < P:
         raise BadInputError(image, f"image {H}x{W} is smaller than the model's patch {P}x{P}")
@@ -542,7 +564,7 @@ def traverse_cmd(model, image, at, dims, auto_bases, vrange, steps, out):
         ref = np.stack([patch] + [img[gy:gy + P, gx:gx + P] for gy, gx in grid])
         pick = np.random.default_rng(0).permutation(np.arange(1, len(ref)))[:auto_bases - 1]
         ranking = traversal_effects(enc, ref[np.r_[0, pick]], reference=ref,
-                                    log=lambda s: click.echo(s, err=True))
+                                    log=_echo(quiet))
         dd, labels = ranking.auto_dims()
         if not dd:
             raise click.ClickException(f"{model}: no latent dimension changes a measured "
@@ -551,12 +573,13 @@ def traverse_cmd(model, image, at, dims, auto_bases, vrange, steps, out):
         how = (f" Rows: for each descriptor the dimension whose traversal (-3..3, "
                f"{ranking.n_bases} patches of the image) moves it most.")
         for lab in labels:
-            click.echo(lab, err=True)
+            _echo(quiet)(lab)
     else:
         dd = _ints(dims, "--dims")
     values = np.linspace(vrange[0], vrange[1], steps)
     rows = enc.traverse(patch, dd, values)
-    out = Path(out)
+    out = out_file(out, "traversal.png", (".png",))
+    out.parent.mkdir(parents=True, exist_ok=True)
     traversal_figure(patch, rows, dd, values, out, labels=labels,
                      caption=f"Latent traversal of {Path(image).name} at (y, x) = ({y}, {x}): each "
                              f"row sets one dimension of z = Enc(x) to the values above, the others "

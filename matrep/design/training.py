@@ -107,6 +107,8 @@ def _mask_patches(ps, labels_df, labels_path, mask_column, masks_dir, file_colum
         if m.shape != img_shape:
             raise BadInputError(mp, f"mask of {m.shape[0]}x{m.shape[1]} pixels does not match its "
                                     f"image {fp.name} ({img_shape[0]}x{img_shape[1]})")
+        if ps.scale is not None:  # the mask at the image's resampled scale
+            m = ps.scale.resample(f, m.astype(np.float32))
         sel = np.flatnonzero(ps.sources == f)
         for k in sel:
             y, x = ps.coords[k]
@@ -160,7 +162,7 @@ def load_training_data(model, images, labels, properties, *, solver=None, masks=
                        file_column: str = "file", mask_column: str = "mask_file",
                        stride: int = 128, crop=None, crop_bottom: int = 0, max_patches=None,
                        seed: int = 0, n_jobs: int = 1, cache: bool = True, log=None,
-                       progress=None) -> TrainingData:
+                       progress=None, scale=None) -> TrainingData:
     """Encode the training patches and give each its patch-level property values.
 
     Parameters
@@ -179,6 +181,8 @@ def load_training_data(model, images, labels, properties, *, solver=None, masks=
     cache : bool, default True — reuse the solver's values of identical mask patches from
         matrep's cache (``<cache>/design/``, keyed by the masks' bits and the solver)
     log, progress : optional callables (a line of text; an iterable wrapper)
+    scale : matrep.scale.ScaleOptions, optional — pixel sizes and resampling of the
+        micrographs (and their masks) before patching, as in :func:`matrep.io.load_patches`
 
     Raises
     ------
@@ -200,12 +204,16 @@ def load_training_data(model, images, labels, properties, *, solver=None, masks=
                               "design target must be a number")
     P = model_patch_size(model)
     ps = load_patches(images, patch=P, stride=stride, crop=crop, crop_bottom=crop_bottom,
-                      progress=progress)
+                      progress=progress, scale=scale)
     if max_patches is not None and len(ps) > max_patches:
         idx = np.sort(np.random.default_rng(seed).choice(len(ps), int(max_patches), replace=False))
         ps = ps.subset(idx)
     table = match_labels(ps, df, file_column=file_column, warn=False).table
     values, sources, notes, residuals = {}, {}, [], None
+    if scale is not None and ps.scale is not None:  # the scale line of every report
+        notes.extend(ps.scale.describe())
+        for line in ps.scale.describe():
+            log(line)
     physics_props = [p for p in properties if solver is not None and p in solver.properties]
     if physics_props:
         mp = _mask_patches(ps, df, Path(labels), mask_column, masks, file_column)
