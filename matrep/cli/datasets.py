@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ._common import handle_errors, jobs_option, progress, quiet_option
+from ._common import handle_errors, jobs_option, out_option, progress, quiet_option
 
 
 @click.group("datasets")
@@ -20,8 +20,7 @@ def make_cmd():
 
 
 @make_cmd.command("castiron")
-@click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Folder to write images/, masks/ and labels.csv into (created).")
+@out_option("Folder to write images/, masks/ and labels.csv into (created).", required=True)
 @click.option("--n-micrographs", default=12, type=click.IntRange(min=1),
               help="Number of micrographs; the 4 cooling rates x 3 Mg levels grid is cycled.")
 @click.option("--size", default=1024, type=click.IntRange(min=32),
@@ -53,6 +52,7 @@ def castiron_cmd(out, n_micrographs, size, seed, graphite_fraction, e_matrix, e_
     """
     from ..datasets import make_castiron
 
+    out = Path(out)
     bar = progress(total=n_micrographs, desc="castiron", quiet=quiet, unit="img")
     last = [0]
 
