@@ -1,5 +1,5 @@
-"""Figures of a trained texture-VAE: reconstructions (paper Fig. 4), samples (Fig. 5) and latent
-traversals (Fig. 6).
+"""Figures of a generative encoder: reconstructions (paper Fig. 4), samples (Fig. 5) and latent
+traversals (Fig. 6), for ``matrep reconstruct``, ``generate``, ``traverse`` and ``interpret``.
 
 Every image is drawn with a grey colormap on a fixed [0, 1] scale (``vmin=0, vmax=1``: the
 grey levels are comparable across panels) and ``interpolation="nearest"`` at a resolution that

@@ -71,7 +71,8 @@ from ..metrics.disentanglement import mutual_information_gap, sap_score
 from ..metrics.morphology import (DESCRIPTORS, MEASURED_DESCRIPTORS, MIN_CONTRAST,
                                   descriptor_array, fidelity_from_arrays, measure_descriptors,
                                   segment_dark_phase)
-from .latents import IGNORED_LABEL_COLUMNS, InterpretReport, interpret_model, traversal_figure
+from ..figures import traversal_figure  # one implementation, in matrep.figures
+from .latents import InterpretReport, interpret_model
 from .reconstruction import (DEFAULT_METRICS, METRIC_INFO, EvaluationReport, evaluate_models,
                              score_pairs)
 from .traversal import (GOAL_DESCRIPTORS, MIN_IQR_SHARE, MONOTONE_RHO, TRAVERSAL_VALUES,
@@ -79,7 +80,7 @@ from .traversal import (GOAL_DESCRIPTORS, MIN_IQR_SHARE, MONOTONE_RHO, TRAVERSAL
 
 __all__ = [
     "DEFAULT_METRICS", "DESCRIPTORS", "EvaluationReport", "GOAL_DESCRIPTORS",
-    "IGNORED_LABEL_COLUMNS", "InterpretReport", "MEASURED_DESCRIPTORS", "METRIC_INFO",
+    "InterpretReport", "MEASURED_DESCRIPTORS", "METRIC_INFO",
     "MIN_CONTRAST", "MIN_IQR_SHARE", "MONOTONE_RHO", "Spearman", "TRAVERSAL_VALUES",
     "TraversalRanking", "descriptor_array", "evaluate_models", "fidelity_from_arrays",
     "interpret_model", "measure_descriptors", "mutual_information_gap", "sap_score",

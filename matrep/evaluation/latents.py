@@ -12,8 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import atomic_path, atomic_write_text
+from ..atomic import atomic_write_text
 from ..errors import LabelsError
+from ..figures import traversal_figure
 from ..metrics.correlation import spearman_matrix
 from ..metrics.disentanglement import mutual_information_gap, sap_score
 from ..metrics.morphology import MIN_CONTRAST, descriptor_array, measure_descriptors
@@ -21,12 +22,8 @@ from .models import _held_out_pool, _latent_dim, _patch_size, _resolve_model
 from .outputs import _write_outputs
 from .traversal import TRAVERSAL_VALUES, TraversalRanking, spread_patches, traversal_effects
 
-#: label columns never used as factors (bookkeeping of matrep's synthetic data sets)
-IGNORED_LABEL_COLUMNS = {"seed", "solver_residual", "solver_iterations", "pixel_size_um",
-                         "micrograph", "mask_file", "group"}
 
-
-def _label_factors(ps, labels, file_column: str, factor_names):
+def _label_factors(ps, labels, file_column: str, factor_names, ignore_columns=()):
     import pandas as pd
 
     from ..labels import match_labels, read_labels
@@ -41,7 +38,10 @@ def _label_factors(ps, labels, file_column: str, factor_names):
                               f"{', '.join(map(str, table.columns))})")
         cols = list(factor_names)
     else:
-        cols = [c for c in table.columns if c not in IGNORED_LABEL_COLUMNS]
+        # what the data set declares bookkeeping (matrep.labels.bookkeeping_columns) and what
+        # the caller leaves out
+        ignored = set(df.attrs.get("bookkeeping", ())) | set(ignore_columns or ())
+        cols = [c for c in table.columns if c not in ignored]
     out = {}
     for c in cols:
         v = pd.to_numeric(table[c], errors="coerce")
@@ -145,43 +145,12 @@ class InterpretReport:
         return paths
 
 
-def traversal_figure(model, patch, dims, path, *, values=None, titles=None) -> Path:
-    """Write a PNG of ``model.traverse(patch, dims, values)``: one row per dimension."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    values = np.linspace(-4, 4, 10) if values is None else np.asarray(values, dtype=float)
-    imgs = np.asarray(model.traverse(patch, list(dims), values))
-    rows, cols = imgs.shape[:2]
-    fig, axes = plt.subplots(rows, cols + 1, figsize=(1.2 * (cols + 1), 1.25 * rows + 0.4),
-                             squeeze=False)
-    for i in range(rows):
-        axes[i, 0].imshow(patch, cmap="gray", vmin=0, vmax=1)
-        axes[i, 0].set_ylabel((titles[i] if titles else f"z{dims[i]}"), fontsize=7)
-        for j in range(cols):
-            axes[i, j + 1].imshow(imgs[i, j], cmap="gray", vmin=0, vmax=1)
-            if i == 0:
-                axes[i, j + 1].set_title(f"{values[j]:+.1f}", fontsize=7)
-    axes[0, 0].set_title("input", fontsize=7)
-    for ax in axes.ravel():
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return path
-
-
 def interpret_model(model, images, *, labels=None, file_column: str = "file", factors=None,
                     n: int | None = 500, stride: int = 50, crop=None, crop_bottom: int = 0,
                     seed: int = 0, top_k: int = 5, n_traversal_dims: int = 6,
                     traversal_values=None, traversal_bases: int = 8, held_out: bool = False,
                     out_dir=None, n_bins: int = 20, min_diameter_px: float = 3.0, log=None,
-                    scale=None) -> InterpretReport:
+                    scale=None, ignore_columns=None) -> InterpretReport:
     """Correlate every latent dimension with factors; measure what its traversal does.
 
     Parameters
@@ -193,8 +162,11 @@ def interpret_model(model, images, *, labels=None, file_column: str = "file", fa
         :func:`measure_descriptors` are measured on every patch.
     file_column : the labels' column naming the images
     factors : list of str, optional — the label columns to use (default: all numeric ones but
-        bookkeeping such as ``seed``); MIG and SAP use the same list, so for the synthetic
-        cast-iron set pass the design factors (``cooling_rate_k_s``, ``mg_wt_pct``).
+        the bookkeeping columns the labels declare, :func:`matrep.labels.bookkeeping_columns`,
+        and ``ignore_columns``); MIG and SAP use the same list, so for the synthetic cast-iron
+        set pass the design factors (``cooling_rate_k_s``, ``mg_wt_pct``).
+    ignore_columns : list of str, optional — label columns never used as factors, besides the
+        declared bookkeeping ones (ignored when ``factors`` names the columns)
     n : int or None, default 500 — seeded random subset of patches (None: all)
     top_k : int — dimensions listed per factor
     n_traversal_dims : int — at most this many dimensions in the traversal figure (with a
@@ -234,7 +206,7 @@ def interpret_model(model, images, *, labels=None, file_column: str = "file", fa
     Z = Z[:, :ld]
     notes = []
     if labels is not None:
-        table, unmatched = _label_factors(ps, labels, file_column, factors)
+        table, unmatched = _label_factors(ps, labels, file_column, factors, ignore_columns)
         notes += unmatched
         source = "labels"
     else:
@@ -293,9 +265,10 @@ def interpret_model(model, images, *, labels=None, file_column: str = "file", fa
                 # the patch whose latent is closest to the mean: a typical starting point
                 i0 = int(np.argmin(((Z - Z.mean(0)) ** 2).sum(1)))
                 log(f"traversal figure of dimensions {dims}")
+                steps = np.asarray(values, dtype=float)
                 report.figures.append(traversal_figure(
-                    model, ps.patches[i0], dims, out_dir / "traversal.png",
-                    values=values, titles=[t.replace(": ", ":\n") for t in titles]))
+                    ps.patches[i0], np.asarray(model.traverse(ps.patches[i0], dims, steps)),
+                    dims, steps, out_dir / "traversal.png", labels=titles))
         elif n_traversal_dims:
             report.notes.append("no traversal figure: the model cannot decode")
         report.write(out_dir)
