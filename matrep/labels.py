@@ -4,16 +4,23 @@ Every patch inherits its micrograph's labels. A label row is matched to a microg
 order: the path in the file column resolved against the CSV's folder (or as given); the file
 name; the file name without extension. Files without labels and labels without files are
 reported by name.
+
+A data set may declare which of its label columns are bookkeeping (identifiers, seeds, solver
+diagnostics: never a factor or a target) in a sidecar next to the CSV, ``labels.csv`` ->
+``labels.columns.json`` holding ``{"bookkeeping": ["seed", ...]}``
+(:func:`bookkeeping_columns`; the built-in cast-iron set writes one).
 """
 
 from __future__ import annotations
 
+import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_write_text
 from .errors import LabelsError
 
 
@@ -47,8 +54,50 @@ class LabelMatch:
         return out
 
 
+#: The sidecar of ``labels.csv`` declaring its bookkeeping columns is ``labels.columns.json``.
+COLUMNS_SUFFIX = ".columns.json"
+
+
+def columns_path(labels_path) -> Path:
+    """Where the bookkeeping declaration of a labels CSV lives (``X.csv`` -> ``X.columns.json``)."""
+    p = Path(labels_path)
+    return p.with_name(p.stem + COLUMNS_SUFFIX)
+
+
+def bookkeeping_columns(labels_path) -> list[str]:
+    """The label columns a data set declares as bookkeeping, from the CSV's sidecar.
+
+    Bookkeeping columns (identifiers, seeds, solver diagnostics) are never used as factors.
+    Returns ``[]`` when the CSV has no sidecar (:func:`columns_path`).
+    """
+    side = columns_path(labels_path)
+    if not side.is_file():
+        return []
+    try:
+        decl = json.loads(side.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise LabelsError(f"{side}: not readable JSON ({type(exc).__name__}); expected "
+                          '{"bookkeeping": [column names]}: fix or delete it') from None
+    cols = decl.get("bookkeeping") if isinstance(decl, dict) else None
+    if not isinstance(cols, list) or not all(isinstance(c, str) for c in cols):
+        raise LabelsError(f'{side}: expected {{"bookkeeping": [column names]}}, got '
+                          f"{str(decl)[:80]}; fix or delete it")
+    return cols
+
+
+def write_bookkeeping_columns(labels_path, columns) -> Path:
+    """Declare ``columns`` of the labels CSV at ``labels_path`` bookkeeping (atomically)."""
+    side = columns_path(labels_path)
+    atomic_write_text(side, json.dumps({"bookkeeping": [str(c) for c in columns]}, indent=1) + "\n")
+    return side
+
+
 def read_labels(path, *, file_column: str = "file"):
-    """Read a labels CSV into a pandas DataFrame; check the file column exists and is unique."""
+    """Read a labels CSV into a pandas DataFrame; check the file column exists and is unique.
+
+    ``df.attrs`` records the CSV's ``path``, its ``file_column`` and the ``bookkeeping``
+    columns its sidecar declares (:func:`bookkeeping_columns`).
+    """
     import pandas as pd
 
     path = Path(path)
@@ -69,6 +118,7 @@ def read_labels(path, *, file_column: str = "file"):
                           + ", ".join(map(str, dup[:5])))
     df.attrs["path"] = str(path)
     df.attrs["file_column"] = file_column
+    df.attrs["bookkeeping"] = bookkeeping_columns(path)
     return df
 
 

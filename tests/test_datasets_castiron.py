@@ -110,6 +110,12 @@ def test_make_castiron_writes_complete_deterministic_set(tmp_path):
     assert list(rows[0].keys()) == EXPECTED_COLUMNS == list(LABEL_COLUMNS)
     assert len(rows) == 3
     assert (a / "labels.csv").read_text() == (b / "labels.csv").read_text()
+    # the set declares its bookkeeping columns beside labels.csv (matrep.labels)
+    from matrep.datasets import BOOKKEEPING_COLUMNS
+    from matrep.labels import bookkeeping_columns
+
+    assert bookkeeping_columns(a / "labels.csv") == list(BOOKKEEPING_COLUMNS)
+    assert set(BOOKKEEPING_COLUMNS) <= set(LABEL_COLUMNS)
     for r in rows:
         img = Image.open(a / "images" / r["file"])
         assert img.mode == "L" and img.size == (96, 96)
@@ -171,6 +177,11 @@ def test_default_castiron_cached_and_versioned(tmp_path, monkeypatch):
     assert first.parent == tmp_path / "cache" / "datasets"
     assert f"v{GENERATOR_VERSION}" in first.name and (first / "labels.csv").is_file()
     assert default_castiron() == first and len(made) == 1      # cached: not regenerated
+    # a set cached before data sets declared their bookkeeping columns gets the declaration
+    from matrep.datasets import BOOKKEEPING_COLUMNS
+    from matrep.labels import bookkeeping_columns
+
+    assert bookkeeping_columns(first / "labels.csv") == list(BOOKKEEPING_COLUMNS)
     (first / "images" / "castiron_000.png").unlink()            # incomplete -> regenerated
     assert default_castiron() == first and len(made) == 2
     other = default_castiron(cache_dir=tmp_path / "elsewhere")

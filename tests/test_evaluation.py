@@ -12,6 +12,7 @@ from PIL import Image
 pytest.importorskip("torch")
 
 from matrep.errors import BadInputError, LabelsError  # noqa: E402
+from matrep.labels import bookkeeping_columns, columns_path, write_bookkeeping_columns  # noqa: E402
 from matrep.evaluation import (evaluate_models, interpret_model, measure_descriptors,  # noqa: E402
                                mutual_information_gap, sap_score, score_pairs,
                                spearman, spearman_matrix)
@@ -40,6 +41,7 @@ def dataset(tmp_path_factory):
         Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8)).save(root / "images" / f"m{i}.png")
         rows.append({"file": f"images/m{i}.png", "density": n_discs, "radius": r, "seed": i})
     pd.DataFrame(rows).to_csv(root / "labels.csv", index=False)
+    write_bookkeeping_columns(root / "labels.csv", ["seed"])  # the data set's declaration
     other = root / "other"
     other.mkdir()
     yy, xx = np.mgrid[:96, :96]
@@ -178,7 +180,7 @@ def test_interpret_with_labels(dataset, tmp_path):
     rep = interpret_model(FakeModel(), dataset / "images", labels=dataset / "labels.csv",
                           stride=16, out_dir=tmp_path / "interp", top_k=2)
     assert rep.factor_source == "labels"
-    assert rep.factors == ["density", "radius"]             # "seed" is bookkeeping
+    assert rep.factors == ["density", "radius"]             # "seed" is declared bookkeeping
     # z0 (dark fraction) and z2 (edges) both grow with the disc density; z1 is noise
     assert {r["dim"] for r in rep.ranking["density"]} == {0, 2}
     assert rep.ranking["density"][0]["rho"] > 0.5
@@ -196,6 +198,27 @@ def test_interpret_with_labels(dataset, tmp_path):
     with pytest.raises(LabelsError, match="nope"):
         interpret_model(FakeModel(), dataset / "images", labels=dataset / "labels.csv",
                         factors=["nope"], stride=32)
+
+
+def test_bookkeeping_columns_come_from_the_data_sets_declaration(dataset, tmp_path):
+    """Which label columns are not factors is declared beside the CSV (or passed), not a
+    list of names in matrep's code."""
+    import shutil
+
+    plain = tmp_path / "labels.csv"
+    shutil.copy(dataset / "labels.csv", plain)            # the same table, no declaration
+    assert bookkeeping_columns(plain) == []
+    kw = {"labels": plain, "stride": 32, "traversal_bases": 0}
+    assert interpret_model(FakeModel(), dataset / "images", **kw).factors == \
+        ["density", "radius", "seed"]
+    assert interpret_model(FakeModel(), dataset / "images", ignore_columns=["seed"],
+                           **kw).factors == ["density", "radius"]
+    columns_path(plain).write_text('{"bookkeeping": "seed"}')
+    with pytest.raises(LabelsError, match=r"labels\.columns\.json: expected"):
+        bookkeeping_columns(plain)
+    columns_path(plain).write_text("{not json")
+    with pytest.raises(LabelsError, match="not readable JSON"):
+        interpret_model(FakeModel(), dataset / "images", **kw)
 
 
 def test_interpret_measured(dataset):

@@ -8,6 +8,7 @@
 """
 
 from .castiron import (
+    BOOKKEEPING_COLUMNS,
     GENERATOR_VERSION,
     LABEL_COLUMNS,
     Factors,
@@ -27,7 +28,7 @@ from .homogenization import (
 )
 
 __all__ = [
-    "DEFAULT_E", "DEFAULT_NU", "ElasticityResult", "Factors", "GENERATOR_VERSION",
+    "BOOKKEEPING_COLUMNS", "DEFAULT_E", "DEFAULT_NU", "ElasticityResult", "Factors", "GENERATOR_VERSION",
     "LABEL_COLUMNS", "cache_root", "default_castiron", "design", "effective_elasticity",
     "generate_micrograph", "hashin_shtrikman_bounds", "make_castiron", "measure_mask",
     "nodularity", "particle_table",

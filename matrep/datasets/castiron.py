@@ -34,6 +34,7 @@ from scipy import ndimage
 
 from ..atomic import atomic_dir, atomic_path, atomic_write_text
 from ..errors import BadInputError
+from ..labels import columns_path, write_bookkeeping_columns
 from .descriptors import measure_mask
 from .homogenization import DEFAULT_E, DEFAULT_NU, effective_elasticity
 
@@ -56,6 +57,10 @@ LABEL_COLUMNS = (
     "youngs_modulus_gpa", "poisson_ratio", "stress_concentration",
     "solver_residual", "solver_iterations", "pixel_size_um",
 )
+#: Columns of labels.csv that are bookkeeping, never a factor or a target: declared in
+#: ``labels.columns.json`` beside it (:func:`matrep.labels.bookkeeping_columns`).
+BOOKKEEPING_COLUMNS = ("file", "mask_file", "micrograph", "seed", "solver_residual",
+                       "solver_iterations", "pixel_size_um")
 
 
 def target_eq_diameter_um(cooling_rate_k_s):
@@ -391,7 +396,8 @@ def make_castiron(out_dir, *, n_micrographs=12, size=1024, seed=0, graphite_frac
     """Write a synthetic cast-iron data set to ``out_dir``.
 
     Writes ``images/castiron_NNN.png`` (8-bit grey micrographs), ``masks/castiron_NNN.png``
-    (255 = graphite) and, last, ``labels.csv`` (columns :data:`LABEL_COLUMNS`): a folder with
+    (255 = graphite) and, last, ``labels.csv`` (columns :data:`LABEL_COLUMNS`; just before it
+    ``labels.columns.json``, declaring :data:`BOOKKEEPING_COLUMNS`): a folder with
     ``labels.csv`` is complete. Every file is written atomically.
 
     Parameters
@@ -468,6 +474,7 @@ def make_castiron(out_dir, *, n_micrographs=12, size=1024, seed=0, graphite_frac
     w = csv.DictWriter(buf, fieldnames=list(LABEL_COLUMNS), lineterminator="\n")
     w.writeheader()
     w.writerows(rows)
+    write_bookkeeping_columns(out_dir / "labels.csv", BOOKKEEPING_COLUMNS)
     atomic_write_text(out_dir / "labels.csv", buf.getvalue())
     return out_dir
 
@@ -509,6 +516,8 @@ def default_castiron(*, cache_dir=None, n_jobs=None, callback=None):
     root = Path(cache_dir).expanduser() if cache_dir is not None else cache_root() / "datasets"
     folder = root / default_castiron_name()
     if _complete(folder):
+        if not columns_path(folder / "labels.csv").is_file():  # cached before the declaration
+            write_bookkeeping_columns(folder / "labels.csv", BOOKKEEPING_COLUMNS)
         return folder
     with atomic_dir(folder) as tmp:
         make_castiron(tmp, n_jobs=n_jobs, callback=callback)
