@@ -20,11 +20,8 @@ RUN="$OUT/runs/texturevae"
 echo "== 2/5 texture-VAE (--preset quick: <= 20 min on 2 CPU cores; the paper's default wants a GPU)"
 if [ -f "$RUN/config.json" ]; then
     echo "trained model found in $RUN"
-else
-    resume=()
-    [ -d "$RUN/checkpoint" ] && resume=(--resume)
-    "$BIN/matrep" fit --method texturevae --preset quick --images "$DATA/images" --out "$RUN" \
-        "${resume[@]}"
+else  # an interrupted training resumes from its checkpoint (--resume is the default)
+    "$BIN/matrep" fit --method texturevae --preset quick --images "$DATA/images" --out "$RUN"
 fi
 
 echo "== 3/5 fidelity against ground truth (held-out patches) and what the latents track"
@@ -34,16 +31,16 @@ echo "== 3/5 fidelity against ground truth (held-out patches) and what the laten
     --out "$OUT/interpret"
 
 echo "== 4/5 structure-property study (with the untrained-head and VGG19-statistics controls)"
-"$BIN/matrep" compare texturevae vgg19 twopoint \
+"$BIN/matrep" compare --method texturevae --method vgg19 --method twopoint \
     --images "$DATA/images" --labels "$DATA/labels.csv" --stride 128 \
     --target youngs_modulus_gpa --model texturevae="$RUN" \
     --param twopoint.n_components=16 --seeds 3 --out "$OUT/report"
 
 echo "== 5/5 figures"
-"$BIN/matrep" reconstruct --model "$RUN" --images "$DATA/images" -n 8 --out "$OUT/figures/reconstructions.png"
+"$BIN/matrep" reconstruct --model "$RUN" --images "$DATA/images" -n 8 --out "$OUT/figures"
 "$BIN/matrep" generate --model "$RUN" -n 16 --out "$OUT/figures/samples"
 "$BIN/matrep" traverse --model "$RUN" --image "$DATA/images/castiron_005.png" --dims auto \
-    --range -3 3 --steps 7 --out "$OUT/figures/traversal.png"
+    --range -3 3 --steps 7 --out "$OUT/figures"
 
 echo
 echo "done: fidelity in $OUT/evaluate, latents in $OUT/interpret, study in $OUT/report/report.md,"
