@@ -10,9 +10,7 @@ from click.testing import CliRunner
 from matrep import registry
 from matrep.cli import main
 
-from test_study_utils import dataset, plugins  # noqa: F401  (shared fixtures)
-from test_study_utils import install_plugins, make_dataset  # noqa: F401
-from test_study_utils import train_tiny_vae
+from study_utils import train_tiny_vae
 
 
 def _args(dataset, out, *extra):

@@ -15,8 +15,6 @@ from matrep.report import format_summary, write_report
 from matrep.study import (MethodSpec, Study, detect_task, group_splits, make_model,
                           parse_model_spec, prepare_data, random_splits, regression_metrics)
 
-from test_study_utils import dataset, plugins  # noqa: F401  (shared fixtures)
-from test_study_utils import install_plugins, make_dataset  # noqa: F401
 
 FAST = {"patch": 32, "stride": 32}
 

@@ -1,6 +1,6 @@
 """The study's baseline row, the texture-VAE controls, the verdict and mixed-class groups.
 
-Fast: the tiny labelled images of ``test_study_utils``, 32x32 patches, a texture-VAE with
+Fast: the tiny labelled images of ``study_utils``, 32x32 patches, a texture-VAE with
 random VGG19 weights and a tiny decoder.
 """
 
@@ -18,8 +18,7 @@ from matrep.report import format_summary, write_report
 from matrep.study import (MethodSpec, Study, baseline_predict, mixed_class_groups,
                           prepare_data, regression_metrics, texturevae_controls, verdict)
 
-from test_study_utils import dataset, plugins  # noqa: F401  (shared fixtures)
-from test_study_utils import train_tiny_vae
+from study_utils import train_tiny_vae
 
 FAST = {"patch": 32, "stride": 32}
 STYLE = ["conv1_1", "pool1", "pool2", "pool3", "pool4"]
@@ -319,7 +318,7 @@ def test_study_docstring_examples():
 def test_texturevae_without_a_model_is_fitted_inside_each_split(plugins, dataset, tmp_path,
                                                                  one_thread):
     """A fresh per-split fit must not ask to resume a checkpoint that does not exist."""
-    from test_study_utils import TINY_VAE
+    from study_utils import TINY_VAE
 
     data = _data(dataset)
     res = Study(data, [MethodSpec("texturevae", dict(TINY_VAE))], tmp_path / "out",

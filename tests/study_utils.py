@@ -1,6 +1,7 @@
-"""Shared pieces of the study tests: tiny labelled micrographs and a spy encoder plugin.
+"""Helpers of the study tests: tiny labelled micrographs, a spy encoder plugin, a tiny VAE.
 
-(No tests in here; imported by test_study*.py and test_compare_cli*.py.)
+Not a test module: the fixtures built on these (``dataset``, ``plugins``) are in conftest.py;
+test_study*.py and test_compare_cli.py import the helpers they call directly.
 """
 
 from __future__ import annotations
@@ -8,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from matrep import registry
 
@@ -89,20 +89,6 @@ def make_dataset(folder: Path, *, n: int = 6, size: int = 96, seed: int = 0) -> 
                     f"s{i // 2},7,")
     (folder / "labels.csv").write_text("\n".join(rows) + "\n")
     return folder
-
-
-@pytest.fixture
-def plugins(tmp_path, monkeypatch):
-    """The histogram and spy plugins, registered for one test."""
-    install_plugins(tmp_path / "plugins", monkeypatch)
-    yield
-    registry.refresh()
-
-
-@pytest.fixture
-def dataset(tmp_path):
-    """A small labelled image folder."""
-    return make_dataset(tmp_path / "data")
 
 
 #: A texture-VAE small enough for the default suite (random VGG19 weights, tiny decoder).
