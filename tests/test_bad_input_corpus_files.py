@@ -964,7 +964,7 @@ def _(ws):
 def _(ws):
     f = ws.bad / "labels.csv"
     f.write_text("file,strength\nm0.png,5.0\nm1.png,5\n")
-    return Case(["compare", "twopoint", "--images", str(ws.imgs), *PATCH, "--labels", str(f),
+    return Case(["compare", "--method", "twopoint", "--images", str(ws.imgs), *PATCH, "--labels", str(f),
                  "--target", "strength", "--out", str(ws.out / "report")],
                 "target column 'strength' is constant")
 

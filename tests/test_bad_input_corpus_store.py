@@ -52,7 +52,7 @@ def good(tmp_path_factory):
                    "--labels", labels, "--param", "cutoff=4", "-q", *WINDOW])
     assert res.exit_code == 0, res.output
     rep = d / "rep"
-    res = _invoke(["compare", "twopoint", "--images", imgs, "--labels", labels, "--target", "E",
+    res = _invoke(["compare", "--method", "twopoint", "--images", imgs, "--labels", labels, "--target", "E",
                    "--param", "twopoint.cutoff=4", "--seeds", "1", "--split", "random",
                    "--out", rep, "-q", *WINDOW])
     assert res.exit_code == 0, res.output
@@ -259,7 +259,7 @@ def _compare_cache(d, good, edit):
     with h5py.File(store, "a") as f:
         (key,) = f["features"]
         edit(f, f["features"][key])
-    return (["compare", "twopoint", "--images", good["imgs"], "--labels", good["labels"],
+    return (["compare", "--method", "twopoint", "--images", good["imgs"], "--labels", good["labels"],
              "--target", "E", "--param", "twopoint.cutoff=4", "--seeds", "1", "--split",
              "random", "--out", rep, "-q", *WINDOW], store.name)
 
@@ -288,7 +288,7 @@ def compare_cache_labels_short(d, good):
 # label targets: `compare` refuses them before any folder is made
 def _target(d, good, csv_text, *extra, name="bad.csv"):
     (d / name).write_bytes(csv_text if isinstance(csv_text, bytes) else csv_text.encode())
-    return (["compare", "twopoint", "--images", good["imgs"], "--labels", d / name,
+    return (["compare", "--method", "twopoint", "--images", good["imgs"], "--labels", d / name,
              "--target", "E", "--param", "twopoint.cutoff=4", "--seeds", "1", "--split",
              "random", "--out", d / "report", "-q", *extra, *WINDOW], name)
 
