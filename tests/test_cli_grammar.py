@@ -319,3 +319,40 @@ def test_design_masks_follow_their_images_scale(images, tmp_path):
         m = resample(read_micrograph(tmp_path / "masks" / name), 0.5) > 0.5
         y, x = ps.coords[k]
         np.testing.assert_array_equal(got[k], m[y:y + 16, x:x + 16])
+
+
+def test_fit_resumes_by_default_and_no_resume_starts_over(images, tmp_path):
+    pytest.importorskip("torch")
+    out = tmp_path / "run"
+    tiny = ["--method", "texturevae", "--images", str(images), "--patch", "32", "--stride", "32",
+            "--weights", "random", "--device", "cpu", "--epochs", "1", "--batch-size", "4",
+            "--latent-dim", "4", "--param", "decoder_channels=[8,8,8,8,8]"]
+    args = ["fit", *tiny, "--out", str(out)]
+    res = CliRunner().invoke(main, [*args, "-q"])
+    assert res.exit_code == 0, res.output
+    assert (out / "checkpoint").is_dir()
+    res = CliRunner().invoke(main, args)  # the default: continue the run
+    assert res.exit_code == 0, res.output
+    assert f"continuing the run in {out} from its checkpoint" in res.output
+    ck = (out / "checkpoint").stat().st_ino
+    res = CliRunner().invoke(main, [*args, "--no-resume", "-q"])
+    assert res.exit_code == 0, res.output
+    assert "--no-resume: deleted the checkpoint" in res.output
+    assert (out / "checkpoint").is_dir() and (out / "checkpoint").stat().st_ino != ck
+    # an explicit --resume needs a checkpoint; without one the default just starts
+    res = CliRunner().invoke(main, ["fit", *tiny, "--out", str(tmp_path / "new"), "--resume"])
+    assert res.exit_code != 0 and "no checkpoint to resume from" in res.output, res.output
+
+
+def test_encode_method_defaults_to_the_models(images, tmp_path):
+    run = tmp_path / "run"
+    common = ["--images", str(images), "--patch", "32", "--stride", "32", "-q"]
+    res = CliRunner().invoke(main, ["fit", "--method", "twopoint", "--param", "cutoff=4",
+                                    "--out", str(run), *common])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(main, ["encode", "--model", str(run), "--out", str(tmp_path),
+                                    *common])
+    assert res.exit_code == 0, res.output
+    assert "features/twopoint-" in res.output
+    res = CliRunner().invoke(main, ["encode", "--out", str(tmp_path), *common])
+    assert res.exit_code == 2 and "Missing option '--method'" in res.output
