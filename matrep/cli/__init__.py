@@ -2,7 +2,9 @@
 
 Commands live in small modules and are imported only when used, so ``matrep --help`` stays
 fast and works even when a plugin is broken. Library errors (:class:`matrep.errors.MatrepError`)
-become one-line messages; ``--debug`` shows the traceback instead.
+become one-line messages; ``--debug`` shows the traceback instead. Every command follows one
+grammar (docs/cli.md); the options it shares with others are defined once in ``_common.py``
+and ``_scale.py``.
 """
 
 from __future__ import annotations

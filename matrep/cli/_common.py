@@ -112,7 +112,6 @@ def progress(iterable=None, *, total=None, desc="", quiet=False, **kwargs):
                 dynamic_ncols=True, leave=False, **kwargs)
 
 
-
 # ---------------------------------------------------------------------------------------
 # the one grammar: options shared by the commands, defined once (docs/cli.md)
 # ---------------------------------------------------------------------------------------
