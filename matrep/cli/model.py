@@ -450,7 +450,7 @@ def reconstruct_cmd(model, images, stride, crop, crop_bottom, n, seed, out, quie
     The images are resampled to the scale the model was trained at (its fit.json), like
     `matrep encode` does; --scale overrides it.
     """
-    from matrep.plugins.texturevae.figures import reconstruction_figure, write_npz
+    from ..figures import reconstruction_figure, write_npz
 
     enc = _load_decoder_model(model)
     P = int(enc.patch_size_)
@@ -483,7 +483,7 @@ def reconstruct_cmd(model, images, stride, crop, crop_bottom, n, seed, out, quie
 @handle_errors
 def generate_cmd(model, n, seed, out, quiet):
     """Sample new microstructure patches from the prior z ~ N(0, I)."""
-    from matrep.plugins.texturevae.figures import grid_figure, write_npz, write_png
+    from ..figures import grid_figure, write_npz, write_png
 
     enc = _load_decoder_model(model)
     S = enc.sample(n, seed=seed)
@@ -535,7 +535,7 @@ def traverse_cmd(model, image, at, dims, auto_bases, vrange, steps, out, quiet, 
     import numpy as np
 
     from matrep.io import read_micrograph
-    from matrep.plugins.texturevae.figures import traversal_figure, write_npz
+    from ..figures import traversal_figure, write_npz
 
     from ..errors import BadInputError
 
