@@ -21,7 +21,7 @@ COMMANDS = {
     "encode": ("matrep.cli.encode", "encode_cmd", "Encode micrographs into an HDF5 feature store."),
     "weights": ("matrep.cli.weights", "weights_cmd", "List or import pretrained VGG19 weights."),
     "datasets": ("matrep.cli.datasets", "datasets_cmd", "Make the built-in synthetic data sets."),
-    "fit": ("matrep.cli.model", "fit_cmd", "Train an encoder (e.g. the texture-VAE) on micrographs."),
+    "fit": ("matrep.cli.fit", "fit_cmd", "Train an encoder (e.g. the texture-VAE) on micrographs."),
     "reconstruct": ("matrep.cli.model", "reconstruct_cmd", "Figure of patches and their reconstructions."),
     "generate": ("matrep.cli.model", "generate_cmd", "Sample new microstructures from a trained model."),
     "traverse": ("matrep.cli.model", "traverse_cmd", "Latent traversal figure of a trained model."),
