@@ -9,6 +9,7 @@ VGG19 on the reconstruction.
 What is stored per patch (float32):
 
 * the pooled encoder features (2048 values with the default ``"meanstd"`` pooling);
+* the patch's grey-level quantiles (256 values; the targets of the histogram term);
 * per style layer, whichever is smaller of the target Gram matrix (C x C) and the target
   feature map (C x M): for 128 x 128 patches the Grams of conv1_1, pool1, pool2 and pool3
   (64², 64², 128², 256² values) and the *feature map* of pool4 (512 x 64 values, where its
@@ -34,7 +35,7 @@ import torch
 
 from matrep.kernels import gram_matrix
 
-from .model import pool_features
+from .model import N_QUANTILES, intensity_quantiles, pool_features
 
 
 @dataclass(frozen=True)
@@ -103,8 +104,10 @@ class FeatureCache:
                     self.layout = target_layout(shapes, self.style_taps)
                     self.row_size = sum(sl.size for sl in self.layout)
                     self.pooled = np.empty((n, pooled.shape[1]), np.float32)
+                    self.quantiles = np.empty((n, N_QUANTILES), np.float32)
                     self.targets = self._allocate(n, self.row_size, memory_budget, directory)
                 self.pooled[s:s + len(x)] = pooled
+                self.quantiles[s:s + len(x)] = intensity_quantiles(x).cpu().numpy()
                 rows = []
                 for sl in self.layout:
                     f = feats[sl.tap].float()
@@ -130,7 +133,7 @@ class FeatureCache:
     @property
     def nbytes(self) -> int:
         """Bytes of cached data (RAM or disk)."""
-        return int(self.pooled.nbytes + self.n * self.row_size * 4)
+        return int(self.pooled.nbytes + self.quantiles.nbytes + self.n * self.row_size * 4)
 
     def batch(self, index, device):
         """Pooled features (B, D) and the style targets as Gram matrices, on ``device``.
@@ -154,6 +157,11 @@ class FeatureCache:
             v = rows[:, sl.offset:sl.offset + sl.size].reshape(len(index), *sl.shape)
             grams.append(v.contiguous() if sl.kind == "gram" else gram_matrix(v))
         return pooled, grams
+
+    def quantile_batch(self, index, device):
+        """The grey-level quantiles of the input patches ``index`` (B, N_QUANTILES), the
+        targets of the histogram term (:func:`~matrep.plugins.texturevae.model.histogram_loss`)."""
+        return torch.from_numpy(self.quantiles[np.asarray(index)]).to(device)
 
     def close(self):
         """Delete the spill file, if any."""

@@ -76,10 +76,12 @@ class TextureVAEEncoder(BaseEncoder):
         (n, 2 * latent_dim).
     batch_size_eval : int, default 32
         Batch size of encoding and decoding.
-    decoder_input : {"dense", "noise"}, default "dense"
-        How z enters the decoder: a fully-connected layer to the first feature map (``"dense"``)
-        or a position-free projection plus noise maps at every block (``"noise"``, used by
-        the quick preset); see :class:`matrep.plugins.texturevae.model.Decoder`.
+    decoder_input : {"dense", "noise", "modulated"}, default "dense"
+        How z enters the decoder: a fully-connected layer to the first feature map (``"dense"``),
+        a position-free projection plus noise maps at every block (``"noise"``), or
+        per-channel scales and shifts of every block's instance-normalised feature maps with
+        noise maps for the placement (``"modulated"``); see
+        :class:`matrep.plugins.texturevae.model.Decoder`.
     decoder_padding : {"zeros", "circular"}, default "zeros"
         Padding of the decoder's convolutions; ``"circular"`` makes the decoder a stationary
         texture generator whose particle placement can only come from the noise (see
@@ -106,6 +108,12 @@ class TextureVAEEncoder(BaseEncoder):
     keep_best : bool, default True
         Keep the model of the epoch with the lowest held-out style loss (epoch 0 = the
         untrained model), not the last one; ``best_epoch_`` says which.
+    histogram_weight : float, default 0.0
+        Weight of a grey-level histogram term added to the style loss: the squared 1-D
+        Wasserstein distance between the reconstruction's and the input's grey-level
+        distributions (256 quantiles; :func:`matrep.plugins.texturevae.model.histogram_loss`).
+        Position-free like the Gram matrices, but it fixes the share of dark pixels and the
+        contrast directly. 0 is the paper's loss; the quick preset sets it (docs/texturevae.md).
     lr_scaling : {"none", "linear"}, default "none"
         Under torchrun with W processes: ``"none"`` — ``batch_size`` is the global batch of
         one step (split over the processes) and ``lr`` is used as given, so the run equals
@@ -145,7 +153,8 @@ class TextureVAEEncoder(BaseEncoder):
                  max_val_patches=128, checkpoint_every=None, weights="auto", device="auto",
                  precision="auto", cache_memory_gb=2.0, output="mu", batch_size_eval=32,
                  lr_scaling="none", decoder_input="dense", decoder_padding="zeros", downsample=1, logvar_bounds=(-10.0, 4.0), grad_clip=10.0,
-                 kl_warmup=0, lr_schedule="constant", lr_warmup=0, keep_best=True):
+                 kl_warmup=0, lr_schedule="constant", lr_warmup=0, keep_best=True,
+                 histogram_weight=0.0):
         self.latent_dim = latent_dim
         self.pooling = pooling
         self.encoder_taps = encoder_taps
@@ -178,6 +187,7 @@ class TextureVAEEncoder(BaseEncoder):
         self.lr_schedule = lr_schedule
         self.lr_warmup = lr_warmup
         self.keep_best = keep_best
+        self.histogram_weight = histogram_weight
 
     # ---------------------------------------------------------------------------------
     # validation and the frozen network
@@ -189,6 +199,7 @@ class TextureVAEEncoder(BaseEncoder):
                            ("batch_size_eval", int), ("seed", int), ("downsample", int),
                            ("kl_warmup", int), ("lr_warmup", int), ("lr", float),
                            ("kl_weight", float), ("val_fraction", float),
+                           ("histogram_weight", float),
                            ("cache_memory_gb", float), ("max_patches", int),
                            ("max_val_patches", int), ("checkpoint_every", int)):
             value = getattr(self, name, None)
@@ -213,6 +224,9 @@ class TextureVAEEncoder(BaseEncoder):
             raise BadInputError(None, f"layer_weights must be finite and >= 0, got {lw}")
         if not (0 <= float(self.val_fraction) < 1):
             raise BadInputError(None, f"val_fraction must be in [0, 1), got {self.val_fraction!r}")
+        if not (np.isfinite(float(self.histogram_weight)) and float(self.histogram_weight) >= 0):
+            raise BadInputError(None, f"histogram_weight must be a finite number >= 0, got "
+                                      f"{self.histogram_weight!r}")
         if float(self.kl_weight) < 0:
             raise BadInputError(None, f"kl_weight must be >= 0, got {self.kl_weight!r}")
         if self.lr_scaling not in ("none", "linear"):
@@ -443,6 +457,7 @@ class TextureVAEEncoder(BaseEncoder):
                                  grad_clip=None if self.grad_clip is None else float(self.grad_clip),
                                  kl_warmup=int(self.kl_warmup), lr_schedule=str(self.lr_schedule),
                                  lr_warmup=int(self.lr_warmup), keep_best=bool(self.keep_best),
+                                 histogram_weight=float(self.histogram_weight),
                                  extra={"lr_scaling": str(self.lr_scaling)})
         params = _jsonable(self.get_params(deep=False))
         for k in ("epochs", "checkpoint_every", "device", "cache_memory_gb", "output",
@@ -452,6 +467,8 @@ class TextureVAEEncoder(BaseEncoder):
             # the default rule: the run does not depend on the number of processes (and a
             # checkpoint written before the option existed still resumes)
             params.pop("lr_scaling")
+        if not float(params.get("histogram_weight", 0.0)):
+            params.pop("histogram_weight", None)  # the paper's loss; older checkpoints resume
         fingerprint = {"data": fingerprint_arrays(X[train_idx], X[val_idx]),
                        "n_train": int(len(train_idx)), "n_val": int(len(val_idx)),
                        "params": json.dumps(params, sort_keys=True),

@@ -111,7 +111,7 @@ class LatentHead(nn.Module):
 
 
 #: How z enters the decoder (``decoder_input``).
-DECODER_INPUTS = ("dense", "noise")
+DECODER_INPUTS = ("dense", "noise", "modulated")
 
 
 class Decoder(nn.Module):
@@ -134,6 +134,13 @@ class Decoder(nn.Module):
         row (``seeds``; default 0 for every row), so decoding is deterministic: the same
         seed keeps the particles' placement while z changes their statistics (traversals),
         another seed places them anew (reconstructions of different patches).
+        ``"modulated"``: z never enters as a map. The first block reads a learned constant
+        (the same at every position) and noise; after every convolution the feature maps are
+        instance-normalised (per patch and channel, over positions) and then scaled and shifted
+        per channel by an affine map of z (``h * (1 + gamma(z)) + beta(z)``). z sets each
+        layer's channel statistics, which is what a Gram-matrix loss measures; the noise alone
+        sets where things sit. With ``padding="circular"`` the decoder is fully convolutional
+        and stationary, so it can decode any ``size`` (a multiple of 16), periodic at that size.
     noise_channels : int, default 8
     padding : {"zeros", "circular"}
         Padding of the 3x3 convolutions. With zero padding a convolution stack can tell how far
@@ -162,9 +169,18 @@ class Decoder(nn.Module):
         self.start = patch_size // 16
         self.channels = channels
         self.input = input
-        self.noise_channels = int(noise_channels) if input == "noise" else 0
-        per = 1 if input == "noise" else self.start * self.start
-        self.project = nn.Linear(latent_dim, channels[0] * per)
+        self.noise_channels = int(noise_channels) if input in ("noise", "modulated") else 0
+        if input == "modulated":
+            # a learned constant start, and (gamma, beta) of every block from z
+            self.const = nn.Parameter(torch.randn(1, channels[0], 1, 1))
+            self.noise_gain = nn.ParameterList(
+                [nn.Parameter(torch.ones(1, c, 1, 1)) for c in channels[1:]])
+            self.project = nn.Linear(latent_dim, 2 * sum(channels[1:]))
+            nn.init.normal_(self.project.weight, std=0.1 / math.sqrt(latent_dim))
+            nn.init.zeros_(self.project.bias)
+        else:
+            per = 1 if input == "noise" else self.start * self.start
+            self.project = nn.Linear(latent_dim, channels[0] * per)
         blocks = []
         for cin, cout in zip(channels[:-1], channels[1:]):
             blocks += [nn.Conv2d(cin + self.noise_channels, cout, 3, padding=1,
@@ -181,6 +197,8 @@ class Decoder(nn.Module):
         """Decode ``z`` of shape (B, latent_dim); ``seeds``: B ints, the eval-mode noise seed
         of each row (``"noise"`` input only; default 0 for all)."""
         B, s = z.shape[0], self.start
+        if self.input == "modulated":
+            return self._forward_modulated(z, seeds, s)
         if self.input == "noise":
             h = self.act(self.project(z))[:, :, None, None].expand(B, self.channels[0], s, s)
         else:
@@ -198,9 +216,41 @@ class Decoder(nn.Module):
             h = m(h)
         return torch.sigmoid(self.out(h))
 
-    def _noise(self, B, device, dtype, seeds):
+    def _forward_modulated(self, z, seeds, s):
+        B = z.shape[0]
+        film = self.project(z).float()
+        h = self.const.to(z.dtype).expand(B, self.channels[0], s, s)
+        if self.channels_last:
+            h = h.contiguous(memory_format=torch.channels_last)
+        noises = self._noise(B, h.device, h.dtype, seeds, start=s)
+        k = off = 0
+        for m in self.blocks:
+            if isinstance(m, nn.Conv2d):
+                h = m(torch.cat([h, noises[k]], dim=1))
+                h = h + noises[k][:, -1:] * self.noise_gain[k]
+                c = m.out_channels
+                gamma = film[:, off:off + c, None, None]
+                beta = film[:, off + c:off + 2 * c, None, None]
+                off += 2 * c
+                k += 1
+                h = nn.functional.instance_norm(h) * (1.0 + gamma) + beta
+            else:
+                h = m(h)
+        return torch.sigmoid(self.out(h))
+
+    def decode_size(self, z, size: int, seeds=None):
+        """Decode ``z`` to patches of ``size`` x ``size`` pixels (a multiple of 16): a canvas
+        larger (or smaller) than the training patch. Only a stationary decoder can do this
+        (``input="modulated"`` with circular padding); its output is periodic at ``size``."""
+        if self.input != "modulated":
+            raise ValueError("only a 'modulated' decoder decodes other sizes than its patch")
+        if size % 16:
+            raise ValueError(f"size must be a multiple of 16, got {size}")
+        return self._forward_modulated(z, seeds, size // 16)
+
+    def _noise(self, B, device, dtype, seeds, start=None):
         """The noise maps of the four blocks, each (B, noise_channels, s, s)."""
-        sizes = [self.start * 2 ** i for i in range(4)]
+        sizes = [(start or self.start) * 2 ** i for i in range(4)]
         if self.training:  # fresh noise from the global generator (seeded, checkpointed)
             return [torch.randn((B, self.noise_channels, n, n), device=device, dtype=dtype)
                     for n in sizes]
@@ -275,6 +325,32 @@ def upsample_patches(x, factor: int):
     y = torch.nn.functional.interpolate(x, scale_factor=factor, mode="bilinear",
                                         align_corners=False)
     return y.clamp_(0.0, 1.0)
+
+
+#: quantile levels of the intensity-histogram term (``histogram_weight``)
+N_QUANTILES = 256
+
+
+def intensity_quantiles(x, n: int = N_QUANTILES):
+    """The grey-level distribution of each patch as ``n`` quantiles at levels
+    ``(i + 1/2) / n``: (B, ..., H, W) -> (B, n), differentiable (through a sort)."""
+    flat = x.reshape(x.shape[0], -1).float()
+    m = flat.shape[1]
+    idx = ((torch.arange(n, device=flat.device, dtype=torch.float64) + 0.5) * m / n).long()
+    return flat.sort(dim=1).values[:, idx.clamp_(max=m - 1)]
+
+
+def histogram_loss(x, target_quantiles):
+    """Squared 1-D Wasserstein distance between the grey-level distributions of ``x``
+    (B, 1, H, W) and the targets' (B, n quantiles), mean over the batch.
+
+    .. math:: H = \frac1n \sum_i \big(q_i(\hat x) - q_i(x)\big)^2
+
+    Like the Gram matrices it ignores where a pixel sits; unlike them it fixes the share of
+    dark pixels (the graphite area fraction) and the contrast directly.
+    """
+    q = intensity_quantiles(x, target_quantiles.shape[1])
+    return (q - target_quantiles.float()).square().mean()
 
 
 def kl_divergence(mu, logvar):

@@ -45,7 +45,7 @@ import torch
 from matrep.atomic import atomic_dir, atomic_write_text, recover_dir
 from matrep.errors import BadInputError, TrainingDivergedError
 
-from .model import kl_divergence, reparameterize
+from .model import histogram_loss, kl_divergence, reparameterize
 
 CHECKPOINT_DIR = "checkpoint"
 CHECKPOINT_JSON = "checkpoint.json"
@@ -85,6 +85,8 @@ class TrainSettings:
     #: steps of linear learning-rate warm-up from ``lr / 10`` (0: none)
     lr_warmup: int = 0
     lr_final: float = 0.05
+    #: weight of the grey-level histogram term added to the style loss (0: the paper's loss)
+    histogram_weight: float = 0.0
     #: keep the model of the epoch with the lowest held-out style loss (needs held-out patches)
     keep_best: bool = True
     extra: dict = field(default_factory=dict)
@@ -352,18 +354,22 @@ def forward_losses(model, backbone, pooled, target_grams, *, style_taps, layer_w
 
 def train_step(model, backbone, optimizer, pooled, target_grams, *, kl_weight, style_taps,
                layer_weights, generator=None, autocast_dtype=None, style_backend="auto",
-               check_finite=True, grad_clip=None):
+               check_finite=True, grad_clip=None, target_quantiles=None, histogram_weight=0.0):
     """One optimisation step on a batch of cached inputs; returns (loss, style, kl) floats.
+
+    The loss is ``style + histogram_weight * histogram + kl_weight * kl`` (the histogram term,
+    :func:`~matrep.plugins.texturevae.model.histogram_loss`, needs ``target_quantiles``).
 
     Raises
     ------
     TrainingDivergedError
         The loss is NaN or inf (raised before the weights are updated).
     """
-    style, kl, _ = forward_losses(model, backbone, pooled, target_grams, style_taps=style_taps,
-                                  layer_weights=layer_weights, generator=generator,
-                                  autocast_dtype=autocast_dtype, style_backend=style_backend)
-    loss = style + kl_weight * kl
+    style, kl, xhat = forward_losses(model, backbone, pooled, target_grams,
+                                     style_taps=style_taps, layer_weights=layer_weights,
+                                     generator=generator, autocast_dtype=autocast_dtype,
+                                     style_backend=style_backend)
+    loss = style + kl_weight * kl + _histogram_term(xhat, target_quantiles, histogram_weight)
     vals = torch.stack([loss.detach(), style.detach(), kl.detach()]).float().cpu().tolist()
     if check_finite and not all(math.isfinite(v) for v in vals):
         raise TrainingDivergedError(f"loss is not finite (loss={vals[0]}, style={vals[1]}, "
@@ -373,6 +379,15 @@ def train_step(model, backbone, optimizer, pooled, target_grams, *, kl_weight, s
     _clip(optimizer, grad_clip)
     optimizer.step()
     return vals
+
+
+def _histogram_term(xhat, target_quantiles, weight):
+    """``weight * histogram_loss`` (0 when the weight is 0)."""
+    if not weight:
+        return 0.0
+    if target_quantiles is None:
+        raise ValueError("histogram_weight > 0 needs the target grey-level quantiles")
+    return float(weight) * histogram_loss(xhat, target_quantiles)
 
 
 def _clip(optimizer, grad_clip):
@@ -385,7 +400,7 @@ def _clip(optimizer, grad_clip):
 def distributed_train_step(net, backbone, optimizer, pooled, target_grams, eps, *, n_local,
                            n_global, ctx, kl_weight, style_taps, layer_weights,
                            autocast_dtype=None, style_backend="auto", flag=False,
-                           grad_clip=None):
+                           grad_clip=None, target_quantiles=None, histogram_weight=0.0):
     """One DDP step on this rank's part of a global batch; returns ((loss, style, kl), flag).
 
     ``pooled``/``target_grams``/``eps`` hold this rank's ``n_local`` of the ``n_global``
@@ -403,10 +418,11 @@ def distributed_train_step(net, backbone, optimizer, pooled, target_grams, eps, 
     """
     from matrep.distributed import local_loss_weight
 
-    style, kl, _ = forward_losses(None, backbone, pooled, target_grams, style_taps=style_taps,
-                                  layer_weights=layer_weights, autocast_dtype=autocast_dtype,
-                                  style_backend=style_backend, net=net, eps=eps)
-    loss = style + kl_weight * kl
+    style, kl, xhat = forward_losses(None, backbone, pooled, target_grams,
+                                     style_taps=style_taps, layer_weights=layer_weights,
+                                     autocast_dtype=autocast_dtype, style_backend=style_backend,
+                                     net=net, eps=eps)
+    loss = style + kl_weight * kl + _histogram_term(xhat, target_quantiles, histogram_weight)
     local = torch.stack([loss.detach(), style.detach(), kl.detach()]).float().cpu().tolist()
     tot = ctx.all_reduce_sum([v * n_local for v in local] + [n_local, 1.0 if flag else 0.0])
     vals = [v / max(tot[3], 1.0) for v in tot[:3]]
@@ -659,6 +675,7 @@ def train(model, backbone, train_cache, val_cache, *, settings: TrainSettings, s
     rule = scaling_rule(s.batch_size, s.lr, W, s.extra.get("lr_scaling", "none"))
     autocast_dtype = torch.bfloat16 if s.precision == "bf16" else None
     lw = tuple(float(w) for w in s.layer_weights)
+    hw = float(s.histogram_weight)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=rule.lr)
     generator = torch.Generator(device=device)
     generator.manual_seed(int(s.seed))
@@ -764,7 +781,9 @@ def train(model, backbone, train_cache, val_cache, *, settings: TrainSettings, s
                                 model, backbone, optimizer, pooled, grams, kl_weight=beta,
                                 style_taps=style_taps, layer_weights=lw, generator=generator,
                                 autocast_dtype=autocast_dtype, style_backend=s.style_backend,
-                                grad_clip=s.grad_clip)
+                                grad_clip=s.grad_clip, histogram_weight=hw,
+                                target_quantiles=(train_cache.quantile_batch(idx, device)
+                                                  if hw else None))
                             stop = intr.flag
                         else:
                             # the single-process draw for the whole global batch; keep our rows
@@ -781,7 +800,9 @@ def train(model, backbone, train_cache, val_cache, *, settings: TrainSettings, s
                                 n_global=len(idx), ctx=ctx, kl_weight=beta,
                                 style_taps=style_taps, layer_weights=lw,
                                 autocast_dtype=autocast_dtype, style_backend=s.style_backend,
-                                flag=intr.flag, grad_clip=s.grad_clip)
+                                flag=intr.flag, grad_clip=s.grad_clip, histogram_weight=hw,
+                                target_quantiles=(train_cache.quantile_batch(idx[rows], device)
+                                                  if hw else None))
                     except TrainingDivergedError as exc:
                         ck = Path(run_dir) / CHECKPOINT_DIR if run_dir is not None else None
                         where = (f"the last good checkpoint {ck} is intact; " if ck and ck.exists()
