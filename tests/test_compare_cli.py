@@ -14,7 +14,12 @@ from study_utils import train_tiny_vae
 
 
 def _args(dataset, out, *extra):
-    return ["compare", *extra, "--images", str(dataset / "images"), "--labels",
+    """compare's arguments; the leading names of ``extra`` are the --method values."""
+    extra = list(extra)
+    methods = []
+    while extra and not extra[0].startswith("-"):
+        methods += ["--method", extra.pop(0)]
+    return ["compare", *methods, *extra, "--images", str(dataset / "images"), "--labels",
             str(dataset / "labels.csv"), "--patch", "32", "--stride", "32", "--out", str(out),
             "--quiet"]
 
