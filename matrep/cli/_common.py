@@ -185,7 +185,7 @@ def resume_option(what: str):
         func = deprecated_option("--restart", dest="resume", new="--no-resume", value=False,
                                  is_flag=True)(func)
         return click.option("--resume/--no-resume", default=True, show_default=True,
-                            help=f"{what} --no-resume starts over, discarding it.")(func)
+                            help=f"{what} --no-resume starts over, discarding the earlier work.")(func)
 
     return deco
 

@@ -76,7 +76,8 @@ def encode_cmd(method, model, images, patch, stride, crop, crop_bottom, skip_bad
     """Encode micrographs into an HDF5 feature store.
 
     Reads the images, cuts patches (size --patch, step --stride), runs the encoder, and writes
-    the features with their provenance to OUT/features.h5. Re-running with the same images,
+    the features with their provenance to OUT/features.h5 (or to --out itself when it names
+    a .h5 file). Re-running with the same images,
     encoder and parameters reuses the stored features; an interrupted run resumes. Encodes into
     one store take turns (a lock beside it, .features.h5.lock), so all their features land.
 
@@ -87,7 +88,7 @@ def encode_cmd(method, model, images, patch, stride, crop, crop_bottom, skip_bad
 
     if method is None and model is None:
         raise click.UsageError("Missing option '--method' (or give --model).")
-    out = out_file(out, STORE, (".h5", ".hdf5", ".hdf"), deprecated=False)
+    out = out_file(out, STORE, (".h5", ".hdf5"), deprecated=False)
     if not distributed.in_torchrun():
         return _encode(method, model, images, patch, stride, crop, crop_bottom, skip_bad, out,
                        labels, file_column, params, chunk, resume, bool(lazy), quiet, None,

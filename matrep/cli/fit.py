@@ -71,7 +71,8 @@ def _echo(quiet):
               help="Train on a seeded random subset of at most N training patches.")
 @param_option(example="val_split=micrograph")
 @resume_option("Continue the run in --out from its last checkpoint when it has one (options not "
-               "given are taken from the run's fit.json; a run with other settings is refused). "
+               "given are taken from the run's fit.json; the texture-VAE refuses settings that "
+               "change the training, such as another --lr, while --epochs may grow). "
                "Works with another --nproc.")
 @click.option("--nproc", type=click.IntRange(1), default=1,
               help="Train with DistributedDataParallel on N processes of this machine (re-runs "
