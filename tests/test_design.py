@@ -37,7 +37,7 @@ class FakeModel:
     latent_dim = 4
     patch_size_ = P
 
-    def decode(self, Z):
+    def decode(self, Z, seeds=None):
         Z = np.atleast_2d(np.asarray(Z, dtype=np.float64))
         yy, xx = np.mgrid[0:16, 0:16] + 0.5
         out = []
@@ -246,6 +246,42 @@ def test_design_meets_target_by_physics_and_beats_random(designer):
     b = designer.baseline({"youngs_modulus_gpa": t})
     assert b.solver_calls == 9
     assert np.median(err) <= np.median(np.abs(b.design_errors("youngs_modulus_gpa")))
+
+
+class StationaryFake(FakeModel):
+    """A fake whose decoder is stationary: it decodes any size by repeating its cell, and
+    records the seeds and sizes it was asked for."""
+
+    decodes_any_size = True
+
+    def __init__(self):
+        self.calls = []
+
+    def decode(self, Z, seeds=None, size=None):
+        self.calls.append((None if seeds is None else list(seeds), size))
+        out = super().decode(Z)
+        if size is None:
+            return out
+        reps = size // out.shape[-1]
+        return np.tile(out, (1, reps, reps))
+
+
+def test_large_designs_are_decoded_whole_by_a_stationary_decoder(designer):
+    from matrep.design.inverse import Designer
+
+    fake = StationaryFake()
+    d = Designer.__new__(Designer)
+    d.__dict__.update(designer.__dict__)
+    d.model = fake
+    r = d.design({"youngs_modulus_gpa": float(np.median(designer.data.values["youngs_modulus_gpa"]))})
+    assert r.large[0]["method"].startswith("decoded whole")
+    assert r.large[0]["image"].shape == (64, 64)
+    sizes = [s for _, s in fake.calls]
+    assert 64 in sizes                                         # one call per large design
+    seeds = [sd for sd, s in fake.calls if s is None]
+    assert all(sd is not None for sd in seeds)                 # every candidate has its seed
+    flat = [v for sd in seeds for v in sd]
+    assert len(set(flat)) == len(flat)                         # different latents, seeds
 
 
 def test_report_files(designer, tmp_path, fake_data):

@@ -16,8 +16,10 @@ The loop, per target (all of it in :class:`Designer`):
    distinct (pairwise style distance at least the median distance between two patches of one
    micrograph; :mod:`matrep.design.distinct`); each reported with the surrogate's prediction
    made *before* its check (mean +- std), its physics value, error and solver residual.
-5. **Large designs.** Each design tiled to ``size x size`` (:mod:`matrep.design.tiling`) and
-   checked by physics too.
+5. **Large designs.** Each design made ``size x size`` and checked by physics too: decoded
+   whole when the model's decoder is stationary (``decodes_any_size``: one seamless, periodic
+   image from the design's latent and seed), otherwise tiled with blended seams
+   (:mod:`matrep.design.tiling`).
 
 The baseline (:meth:`Designer.baseline`) spends the same solver budget on random draws from the
 prior N(0, I) and keeps the best distinct ``n`` by physics error: what the loop must beat.
@@ -32,6 +34,8 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from matrep.seeds import array_seed
 
 from .errors import DesignError
 
@@ -220,7 +224,11 @@ class Designer:
         """Decode, segment and solve ``Z``; ``source`` is one label or one per row."""
         from .physics import check_designs
 
-        imgs = np.asarray(self.model.decode(np.asarray(Z, np.float32)), dtype=np.float32)
+        Z = np.asarray(Z, np.float32)
+        # each candidate's noise seed comes from its latent: a decoder with noise places its
+        # particles anew for every candidate (designs differ by layout too), reproducibly
+        imgs = np.asarray(self.model.decode(Z, seeds=[array_seed(z) for z in Z]),
+                          dtype=np.float32)
         res = [None] * len(Z)
         if self.solver is not None:
             res, _ = check_designs(imgs, self.solver, threshold=self.settings.threshold)
@@ -257,10 +265,16 @@ class Designer:
         S = self.settings
         if not S.size:
             return out
+        whole = bool(getattr(self.model, "decodes_any_size", False))
         for k, c in enumerate(designs):
-            img = large_design(self.model, c.latent, S.size, overlap=S.overlap,
-                               jitter=S.tile_jitter, active=self.active, seed=rnd_seed + k)
-            rec = {"image": img, "physics": None}
+            if whole:  # a stationary decoder: one seamless image of the design's latent
+                img = np.asarray(self.model.decode(c.latent[None], seeds=[array_seed(c.latent)],
+                                                   size=S.size), dtype=np.float32)[0]
+            else:
+                img = large_design(self.model, c.latent, S.size, overlap=S.overlap,
+                                   jitter=S.tile_jitter, active=self.active, seed=rnd_seed + k)
+            rec = {"image": img, "physics": None,
+                   "method": "decoded whole (stationary decoder)" if whole else "blended tiles"}
             if self.solver is not None:
                 mask = segment(img, threshold=S.threshold, dark_phase=self.solver.dark_phase)
                 rec["physics"] = solve_mask(self.solver, mask)

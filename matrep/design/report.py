@@ -46,7 +46,8 @@ def target_dict(r, prefix: str) -> dict:
         if r.large and k < len(r.large) and r.large[k] is not None:
             lg = r.large[k]
             size = lg["image"].shape[0]
-            d["large"] = {"size": size, "image": f"{prefix}_{k:02d}_{size}.png"}
+            d["large"] = {"size": size, "image": f"{prefix}_{k:02d}_{size}.png",
+                          "made_by": lg.get("method", "blended tiles")}
             if lg["physics"] is not None:
                 ph = lg["physics"]
                 d["large"]["physics"] = {p: _f(ph.values[p], 6) for p in r.targets}

@@ -573,10 +573,20 @@ class TextureVAEEncoder(BaseEncoder):
         lb = self.logvar_bounds
         return None if lb is None else (float(lb[0]), float(lb[1]))
 
-    def decode(self, Z, seeds=None):
+    @property
+    def decodes_any_size(self) -> bool:
+        """True when the decoder is stationary (``decoder_input="modulated"`` with circular
+        padding): :meth:`decode` then takes ``size`` and makes one seamless, periodic image of
+        that size from one latent vector."""
+        return self.decoder_input == "modulated" and self.decoder_padding == "circular"
+
+    def decode(self, Z, seeds=None, size=None):
         """Decode latent vectors of shape (n, latent_dim) into patches (n, P, P) in [0, 1]
         (P the input patch size; a model with ``downsample > 1`` decodes at ``P / downsample``
         and upsamples bilinearly).
+
+        ``size`` (stationary decoders only, :attr:`decodes_any_size`): decode (n, size, size)
+        images instead, ``size`` a multiple of ``16 x downsample``; periodic at ``size``.
 
         ``seeds`` (n ints, ``decoder_input="noise"`` only): the noise seed of each row, which
         sets where particles are placed; default 0 for every row (one placement, so rows
@@ -596,15 +606,27 @@ class TextureVAEEncoder(BaseEncoder):
         dev = self._torch_device()
         if seeds is not None and len(seeds) != len(Z):
             raise BadInputError(None, f"seeds needs one seed per row of Z ({len(Z)}), got {len(seeds)}")
+        f = self._factor()
+        P = self.patch_size_
+        if size is not None:
+            if not self.decodes_any_size:
+                raise BadInputError(None, "only a stationary decoder (decoder_input='modulated', "
+                                          "decoder_padding='circular') decodes other sizes than "
+                                          f"its patch ({P}); tile patches instead")
+            if int(size) < 16 * f or int(size) % (16 * f):
+                raise BadInputError(None, f"size must be a positive multiple of {16 * f} "
+                                          f"(16 x downsample), got {size}")
+            P = int(size)
         out = []
-        bs = int(self.batch_size_eval)
+        bs = int(self.batch_size_eval) if size is None else 1
         with torch.inference_mode():
             for s in range(0, len(Z), bs):
                 z = torch.from_numpy(Z[s:s + bs]).to(dev)
                 sd = None if seeds is None else list(seeds[s:s + bs])
-                x = upsample_patches(model.decode(z, sd).float(), self._factor())
+                y = (model.decode(z, sd) if size is None
+                     else model.decoder.decode_size(z, P // f, sd))
+                x = upsample_patches(y.float(), f)
                 out.append(x[:, 0].cpu().numpy())
-        P = self.patch_size_
         return np.concatenate(out) if out else np.zeros((0, P, P), np.float32)
 
     def style_distance(self, X, Y):

@@ -298,12 +298,10 @@ class TextureVAE(nn.Module):
 
 def noise_seed(a) -> int:
     """A decoding noise seed derived from the bytes of an array (a patch): deterministic, and
-    different for different patches."""
-    import hashlib
+    different for different patches (:func:`matrep.seeds.array_seed`)."""
+    from matrep.seeds import array_seed
 
-    import numpy as np
-
-    return int(hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()[:15], 16)
+    return array_seed(a)
 
 
 def downsample_patches(x, factor: int):
