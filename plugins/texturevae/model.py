@@ -342,7 +342,7 @@ def histogram_loss(x, target_quantiles):
     """Squared 1-D Wasserstein distance between the grey-level distributions of ``x``
     (B, 1, H, W) and the targets' (B, n quantiles), mean over the batch.
 
-    .. math:: H = \frac1n \sum_i \big(q_i(\hat x) - q_i(x)\big)^2
+    .. math:: H = \\frac1n \\sum_i \\big(q_i(\\hat x) - q_i(x)\\big)^2
 
     Like the Gram matrices it ignores where a pixel sits; unlike them it fixes the share of
     dark pixels (the graphite area fraction) and the contrast directly.
