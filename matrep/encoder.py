@@ -10,8 +10,28 @@ into features of shape (n_patches, n_features). It is scikit-learn shaped:
   ``state.safetensors`` (never pickle);
 * ``provenance()`` returns a JSON-serialisable dict that the feature store records.
 
-Class attributes describe the encoder to ``matrep encoders``: ``name``, ``description``,
-``trainable`` (``fit`` learns something), ``can_decode`` (``decode``/``sample`` exist).
+Class attributes describe the encoder to ``matrep encoders`` and to the commands; they are
+the *capability flags*, and nothing else is guessed (no command reads ``fit``'s signature):
+
+``name``, ``description``
+    The registered name and a one-line description.
+``trainable``
+    ``fit`` learns something from the patches. A trainable encoder's ``fit`` takes one
+    optional keyword, ``fit(X, y=None, *, context=None)``: a :class:`FitContext` with the run
+    folder, resume flag, the patches' micrograph ids and coordinates, and a progress logger.
+    It may ignore any field it has no use for.
+``checkpoints``
+    (trainable encoders only) ``fit`` writes checkpoints and the final model into
+    ``context.run_dir`` and continues from them when ``context.resume``; ``matrep fit`` then
+    leaves the run folder to it instead of saving the model itself.
+``generative``
+    The encoder decodes: it implements :class:`GenerativeEncoder` (``decode``,
+    ``reconstruct``, ``traverse``, ``sample``, ``latent_dim``, ``patch_size_`` once fitted).
+    ``can_decode`` is the same flag under its old name (either spelling sets both).
+
+An encoder built on the shared frozen VGG19 may also implement the optional pair
+``backbone_request()`` / ``transform_from_features(stats)`` (see :class:`BackboneRequest`): a
+study then runs VGG19 once per patch for all such encoders (:class:`matrep.backbone.BackboneFeatures`).
 
 ``matrep.testing.check_encoder`` checks all of the above.
 """
@@ -20,7 +40,9 @@ from __future__ import annotations
 
 import functools
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable, Protocol, runtime_checkable
 
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
@@ -50,13 +72,130 @@ def check_patches(X, *, name: str = "X") -> np.ndarray:
     return X
 
 
+@dataclass
+class FitContext:
+    """What a command knows about a fit beyond the patches: handed to a trainable encoder as
+    ``fit(X, context=FitContext(...))``. Every field is optional; an encoder uses what it needs.
+
+    Parameters
+    ----------
+    run_dir : path or None
+        The run folder (checkpoints, logs, the final model) of an encoder that
+        ``checkpoints``; None: write nothing.
+    resume : bool, default False
+        Continue from the checkpoint in ``run_dir``.
+    micrograph_ids : array of shape (n,) or None
+        The micrograph of each patch (for held-out splits by micrograph or region).
+    coords : array of shape (n, 2) or None
+        Top-left corner (row, column) of each patch in its micrograph.
+    log : callable(str) or None
+        Receives one-line progress messages.
+    quiet : bool, default True
+        No progress bars.
+    """
+
+    run_dir: Path | None = None
+    resume: bool = False
+    micrograph_ids: Any = None
+    coords: Any = None
+    log: Callable[[str], None] | None = None
+    quiet: bool = True
+
+    @classmethod
+    def from_patchset(cls, patchset, **kw) -> "FitContext":
+        """A context carrying the micrograph ids and coordinates of ``patchset``
+        (a :class:`matrep.io.PatchSet`), plus the fields ``kw``."""
+        return cls(micrograph_ids=patchset.micrograph_ids, coords=patchset.coords, **kw)
+
+    def say(self, msg: str) -> None:
+        """Pass ``msg`` to ``log`` when there is one."""
+        if self.log is not None:
+            self.log(msg)
+
+
+@dataclass(frozen=True)
+class BackboneRequest:
+    """The frozen-VGG19 statistics an encoder reads (its optional ``backbone_request()``).
+
+    Parameters
+    ----------
+    weights : str, path or weights object
+        The weights source the encoder resolves (handed to :class:`matrep.backbone.VGG19Backbone`).
+    weights_sha256 : str
+        Their sha256: requests with the same hash, ``downsample`` and ``device`` share one
+        VGG19 pass per patch.
+    stats : tuple of (tap, pooling) pairs
+        The pooled feature maps wanted, in the order the encoder concatenates them
+        (``pooling`` one of :data:`matrep.backbone.POOLINGS`).
+    downsample : int, default 1
+        Patches are area-averaged by this factor before VGG19.
+    device : str, default "cpu"
+    """
+
+    weights: Any
+    weights_sha256: str
+    stats: tuple = field(default_factory=tuple)
+    downsample: int = 1
+    device: str = "cpu"
+
+    @property
+    def key(self) -> tuple:
+        """What must agree for two requests to share a VGG19 pass."""
+        return (self.weights_sha256, int(self.downsample), str(self.device))
+
+
+#: The methods a ``generative`` encoder implements (see :class:`GenerativeEncoder`).
+GENERATIVE_METHODS = ("decode", "reconstruct", "traverse", "sample")
+
+
+@runtime_checkable
+class GenerativeEncoder(Protocol):
+    """The interface of an encoder flagged ``generative = True`` (fitted).
+
+    ``decode(Z, seeds=None)``
+        Latent vectors of shape (n, latent_dim) to patches (n, P, P) in [0, 1]; ``seeds``
+        (n ints, optional) fix any noise the decoder draws.
+    ``reconstruct(X)``
+        Patches (n, P, P) to their decoded posterior means, (n, P, P).
+    ``traverse(x, dims, values=None)``
+        One patch (P, P) to (len(dims), len(values), P, P): row i varies latent ``dims[i]``.
+    ``sample(n, seed=0)``
+        ``n`` patches decoded from z ~ N(0, I).
+    ``latent_dim`` (int) and ``patch_size_`` (int, the training patch side P).
+
+    Optional: a ``decodes_any_size`` property; when it is true, ``decode(Z, seeds=None,
+    size=S)`` returns (n, S, S) images.
+    """
+
+    latent_dim: int
+    patch_size_: int
+
+    def decode(self, Z, seeds=None): ...
+
+    def reconstruct(self, X): ...
+
+    def traverse(self, x, dims, values=None): ...
+
+    def sample(self, n, seed=0): ...
+
+
 class BaseEncoder(TransformerMixin, BaseEstimator):
     """Base class for matrep encoders (see the module docstring for the contract)."""
 
     name: str = ""
     description: str = ""
     trainable: bool = False
-    can_decode: bool = False
+    checkpoints: bool = False
+    generative: bool = False
+    can_decode: bool = False  # the old name of ``generative``, kept equal to it
+
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        own = vars(cls)
+        if "generative" in own:
+            cls.can_decode = bool(own["generative"])
+        elif "can_decode" in own:
+            cls.generative = bool(own["can_decode"])
 
     # -- to implement -------------------------------------------------------------------
     def fit(self, X, y=None):  # pragma: no cover - abstract
@@ -177,6 +316,42 @@ class BaseEncoder(TransformerMixin, BaseEstimator):
                                       f"({type(exc).__name__}: {exc}); save the model again or "
                                       "refit it") from exc
         return obj
+
+
+def fit_encoder(encoder, X, context: FitContext | None = None):
+    """Fit ``encoder`` on ``X`` the declared way: a ``trainable`` encoder gets ``context``
+    (``fit(X, context=context)``), any other one only the patches. Returns the fitted encoder."""
+    if context is not None and getattr(encoder, "trainable", False):
+        return encoder.fit(X, context=context)
+    return encoder.fit(X)
+
+
+def contract_problems(cls) -> list[str]:
+    """What the class ``cls`` declares but does not provide (empty when it is consistent).
+
+    Checks the capability flags (booleans) and that a ``generative`` class has every method
+    of :data:`GENERATIVE_METHODS`; ``checkpoints`` needs ``trainable``. Used by the registry
+    (a plugin that fails is skipped with a warning) and by :func:`matrep.testing.check_encoder`.
+    """
+    problems = []
+    for flag in ("trainable", "checkpoints", "generative", "can_decode"):
+        v = getattr(cls, flag, False)
+        if not isinstance(v, (bool, type(None))):
+            problems.append(f"class attribute {flag!r} must be True or False, got {v!r}")
+    generative = bool(getattr(cls, "generative", False) or getattr(cls, "can_decode", False))
+    if generative:
+        missing = [m for m in GENERATIVE_METHODS if not callable(getattr(cls, m, None))]
+        if missing:
+            problems.append(f"is flagged generative but lacks {', '.join(missing)} (the "
+                            "generative interface, matrep.encoder.GenerativeEncoder)")
+    if getattr(cls, "checkpoints", False) and not getattr(cls, "trainable", False):
+        problems.append("is flagged checkpoints but not trainable")
+    has_req = callable(getattr(cls, "backbone_request", None))
+    has_tff = callable(getattr(cls, "transform_from_features", None))
+    if has_req != has_tff:
+        problems.append("backbone_request and transform_from_features come as a pair; it "
+                        f"defines only {'backbone_request' if has_req else 'transform_from_features'}")
+    return problems
 
 
 #: A model's ``config.json`` is small; anything bigger is not one.

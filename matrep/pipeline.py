@@ -55,7 +55,7 @@ def _provenance_attrs(prov: dict) -> dict:
 
 def encode_patchset(encoder, patchset, out, *, labels=None, labels_source: str = "",
                     chunk: int = 256, resume: bool = True, progress=None, log=None,
-                    dist=None) -> EncodeResult:
+                    dist=None, features=None) -> EncodeResult:
     """Encode ``patchset`` with ``encoder`` into the store ``out``.
 
     A trainable encoder that is not fitted yet is fitted on these patches first (say so in
@@ -73,6 +73,9 @@ def encode_patchset(encoder, patchset, out, *, labels=None, labels_source: str =
     log : callable(str), optional
     dist : matrep.distributed.DistContext, optional — share the chunks among torchrun's ranks
         (only rank 0 writes the store; every rank returns the same result)
+    features : matrep.backbone.BackboneFeatures over ``patchset.patches``, optional — an
+        encoder that declares ``backbone_request()`` reads its shared VGG19 statistics from it
+        (``transform_from_features``) instead of running VGG19 itself
     """
     log = log or (lambda msg: None)
     out = Path(out)
@@ -81,14 +84,20 @@ def encode_patchset(encoder, patchset, out, *, labels=None, labels_source: str =
     main = not multi or dist.is_main
     if getattr(encoder, "trainable", False) and not encoder.__sklearn_is_fitted__():
         log(f"fitting {encoder.name} on the {len(patchset)} patches being encoded")
+        from .encoder import FitContext, fit_encoder
+
+        context = FitContext.from_patchset(patchset, log=log)
         if multi:  # fit once, on rank 0, and give every rank its learned state
-            state = encoder.fit(patchset.patches)._get_state() if main else None
+            state = fit_encoder(encoder, patchset.patches, context)._get_state() if main else None
             encoder._set_state(*dist.broadcast_object(state))
         else:
-            encoder.fit(patchset.patches)
+            fit_encoder(encoder, patchset.patches, context)
         fitted_here = True
     elif not encoder.__sklearn_is_fitted__():
         encoder.fit(patchset.patches[:1])
+    request = None
+    if features is not None and callable(getattr(encoder, "backbone_request", None)):
+        request = encoder.backbone_request()
     prov = encoder.provenance()
     if fitted_here:
         prov["fitted_on"] = "the encoded patches"
@@ -166,7 +175,9 @@ def encode_patchset(encoder, patchset, out, *, labels=None, labels_source: str =
                 except (OSError, ValueError):
                     X = None
             if X is None:
-                X = np.asarray(encoder.transform(patchset.patches[s:e]), dtype=np.float32)
+                X = np.asarray(encoder.transform(patchset.patches[s:e]) if request is None else
+                               encoder.transform_from_features(features.get(request, s, e)),
+                               dtype=np.float32)
                 with atomic_path(f, suffix=".npy") as tmp:
                     with open(tmp, "wb") as fh:
                         np.save(fh, X, allow_pickle=False)

@@ -45,6 +45,11 @@ class EncoderInfo:
     cls: type
     entry_point: str
 
+    @property
+    def generative(self) -> bool:
+        """The declared capability flag (``can_decode`` is its old name)."""
+        return self.can_decode
+
 
 def _dist_of(ep) -> tuple[str, str]:
     dist = getattr(ep, "dist", None)
@@ -61,6 +66,11 @@ def _check_class(obj, name: str):
     if missing:
         raise EncoderContractError(f"class {obj.__qualname__} lacks {', '.join(missing)} "
                                    "(subclass matrep.encoder.BaseEncoder)")
+    from .encoder import contract_problems
+
+    problems = contract_problems(obj)
+    if problems:
+        raise EncoderContractError(f"class {obj.__qualname__} " + "; ".join(problems))
     declared = getattr(obj, "name", None)
     if declared != name:
         raise EncoderContractError(f"class {obj.__qualname__} declares name={declared!r}, "
@@ -96,7 +106,7 @@ def _load_entry_points(eps) -> dict[str, EncoderInfo]:
             name=ep.name, distribution=dist, version=version,
             description=(getattr(cls, "description", "") or (cls.__doc__ or "").strip().split("\n")[0]),
             trainable=bool(getattr(cls, "trainable", False)),
-            can_decode=bool(getattr(cls, "can_decode", False)),
+            can_decode=bool(getattr(cls, "generative", False) or getattr(cls, "can_decode", False)),
             cls=cls, entry_point=ep.value)
     return found
 

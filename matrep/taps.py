@@ -19,7 +19,11 @@ from __future__ import annotations
 from .errors import BadInputError
 from .weights import VGG19_CFG
 
-__all__ = ["STYLE_TAPS", "TAP_NAMES", "TAP_INDEX", "TAP_CHANNELS", "tap_shapes", "check_taps"]
+__all__ = ["STYLE_TAPS", "TAP_NAMES", "TAP_INDEX", "TAP_CHANNELS", "POOLINGS", "tap_shapes",
+           "check_taps"]
+
+#: How a feature map becomes per-channel statistics (:func:`matrep.backbone.pool_map`).
+POOLINGS = ("mean", "max", "gram_diag", "gram", "meanstd")
 
 #: The paper's style layers (Gatys loss of the texture-VAE): conv1_1 and pool1..pool4. The one
 #: definition: ``vgg19`` (``layer="style"``) and ``texturevae`` import it.

@@ -33,6 +33,14 @@ def make_texture_patches(n: int = 6, size: int = 64, seed: int = 0) -> np.ndarra
     return out
 
 
+def stop_after(encoder, steps: int):
+    """Make a checkpointing encoder's next ``fit`` stop after ``steps`` optimiser steps, leaving
+    its checkpoint and no final model (a test hook for resuming; not part of ``fit``'s
+    signature). Returns ``encoder``."""
+    encoder._stop_after_steps = int(steps)
+    return encoder
+
+
 def _fail(name, rule):
     raise AssertionError(f"encoder {name!r} breaks the contract: {rule}")
 
@@ -53,11 +61,16 @@ def check_encoder(encoder, patches=None, *, check_save: bool = True) -> None:
 
     cls = type(encoder)
     name = getattr(encoder, "name", cls.__name__)
-    for attr, typ in (("name", str), ("description", str), ("trainable", bool), ("can_decode", bool)):
+    from .encoder import GENERATIVE_METHODS, FitContext, contract_problems
+
+    for attr, typ in (("name", str), ("description", str), ("trainable", bool),
+                      ("generative", bool)):
         if not isinstance(getattr(cls, attr, None), typ):
             _fail(name, f"class attribute {attr!r} must be a {typ.__name__}")
     if not name or not cls.description:
         _fail(name, "name and description must be non-empty")
+    for problem in contract_problems(cls):
+        _fail(name, problem)
 
     # __init__ stores keyword-only params unchanged
     sig = inspect.signature(cls.__init__)
@@ -91,7 +104,17 @@ def check_encoder(encoder, patches=None, *, check_save: bool = True) -> None:
         else:
             _fail(name, f"fit accepted {what}; it must raise a matrep error (BadInputError)")
 
-    fitted = encoder.fit(patches)
+    if cls.trainable:
+        # the declared way commands hand a trainable encoder what they know (matrep.encoder)
+        ctx = FitContext(micrograph_ids=np.zeros(len(patches), np.int64),
+                         coords=np.zeros((len(patches), 2), np.int64), quiet=True)
+        try:
+            fitted = encoder.fit(patches, context=ctx)
+        except TypeError as exc:
+            _fail(name, f"a trainable encoder's fit must accept fit(X, context=FitContext(...)) "
+                        f"(matrep.encoder.FitContext); it raised TypeError: {exc}")
+    else:
+        fitted = encoder.fit(patches)
     if fitted is not encoder:
         _fail(name, "fit must return self")
     if not any(k.endswith("_") and not k.startswith("_") for k in vars(encoder)):
@@ -137,8 +160,15 @@ def check_encoder(encoder, patches=None, *, check_save: bool = True) -> None:
             if not np.allclose(X, Xl, rtol=1e-4, atol=1e-5):
                 _fail(name, "a saved and loaded encoder gives different features")
 
-    if cls.can_decode:
-        Z = X[:2]
+    if cls.generative:
+        for attr in ("latent_dim", "patch_size_"):
+            if not isinstance(getattr(encoder, attr, None), (int, np.integer)):
+                _fail(name, f"a generative encoder must have an integer {attr!r} once fitted "
+                            "(matrep.encoder.GenerativeEncoder)")
+        for m in GENERATIVE_METHODS:
+            if not callable(getattr(encoder, m, None)):
+                _fail(name, f"is flagged generative but has no {m}()")
+        Z = np.asarray(encoder.transform(patches[:2]))[:, : int(encoder.latent_dim)]
         dec = np.asarray(encoder.decode(Z))
         if dec.ndim != 3 or dec.shape[0] != 2:
             _fail(name, f"decode must return (n, H, W), got {dec.shape}")
@@ -147,3 +177,21 @@ def check_encoder(encoder, patches=None, *, check_save: bool = True) -> None:
         s = np.asarray(encoder.sample(3, seed=0))
         if s.shape[0] != 3 or s.ndim != 3:
             _fail(name, f"sample(3) must return (3, H, W), got {s.shape}")
+        r = np.asarray(encoder.reconstruct(patches[:2]))
+        if r.shape != (2,) + patches.shape[1:]:
+            _fail(name, f"reconstruct must return patches of the input's shape "
+                        f"{(2,) + patches.shape[1:]}, got {r.shape}")
+        t = np.asarray(encoder.traverse(patches[0], [0], values=[-1.0, 0.0, 1.0]))
+        if t.shape[:2] != (1, 3) or t.ndim != 4:
+            _fail(name, f"traverse(x, [0], 3 values) must return (1, 3, H, W), got {t.shape}")
+
+    if callable(getattr(encoder, "backbone_request", None)):
+        from .backbone import BackboneFeatures
+
+        shared = BackboneFeatures(patches)
+        req = encoder.backbone_request()
+        shared.register(req)
+        Xs = np.asarray(encoder.transform_from_features(shared.get(req, 0, len(patches))))
+        if Xs.shape != X.shape or not np.allclose(Xs, X, rtol=1e-3, atol=1e-4):
+            _fail(name, "transform_from_features(shared VGG19 statistics) differs from "
+                        "transform (matrep.backbone.BackboneFeatures)")

@@ -552,7 +552,7 @@ class TwoPointEncoder(BaseEncoder):
     description = ("Two-point autocorrelation statistics (PyMKS definitions) of Otsu-segmented "
                    "patches by FFT; optional radial average and PCA")
     trainable = True
-    can_decode = False
+    generative = False
 
     def __init__(self, *, threshold="otsu", n_phases=2, phase=1, correlations=None,
                  periodic_boundary=True, cutoff=32, radial=False, n_components=None,
@@ -622,13 +622,15 @@ class TwoPointEncoder(BaseEncoder):
             stats = radial_average(stats)
         return stats.reshape(len(X), -1)
 
-    def fit(self, X, y=None):
+    def fit(self, X, y=None, *, context=None):
         """Learn the phase thresholds and, if ``n_components`` is set, the PCA.
 
         Parameters
         ----------
         X : ndarray of shape (n_patches, H, W), values in [0, 1]
         y : ignored
+        context : :class:`matrep.encoder.FitContext`, optional
+            Accepted as every trainable encoder's fit does; nothing in it is needed here.
 
         Returns
         -------

@@ -36,10 +36,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from matrep.encoder import BaseEncoder, check_patches
-from matrep.errors import BadInputError, MatrepError, WeightsNotFoundError
-
-POOLINGS = ("mean", "max", "gram_diag", "gram", "meanstd")
+from matrep.encoder import BackboneRequest, BaseEncoder, check_patches
+from matrep.errors import BadInputError, MatrepError
+from matrep.taps import POOLINGS
 
 
 def _taps_of(layer) -> tuple[str, ...]:
@@ -71,26 +70,11 @@ def _min_size(taps) -> int:
 
 
 def pool_features(f, pooling: str):
-    """Pool a feature map batch (N, C, h, w) to (N, k) as described in the module docstring."""
-    import torch
+    """Pool a feature map batch (N, C, h, w) to (N, k) as described in the module docstring
+    (:func:`matrep.backbone.pool_map`, the one implementation)."""
+    from matrep.backbone import pool_map
 
-    if pooling == "mean":
-        return f.mean(dim=(2, 3))
-    if pooling == "max":
-        return f.amax(dim=(2, 3))
-    if pooling == "gram_diag":
-        return f.square().mean(dim=(2, 3))
-    if pooling == "meanstd":
-        flat = f.float().flatten(2)
-        return torch.cat([flat.mean(dim=2),
-                          torch.sqrt(flat.var(dim=2, unbiased=False) + 1e-8)], dim=1)
-    if pooling == "gram":
-        from matrep.kernels import gram_matrix
-
-        g = gram_matrix(f.float(), normalize=True)
-        iu = torch.triu_indices(g.shape[1], g.shape[2], device=g.device)
-        return g[:, iu[0], iu[1]]
-    raise BadInputError(None, f"pooling must be one of {POOLINGS}, got {pooling!r}")
+    return pool_map(f, pooling)
 
 
 class VGG19Encoder(BaseEncoder):
@@ -134,7 +118,7 @@ class VGG19Encoder(BaseEncoder):
     description = ("Frozen pretrained VGG19 features (global-average-pooled pool5, 512-d; "
                    "or Gram statistics of the style layers). No training.")
     trainable = False
-    can_decode = False
+    generative = False
 
     def __init__(self, *, weights="auto", layer="pool5", pooling="mean", batch_size=32, device=None,
                  downsample=1):
@@ -158,34 +142,38 @@ class VGG19Encoder(BaseEncoder):
         return _taps_of(self.layer)
 
     def _torch_device(self):
-        import torch
+        from matrep.backbone import resolve_device
 
-        if self.device is not None:
-            return torch.device(self.device)
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return resolve_device(self.device)
 
     def _get_backbone(self):
         bb = getattr(self, "_backbone", None)
         if bb is not None:
             return bb
-        import torch
+        from matrep.backbone import check_weights, shared_backbone
 
-        from matrep.backbone import VGG19Backbone
-
-        dev = self._torch_device()
-        bb = VGG19Backbone(weights=getattr(self, "_resolved", None) or self.weights,
-                           taps=self.taps_, device=dev)
         # channels-last: cuDNN and oneDNN run 3x3 convolutions faster in NHWC
-        bb = bb.to(memory_format=torch.channels_last)
-        expected = getattr(self, "weights_info_", {}).get("sha256")
-        if expected and bb.weights_info["sha256"] != expected:
-            raise WeightsNotFoundError(
-                f"this vgg19 encoder was made with weights {self.weights_info_['name']!r} "
-                f"(sha256 {expected[:12]}…), but weights={self.weights!r} now resolves to "
-                f"{bb.weights_info['name']!r} (sha256 {bb.weights_info['sha256'][:12]}…); pass the "
-                "original weights (e.g. weights='gatys' or weights=PATH) so features stay comparable")
+        bb = shared_backbone(getattr(self, "_resolved", None) or self.weights, self.taps_,
+                             self._torch_device(), channels_last=True)
+        check_weights(getattr(self, "weights_info_", None), bb.weights_info, encoder="vgg19",
+                      weights=self.weights)
         self._backbone = bb
         return bb
+
+    def backbone_request(self) -> BackboneRequest:
+        """The shared VGG19 statistics :meth:`transform_from_features` reads (one
+        ``(tap, pooling)`` per tap of ``taps_``; see :class:`matrep.encoder.BackboneRequest`)."""
+        self._check_fitted()
+        return BackboneRequest(weights=self.weights, weights_sha256=self.weights_info_["sha256"],
+                               stats=tuple((t, self.pooling) for t in self.taps_),
+                               downsample=int(self.downsample), device=str(self._torch_device()))
+
+    def transform_from_features(self, stats):
+        """The features of :meth:`transform` from shared VGG19 statistics
+        (``{(tap, pooling): array (n, k)}``, :class:`matrep.backbone.BackboneFeatures`)."""
+        self._check_fitted()
+        parts = [np.asarray(stats[(t, self.pooling)], np.float32) for t in self.taps_]
+        return np.concatenate(parts, axis=1) if parts else np.empty((0, 0), np.float32)
 
     def _check_size(self, X):
         need = _min_size(self.taps_) * int(getattr(self, "downsample", 1))
@@ -285,8 +273,10 @@ class VGG19Encoder(BaseEncoder):
                 taps = list(_taps_of(self.layer))
             except MatrepError:
                 taps = [str(self.layer)]
-        prov.update({"weights": info, "taps": taps, "pooling": self.pooling,
-                     "preprocessing": info.get("preprocessing")})
+        from matrep.backbone import weights_provenance
+
+        prov.update(weights_provenance(info, taps) or {"weights": info, "taps": taps})
+        prov["pooling"] = self.pooling
         return prov
 
     def _get_state(self):
@@ -301,9 +291,7 @@ class VGG19Encoder(BaseEncoder):
         self.weights_info_ = dict(meta["weights_info"])
         self._backbone = None
         self._resolved = resolve_vgg19_weights(self.weights)
-        if self._resolved.sha256 != self.weights_info_.get("sha256"):
-            raise WeightsNotFoundError(
-                f"this vgg19 model was saved with weights {self.weights_info_.get('name')!r} (sha256 "
-                f"{str(self.weights_info_.get('sha256'))[:12]}…), but weights={self.weights!r} now "
-                f"resolves to {self._resolved.name!r} (sha256 {self._resolved.sha256[:12]}…); make the "
-                "original weights available (matrep weights import PATH) so features stay comparable")
+        from matrep.backbone import check_weights
+
+        check_weights(self.weights_info_, self._resolved.info(), encoder="vgg19",
+                      weights=self.weights)

@@ -20,6 +20,7 @@ import numpy as np
 from matrep.encoder import BaseEncoder, check_patches
 
 FITTED = []  # one list of patch fingerprints per fit call
+CONTEXTS = []  # the FitContext of each fit call (None when none was given)
 
 
 def fingerprint(p):
@@ -37,9 +38,10 @@ class SpyEncoder(BaseEncoder):
     def __init__(self, *, shift=0.0):
         self.shift = shift
 
-    def fit(self, X, y=None):
+    def fit(self, X, y=None, *, context=None):
         X = check_patches(X)
         FITTED.append([fingerprint(p) for p in X])
+        CONTEXTS.append(context)
         self.mean_ = float(X.mean()) + float(self.shift)
         return self
 

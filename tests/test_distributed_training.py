@@ -174,7 +174,9 @@ def _worker(root):
     """One rank: full 2-rank run, a run stopped after STOP steps (copied), then resumed."""
     torch.set_num_threads(1)
     from matrep import distributed as D
+    from matrep.encoder import FitContext
     from matrep.plugins.texturevae import TextureVAEEncoder
+    from matrep.testing import stop_after
 
     root = Path(root)
     ctx = D.init(device="cpu")
@@ -182,12 +184,12 @@ def _worker(root):
     try:
         _record_writes([root / "full", root / "part"], events)
         ps = _patchset()
-        TextureVAEEncoder(**TINY).fit(ps, run_dir=root / "full")
-        TextureVAEEncoder(**TINY).fit(ps, run_dir=root / "part", _stop_after_steps=STOP)
+        TextureVAEEncoder(**TINY).fit(ps, context=FitContext(run_dir=root / "full"))
+        stop_after(TextureVAEEncoder(**TINY), STOP).fit(ps, context=FitContext(run_dir=root / "part"))
         if ctx.is_main:  # keep the interrupted run for the 1-rank resume
             shutil.copytree(root / "part", root / "stopped")
         ctx.barrier()
-        TextureVAEEncoder(**TINY).fit(ps, run_dir=root / "part", resume=True)
+        TextureVAEEncoder(**TINY).fit(ps, context=FitContext(run_dir=root / "part", resume=True))
         ctx.barrier()
     finally:
         D.destroy(ctx)
@@ -196,7 +198,9 @@ def _worker(root):
 
 def test_resume_on_2_and_1_ranks_and_only_rank0_writes(tmp_path, one_thread):
     from matrep.distributed import free_port
+    from matrep.encoder import FitContext
     from matrep.plugins.texturevae import TextureVAEEncoder
+    from matrep.testing import stop_after
 
     p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
                         "--master-port", str(free_port()), str(Path(__file__).resolve()),
@@ -210,7 +214,7 @@ def test_resume_on_2_and_1_ranks_and_only_rank0_writes(tmp_path, one_thread):
     assert not (stopped / "config.json").exists()  # a stopped run saves no final model
 
     ps = _patchset()
-    ref = TextureVAEEncoder(**TINY).fit(ps, run_dir=tmp_path / "one")  # 1 process
+    ref = TextureVAEEncoder(**TINY).fit(ps, context=FitContext(run_dir=tmp_path / "one"))  # 1 process
     _assert_close(_state(full), _state(tmp_path / "one"))
     # resumed on 2 ranks: the very same computations as the uninterrupted 2-rank run
     _assert_close(_state(part), _state(full), exact=True)
@@ -218,7 +222,7 @@ def test_resume_on_2_and_1_ranks_and_only_rank0_writes(tmp_path, one_thread):
     h_part = json.loads((part / "config.json").read_text())["meta"]["history"]
     np.testing.assert_array_equal(_losses(h_part), _losses(h_full))
     # resumed on 1 rank (this process) from the 2-rank checkpoint
-    res = TextureVAEEncoder(**TINY).fit(ps, run_dir=stopped, resume=True)
+    res = TextureVAEEncoder(**TINY).fit(ps, context=FitContext(run_dir=stopped, resume=True))
     _assert_close(_state(stopped), _state(full))
     np.testing.assert_allclose(_losses(res.history_), _losses(h_full), rtol=1e-5)
     np.testing.assert_allclose(_losses(ref.history_), _losses(h_full), rtol=1e-5)
@@ -243,16 +247,18 @@ def test_resume_refuses_another_effective_batch(tmp_path, monkeypatch):
     """--lr-scaling linear ties the effective batch to the number of processes."""
     from matrep import distributed as D
     from matrep.errors import BadInputError
+    from matrep.encoder import FitContext
     from matrep.plugins.texturevae import TextureVAEEncoder
+    from matrep.testing import stop_after
 
     kw = {**TINY, "lr_scaling": "linear"}
-    TextureVAEEncoder(**kw).fit(_patchset(), run_dir=tmp_path / "r", _stop_after_steps=1)
+    stop_after(TextureVAEEncoder(**kw), 1).fit(_patchset(), context=FitContext(run_dir=tmp_path / "r"))
     meta = json.loads((tmp_path / "r" / "checkpoint" / "checkpoint.json").read_text())
     assert meta["distributed"]["rule"] == "linear" and meta["distributed"]["effective_batch"] == 3
     # pretend to be rank 0 of 2 (the check comes before any collective)
     monkeypatch.setattr(D, "_CURRENT", D.DistContext(rank=0, world_size=2, backend="gloo"))
     with pytest.raises(BadInputError, match="effective batch of 3 .* this run has 6"):
-        TextureVAEEncoder(**kw).fit(_patchset(), run_dir=tmp_path / "r", resume=True)
+        TextureVAEEncoder(**kw).fit(_patchset(), context=FitContext(run_dir=tmp_path / "r", resume=True))
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["--worker"]:

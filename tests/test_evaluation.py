@@ -239,6 +239,7 @@ def tiny_run(dataset, tmp_path_factory):
     import torch
 
     from matrep.io import load_patches
+    from matrep.encoder import FitContext
     from matrep.plugins.texturevae import TextureVAEEncoder
 
     n = torch.get_num_threads()
@@ -248,7 +249,7 @@ def tiny_run(dataset, tmp_path_factory):
         ps = load_patches(dataset / "images", patch=32, stride=32)
         TextureVAEEncoder(latent_dim=4, weights="random", decoder_channels=(8, 8, 8, 8, 8),
                           epochs=1, batch_size=8, device="cpu", batch_size_eval=16,
-                          max_patches=24).fit(ps, run_dir=run)
+                          max_patches=24).fit(ps, context=FitContext(run_dir=run))
     finally:
         torch.set_num_threads(n)
     return run

@@ -15,6 +15,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from matrep.errors import BadInputError, TrainingDivergedError  # noqa: E402
+from matrep.encoder import FitContext  # noqa: E402
+from matrep.testing import stop_after  # noqa: E402
 from matrep.plugins.texturevae import TextureVAEEncoder  # noqa: E402
 from matrep.plugins.texturevae import train as tr  # noqa: E402
 from matrep.plugins.texturevae.cache import FeatureCache, target_layout  # noqa: E402
@@ -158,7 +160,7 @@ def test_fit_logs_and_saves_and_loads(tmp_path):
 
     ps = _patchset()
     run = tmp_path / "run"
-    enc = TextureVAEEncoder(**TINY).fit(ps, run_dir=run)
+    enc = TextureVAEEncoder(**TINY).fit(ps, context=FitContext(run_dir=run))
     assert {"config.json", "state.safetensors", "log.csv", "checkpoint"} <= {p.name for p in run.iterdir()}
     rows = (run / "log.csv").read_text().splitlines()
     assert rows[0].startswith("epoch,step,train_loss,train_style,train_kl,val_style")
@@ -204,25 +206,25 @@ def test_methods_shapes(tmp_path):
 def test_resume_gives_the_same_losses(tmp_path):
     ps = _patchset()
     kw = {**TINY, "epochs": 3, "checkpoint_every": 1}
-    full = TextureVAEEncoder(**kw).fit(ps, run_dir=tmp_path / "full")
+    full = TextureVAEEncoder(**kw).fit(ps, context=FitContext(run_dir=tmp_path / "full"))
     part = tmp_path / "part"
     # stop mid-epoch 1 (3 batches per epoch), then stop again in epoch 2, then finish
-    TextureVAEEncoder(**kw).fit(ps, run_dir=part, _stop_after_steps=2)
-    TextureVAEEncoder(**kw).fit(ps, run_dir=part, resume=True, _stop_after_steps=3)
-    resumed = TextureVAEEncoder(**kw).fit(ps, run_dir=part, resume=True)
+    stop_after(TextureVAEEncoder(**kw), 2).fit(ps, context=FitContext(run_dir=part))
+    stop_after(TextureVAEEncoder(**kw), 3).fit(ps, context=FitContext(run_dir=part, resume=True))
+    resumed = TextureVAEEncoder(**kw).fit(ps, context=FitContext(run_dir=part, resume=True))
     assert _losses(resumed.history_) == _losses(full.history_)
     np.testing.assert_array_equal(resumed.transform(ps.patches), full.transform(ps.patches))
 
 
 def test_resume_refuses_other_settings_and_fresh_fit_refuses_old_run(tmp_path):
     ps = _patchset()
-    TextureVAEEncoder(**TINY).fit(ps, run_dir=tmp_path / "r", _stop_after_steps=1)
+    stop_after(TextureVAEEncoder(**TINY), 1).fit(ps, context=FitContext(run_dir=tmp_path / "r"))
     with pytest.raises(BadInputError, match="already holds a training checkpoint"):
-        TextureVAEEncoder(**TINY).fit(ps, run_dir=tmp_path / "r")
+        TextureVAEEncoder(**TINY).fit(ps, context=FitContext(run_dir=tmp_path / "r"))
     with pytest.raises(BadInputError, match="differs in: params"):
-        TextureVAEEncoder(**{**TINY, "lr": 0.5}).fit(ps, run_dir=tmp_path / "r", resume=True)
+        TextureVAEEncoder(**{**TINY, "lr": 0.5}).fit(ps, context=FitContext(run_dir=tmp_path / "r", resume=True))
     with pytest.raises(BadInputError, match="no checkpoint to resume from"):
-        TextureVAEEncoder(**TINY).fit(ps, run_dir=tmp_path / "empty", resume=True)
+        TextureVAEEncoder(**TINY).fit(ps, context=FitContext(run_dir=tmp_path / "empty", resume=True))
 
 
 def test_nan_loss_raises_and_keeps_last_checkpoint(tmp_path, monkeypatch):
@@ -241,18 +243,18 @@ def test_nan_loss_raises_and_keeps_last_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setattr(tr, "style_loss_grams", flaky)
     kw = {**TINY, "epochs": 3, "checkpoint_every": 2}
     with pytest.raises(TrainingDivergedError, match="last good checkpoint .* is intact"):
-        TextureVAEEncoder(**kw).fit(ps, run_dir=run)
+        TextureVAEEncoder(**kw).fit(ps, context=FitContext(run_dir=run))
     meta = json.loads((run / "checkpoint" / "checkpoint.json").read_text())
     assert meta["position"]["global_step"] == 4  # the checkpoint written after step 4
     monkeypatch.setattr(tr, "style_loss_grams", real)
-    enc = TextureVAEEncoder(**kw).fit(ps, run_dir=run, resume=True)
+    enc = TextureVAEEncoder(**kw).fit(ps, context=FitContext(run_dir=run, resume=True))
     assert np.isfinite(enc.transform(ps.patches)).all()
 
 
 def test_ctrl_c_writes_checkpoint_and_resume_matches(tmp_path, monkeypatch):
     ps = _patchset()
     kw = {**TINY, "epochs": 2}
-    full = TextureVAEEncoder(**kw).fit(ps, run_dir=tmp_path / "full")
+    full = TextureVAEEncoder(**kw).fit(ps, context=FitContext(run_dir=tmp_path / "full"))
     real = tr.train_step
     calls = {"n": 0}
 
@@ -265,18 +267,18 @@ def test_ctrl_c_writes_checkpoint_and_resume_matches(tmp_path, monkeypatch):
     monkeypatch.setattr(tr, "train_step", step)
     run = tmp_path / "int"
     with pytest.raises(KeyboardInterrupt):
-        TextureVAEEncoder(**kw).fit(ps, run_dir=run)
+        TextureVAEEncoder(**kw).fit(ps, context=FitContext(run_dir=run))
     meta = json.loads((run / "checkpoint" / "checkpoint.json").read_text())
     assert meta["position"]["global_step"] == 2  # the interrupted step finished first
     monkeypatch.setattr(tr, "train_step", real)
-    resumed = TextureVAEEncoder(**kw).fit(ps, run_dir=run, resume=True)
+    resumed = TextureVAEEncoder(**kw).fit(ps, context=FitContext(run_dir=run, resume=True))
     assert _losses(resumed.history_) == _losses(full.history_)
 
 
 def test_load_refuses_unfinished_run(tmp_path):
     import matrep
 
-    TextureVAEEncoder(**TINY).fit(_patchset(), run_dir=tmp_path / "r", _stop_after_steps=1)
+    stop_after(TextureVAEEncoder(**TINY), 1).fit(_patchset(), context=FitContext(run_dir=tmp_path / "r"))
     with pytest.raises(BadInputError):
         matrep.load_model(tmp_path / "r")
 

@@ -15,6 +15,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from matrep.encoder import FitContext  # noqa: E402
 from matrep.plugins.texturevae import TextureVAEEncoder  # noqa: E402
 from matrep.plugins.texturevae import train as tr  # noqa: E402
 from matrep.plugins.texturevae.model import (TextureVAE, bound_logvar,  # noqa: E402
@@ -191,7 +192,7 @@ def test_downsampled_model_takes_and_returns_native_patches(tmp_path):
     enc = TextureVAEEncoder(**TINY, downsample=2, layer_weights="balanced", kl_warmup=2,
                             lr_schedule="cosine", lr_warmup=1, val_split="patch",
                             val_fraction=0.25)
-    enc.fit(X, run_dir=tmp_path / "run")
+    enc.fit(X, context=FitContext(run_dir=tmp_path / "run"))
     assert enc.patch_size_ == 64 and enc.model_patch_size_ == 32
     assert enc.model_.decoder.start == 2  # decodes 32x32 internally
     assert enc.transform(X[:3]).shape == (3, 4)
@@ -295,7 +296,7 @@ def test_noise_decoder_model_round_trips(tmp_path):
 
     X = _patches(8, 32)
     enc = TextureVAEEncoder(**TINY, decoder_input="noise", val_split="patch", val_fraction=0.25)
-    enc.fit(X, run_dir=tmp_path / "run")
+    enc.fit(X, context=FitContext(run_dir=tmp_path / "run"))
     back = matrep.load_model(tmp_path / "run")
     np.testing.assert_allclose(back.reconstruct(X[:2]), enc.reconstruct(X[:2]), atol=1e-6)
 

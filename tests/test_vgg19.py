@@ -120,5 +120,5 @@ def test_loading_with_different_weights_is_refused(patches, tmp_path, monkeypatc
     cfg = json.loads((path / "config.json").read_text())
     cfg["meta"]["weights_info"]["sha256"] = "0" * 64
     (path / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(WeightsNotFoundError, match="saved with weights"):
+    with pytest.raises(WeightsNotFoundError, match="made with VGG19 weights"):
         VGG19Encoder.load(path)

@@ -1,14 +1,14 @@
 """`matrep fit`: train an encoder through the registry and save it to a run folder.
 
-Any trainable encoder trains through the registry (``matrep.get_encoder``); encoders whose
-``fit`` accepts ``run_dir`` (the texture-VAE) checkpoint into the run folder, and running the
+Any trainable encoder trains through the registry (``matrep.get_encoder``) and receives a
+:class:`matrep.encoder.FitContext` (run folder, resume, patch records, progress); encoders
+flagged ``checkpoints`` (the texture-VAE) checkpoint into the run folder, and running the
 command again continues the run (``--resume``, the default; docs/cli.md).
 """
 
 from __future__ import annotations
 
 import contextlib
-import inspect
 import json
 from pathlib import Path
 
@@ -190,9 +190,8 @@ def _fit(method, preset, images, patch, stride, crop, crop_bottom, skip_bad, out
     if dist.is_distributed:
         log(f"training on {dist.world_size} processes ({dist.backend}, {dist.device})")
     from ..atomic import atomic_write_text
-    from ..encoder import _jsonable
+    from ..encoder import FitContext, _jsonable, fit_encoder
 
-    accepts = inspect.signature(enc.fit).parameters
     record = {"method": method, "preset": preset, "params": _jsonable(given),
               "patches": {"images": [str(i) for i in images], "patch": patch,
                           "stride": stride, "crop": parse_crop(crop),
@@ -200,7 +199,7 @@ def _fit(method, preset, images, patch, stride, crop, crop_bottom, skip_bad, out
                           # the scale the model is trained at: encode applies it
                           "scale_um_per_px": ps.scale.target_um_per_px,
                           "pixel_sizes": ps.scale.summary()}}
-    if "run_dir" in accepts:
+    if getattr(cls, "checkpoints", False):  # the declared flag (matrep.encoder)
         if restart and main:
             import shutil
 
@@ -219,18 +218,14 @@ def _fit(method, preset, images, patch, stride, crop, crop_bottom, skip_bad, out
             raise click.ClickException(f"{out} holds no checkpoint to resume from; start "
                                        "without --resume (or with --no-resume)")
         record["patches"]["skip_bad"] = bool(skip_bad)
-        kw = {"run_dir": out, "resume": resume}
-        if "quiet" in accepts:
-            kw["quiet"] = quiet
-        if "log" in accepts:
-            kw["log"] = log
+        context = FitContext.from_patchset(ps, run_dir=out, resume=resume, quiet=quiet, log=log)
         with _run_folder(out, record, main=main):
-            enc.fit(ps, **kw)
+            enc.fit(ps.patches, context=context)
     else:
         if resume and explicit:
             raise click.ClickException(f"encoder {method!r} does not checkpoint; run without "
                                        "--resume")
-        enc.fit(ps.patches)
+        fit_encoder(enc, ps.patches, FitContext.from_patchset(ps, quiet=quiet, log=log))
         if main:
             enc.save(out)
             atomic_write_text(out / FIT_JSON, json.dumps(record, indent=2))

@@ -39,10 +39,11 @@ Two library entry points, behind ``matrep evaluate`` and ``matrep interpret``:
     A. Kumar, P. Sattigeri and A. Balakrishnan, "Variational inference of disentangled latent
     concepts from unlabeled observations", ICLR 2018.
 
-The models only need the methods of :class:`matrep.plugins.texturevae.TextureVAEEncoder` used
-here: ``transform``, ``reconstruct`` (evaluate) and ``traverse`` (figures and the traversal
-ranking), optionally ``style_distance`` (specificity) and ``held_out_patches`` (held-out
-draws), and a ``latent_dim`` and ``patch_size_`` (or ``patch_size``).
+The models are encoders flagged ``generative`` (the declared interface
+:class:`matrep.encoder.GenerativeEncoder`, which ``matrep.testing.check_encoder`` enforces):
+``transform``, ``reconstruct`` (evaluate) and ``traverse`` (figures and the traversal ranking),
+``latent_dim`` and ``patch_size_``; optionally ``style_distance`` (specificity) and
+``held_out_patches`` (held-out draws).
 
 :func:`traversal_effects` (behind ``interpret`` and ``matrep traverse --dims auto``) sets each
 latent dimension of some base patches to -3..3, measures the descriptors of the decoded

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import atomic_write_text
+from ..encoder import FitContext, fit_encoder
 from ..errors import BadInputError, MatrepError
 from .data import StudyData
 from .methods import CONTROLS, MethodSpec
@@ -46,6 +47,10 @@ class Study:
     n_jobs : int — parallel jobs of the inner grid search
     controls : bool — add the controls of methods given as fitted models (:data:`CONTROLS`,
         e.g. :func:`texturevae_controls`); the baseline row is always computed
+    share_backbone : bool or None — run VGG19 once per patch for all the encoders that
+        declare a :class:`matrep.encoder.BackboneRequest` (a per-study
+        :class:`matrep.backbone.BackboneFeatures`); ``None`` (default): on, unless the
+        environment sets ``MATREP_SHARE_BACKBONE=0`` (how docs/compare.md measures the gain)
     log : callable(str); progress : callable(total=, desc=) → bar, optional
     """
 
@@ -53,7 +58,8 @@ class Study:
                  split: str = "both", seeds: int = 5, test_size: float = 0.2,
                  folds: int | None = None, max_groups: int | None = None, inner_folds: int = 3,
                  resume: bool = True, n_jobs: int = 1, chunk: int = 256,
-                 controls: bool = True, log=None, progress=None):
+                 controls: bool = True, share_backbone: bool | None = None, log=None,
+                 progress=None):
         if split not in ("both", "random", "grouped"):
             raise BadInputError(None, f"split must be both, random or grouped, got {split!r}")
         if not methods:
@@ -85,6 +91,11 @@ class Study:
         self.log = log or (lambda msg: None)
         self.progress = progress
         self._prov_cache: dict = {}
+        if share_backbone is None:
+            share_backbone = os.environ.get("MATREP_SHARE_BACKBONE", "1").strip() != "0"
+        self.share_backbone = bool(share_backbone)
+        self._backbone_features = None  # set by run(): matrep.backbone.BackboneFeatures
+        self._encoders: dict = {}  # spec key -> the encoder of its shared features
         self.control_notes: list[str] = []
         if controls:
             self.methods += self._controls()
@@ -182,10 +193,10 @@ class Study:
         """Features of all patches from an encoder that learns nothing from the study."""
         from ..pipeline import encode_patchset
 
-        enc = self._new_encoder(spec)
+        enc = self._encoders.pop(spec.key, None) or self._new_encoder(spec)
         res = encode_patchset(enc, self.data.patchset, self.out / "features.h5", chunk=self.chunk,
                               resume=self.resume, progress=self.progress,
-                              log=self.log)
+                              log=self.log, features=self._backbone_features)
         from ..store import FeatureStore
 
         X, attrs = FeatureStore(self.out / "features.h5").read(res.key)
@@ -216,26 +227,21 @@ class Study:
                 pass
         enc = self._new_encoder(spec)
         train = ps.subset(split.train)
-        kw = {}
-        sig = inspect.signature(enc.fit).parameters
-        if "micrograph_ids" in sig:
-            kw["micrograph_ids"] = train.micrograph_ids
-        if "coords" in sig:
-            kw["coords"] = train.coords
-        if "run_dir" in sig:
-            kw["run_dir"] = self.state_dir / "fit" / _safe_id(spec.key) / split.id
-            if "resume" in sig:
-                # continue an interrupted fit; a fresh folder has no checkpoint to resume
-                # (the run-folder layout of `matrep fit`)
-                kw["resume"] = (kw["run_dir"] / "checkpoint").is_dir()
+        context = FitContext.from_patchset(train, quiet=True)
+        if getattr(enc, "checkpoints", False):  # the declared flag (matrep.encoder)
+            context.run_dir = self.state_dir / "fit" / _safe_id(spec.key) / split.id
+            # continue an interrupted fit; a fresh folder has no checkpoint to resume
+            # (the run-folder layout of `matrep fit`)
+            context.resume = (context.run_dir / "checkpoint").is_dir()
         self.log(f"{spec.key}: fitting on the {len(train)} training patches of {split.id}"
                  if split.kind != "all" else
                  f"{spec.key}: fitting once on all {len(train)} patches (no labels)")
         t0 = time.perf_counter()
-        enc.fit(train.patches, **kw)
+        fit_encoder(enc, train.patches, context)
         fit_s = time.perf_counter() - t0
         res = encode_patchset(enc, ps, store, chunk=self.chunk, resume=self.resume,
-                              progress=self.progress, log=self.log)
+                              progress=self.progress, log=self.log,
+                              features=self._backbone_features if split.kind == "all" else None)
         X, attrs = FeatureStore(store).read(res.key)
         atomic_write_text(side, json.dumps({"fit_digest": fit_digest, "key": res.key,
                                             "fit_seconds": fit_s, "split": split.id}))
@@ -251,6 +257,7 @@ class Study:
             shutil.rmtree(self.out / "features", ignore_errors=True)
         self.out.mkdir(parents=True, exist_ok=True)
         splits = self.make_splits()
+        self._share_backbone()
         data_digest = d.digest()
         records = []
         methods = {}
@@ -330,6 +337,33 @@ class Study:
             settings["control_notes"] = list(self.control_notes)
         return StudyResult(d, methods, self.regressors, splits, records, settings, self.out,
                            baseline=self.baseline_info())
+
+    def _share_backbone(self) -> None:
+        """One VGG19 pass per patch for every encoder of the study that declares a
+        :class:`matrep.encoder.BackboneRequest` and encodes all patches once (not the
+        per-split fits): register their requests with one :class:`BackboneFeatures`."""
+        self._backbone_features = None
+        self._encoders = {}
+        if not self.share_backbone:
+            return
+        shared = None
+        for spec in self.methods:
+            if self._per_split(spec) or spec.fit_all:
+                continue  # a fit_all encoder registers when it is fitted (same statistics)
+            enc = self._new_encoder(spec)
+            if not callable(getattr(enc, "backbone_request", None)):
+                continue
+            if not enc.__sklearn_is_fitted__():
+                if getattr(enc, "trainable", False):
+                    continue  # fitted by encode_patchset; nothing to announce yet
+                enc.fit(self.data.patchset.patches[:1])  # as encode_patchset does
+            if shared is None:
+                from ..backbone import BackboneFeatures
+
+                shared = BackboneFeatures(self.data.patchset.patches)
+            shared.register(enc.backbone_request())
+            self._encoders[spec.key] = enc
+        self._backbone_features = shared
 
     def _all_split(self) -> Split:
         """Every patch as "training" data: how a ``fit_all`` control is fitted (no labels)."""

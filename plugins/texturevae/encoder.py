@@ -18,14 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
-from matrep.encoder import CONFIG_NAME, STATE_NAME, BaseEncoder, _jsonable, check_patches
-from matrep.errors import BadInputError, EncoderContractError, NotFittedError, WeightsNotFoundError
+from matrep.encoder import (CONFIG_NAME, STATE_NAME, BackboneRequest, BaseEncoder, FitContext,
+                            _jsonable, check_patches)
+from matrep.errors import BadInputError, EncoderContractError, NotFittedError
 from matrep.taps import STYLE_TAPS as DEFAULT_TAPS
 
 OUTPUTS = ("mu", "mu_logvar")
-#: The last frozen backbone built from a named weights source (shared between encoders of one
-#: process: building VGG19, and above all seeded random weights, takes seconds).
-_BACKBONES: dict = {}
 
 
 class TextureVAEEncoder(BaseEncoder):
@@ -125,7 +123,8 @@ class TextureVAEEncoder(BaseEncoder):
     name = "texturevae"
     description = "Texture-VAE (Sardeshmukh et al. 2021): frozen VGG19 + FC head, style-loss decoder; trainable, decodes."
     trainable = True
-    can_decode = True
+    checkpoints = True  # fit writes checkpoints and the model into context.run_dir
+    generative = True
     #: Named training configurations (``matrep fit --preset NAME``): encoder parameters and
     #: the patching they were measured with. Options given explicitly override them.
     presets = {
@@ -279,9 +278,8 @@ class TextureVAEEncoder(BaseEncoder):
         return tuple(dict.fromkeys(tuple(self.encoder_taps) + tuple(self.style_layers)))
 
     def _torch_device(self):
+        from matrep.backbone import resolve_device
         from matrep.distributed import current
-
-        from .train import resolve_device
 
         dev = resolve_device(self.device)
         ctx = current()
@@ -292,43 +290,25 @@ class TextureVAEEncoder(BaseEncoder):
         return dev
 
     def _get_backbone(self):
-        """The frozen VGG19 on the encoder's device (built once, channels-last)."""
-        import torch
-
+        """The frozen VGG19 on the encoder's device (:func:`matrep.backbone.shared_backbone`:
+        built once per process, channels-last on CUDA)."""
         bb = getattr(self, "_backbone", None)
         dev = self._torch_device()
         if bb is not None and getattr(self, "_backbone_device", None) == dev:
             return bb
-        from matrep.backbone import VGG19Backbone
+        from matrep.backbone import check_weights, shared_backbone
 
-        key = (str(self.weights), self._taps(), str(dev))
-        bb = _BACKBONES.get(key) if isinstance(self.weights, str) else None
-        if bb is None:
-            bb = VGG19Backbone(weights=self.weights, taps=self._taps(), device=dev)
-            bb.eval()
-            bb.requires_grad_(False)
-            if dev.type == "cuda":  # cuDNN likes NHWC; oneDNN on CPU measured faster in NCHW
-                bb.to(memory_format=torch.channels_last)
-            if isinstance(self.weights, str) and not Path(self.weights).exists():
-                _BACKBONES.clear()  # keep one: a frozen VGG19 is ~80 MB
-                _BACKBONES[key] = bb
-        expected = getattr(self, "weights_info_", None)
-        got = dict(bb.weights_info)
-        if expected is not None and expected.get("sha256") and expected["sha256"] != got.get("sha256"):
-            raise WeightsNotFoundError(
-                f"this texture-VAE was trained on VGG19 weights {expected.get('name')!r} "
-                f"(sha256 {expected['sha256'][:12]}...), but weights={self.weights!r} resolved to "
-                f"{got.get('name')!r} (sha256 {str(got.get('sha256'))[:12]}...); its features "
-                "would be meaningless. Make the same weights available (matrep weights import "
-                "PATH) or pass weights=<that file>")
+        # cuDNN likes NHWC; oneDNN on CPU measured faster in NCHW (shared_backbone's default)
+        bb = shared_backbone(self.weights, self._taps(), dev)
+        check_weights(getattr(self, "weights_info_", None), dict(bb.weights_info),
+                      encoder="texture-VAE", weights=self.weights)
         self._backbone, self._backbone_device = bb, dev
         return bb
 
     # ---------------------------------------------------------------------------------
     # fit
     # ---------------------------------------------------------------------------------
-    def fit(self, X, y=None, *, micrograph_ids=None, coords=None, run_dir=None, resume=False,
-            quiet=True, log=None, _stop_after_steps=None):
+    def fit(self, X, y=None, *, context=None):
         """Train the head and the decoder on patches.
 
         Parameters
@@ -337,21 +317,24 @@ class TextureVAEEncoder(BaseEncoder):
             P must be a multiple of 16. A PatchSet also gives the micrograph ids and
             coordinates used for the held-out split.
         y : ignored
-        micrograph_ids, coords : arrays of shape (n,) and (n, 2), optional
-            The patches' micrographs and top-left corners (for ``val_split="region"``).
-        run_dir : folder, optional
-            Where checkpoints, ``log.csv`` and the final model (``config.json`` +
-            ``state.safetensors``) go. Without it nothing is written.
-        resume : bool
-            Continue from ``run_dir/checkpoint``.
-        quiet : bool
-            No progress bars.
-        log : callable(str), optional
-            Receives one-line progress messages.
+        context : :class:`matrep.encoder.FitContext`, optional
+            ``micrograph_ids``, ``coords``: the patches' micrographs and top-left corners (for
+            ``val_split="region"``; default: those of a PatchSet ``X``). ``run_dir``: where
+            checkpoints, ``log.csv`` and the final model (``config.json`` +
+            ``state.safetensors``) go; without it nothing is written. ``resume``: continue
+            from ``run_dir/checkpoint``. ``quiet``: no progress bars. ``log``: receives
+            one-line progress messages.
 
         Returns
         -------
         self
+
+        Notes
+        -----
+        The held-out split is recorded in ``split_`` (saved in ``config.json``): which
+        patches were held out (micrograph id and corner when known, else their indices) and
+        a sha256 of their pixels, so :meth:`held_out_patches` finds them without replaying
+        the random draws.
         """
         import torch
 
@@ -363,8 +346,15 @@ class TextureVAEEncoder(BaseEncoder):
         from matrep.distributed import current, scaling_rule
 
         ctx = current()
-        log = (log or (lambda msg: None)) if ctx.is_main else (lambda msg: None)
-        quiet = quiet or not ctx.is_main
+        fc = context if context is not None else FitContext()
+        if not isinstance(fc, FitContext):
+            raise BadInputError(None, f"context must be a matrep.encoder.FitContext, got "
+                                      f"{type(fc).__name__}")
+        micrograph_ids, coords, run_dir, resume = fc.micrograph_ids, fc.coords, fc.run_dir, fc.resume
+        # a test hook, not an option: stop (without saving) after this many steps
+        stop_after_steps = getattr(self, "_stop_after_steps", None)
+        log = (fc.log or (lambda msg: None)) if ctx.is_main else (lambda msg: None)
+        quiet = fc.quiet or not ctx.is_main
         if hasattr(X, "patches") and hasattr(X, "micrograph_ids"):
             micrograph_ids = X.micrograph_ids if micrograph_ids is None else micrograph_ids
             coords = X.coords if coords is None else coords
@@ -401,6 +391,8 @@ class TextureVAEEncoder(BaseEncoder):
             val_idx = np.sort(rng.choice(val_idx, int(self.max_val_patches), replace=False))
         log(f"{len(train_idx)} training patches, {len(val_idx)} held-out patches "
             f"({self.val_split} split), device {dev}, precision {precision}")
+        split_record = _split_record(X, train_idx, val_idx, micrograph_ids, coords,
+                                     how=str(self.val_split))
 
         encoder_taps, style_taps = tuple(self.encoder_taps), tuple(self.style_layers)
         budget = int(float(self.cache_memory_gb) * 1024**3)
@@ -477,7 +469,7 @@ class TextureVAEEncoder(BaseEncoder):
             history = train(model, backbone, train_cache, val_cache, settings=settings,
                             style_taps=style_taps, device=dev, run_dir=run_dir, resume=resume,
                             fingerprint=fingerprint, quiet=quiet, log=log,
-                            stop_after_steps=_stop_after_steps)
+                            stop_after_steps=stop_after_steps)
         finally:
             train_cache.close()
             if val_cache is not None:
@@ -495,10 +487,11 @@ class TextureVAEEncoder(BaseEncoder):
         self.n_features_in_ = int(H * W)
         self.n_train_patches_ = int(len(train_idx))
         self.n_val_patches_ = int(len(val_idx))
+        self.split_ = split_record
         self.precision_ = precision
         self.distributed_ = scaling_rule(int(self.batch_size), float(self.lr), ctx.world_size,
                                          str(self.lr_scaling)).to_dict()
-        if run_dir is not None and _stop_after_steps is None:
+        if run_dir is not None and stop_after_steps is None:
             if ctx.is_main:  # one writer; the others wait until the model is on disk
                 self.save(run_dir)
             ctx.barrier()
@@ -562,6 +555,38 @@ class TextureVAEEncoder(BaseEncoder):
         """Encode patches: mu of shape (n, latent_dim) (``output="mu_logvar"``: (n, 2*latent_dim))."""
         self._check_fitted()
         mu, lv = self.encode_full(X)
+        return np.concatenate([mu, lv], axis=1) if self.output == "mu_logvar" else mu
+
+    def backbone_request(self) -> BackboneRequest:
+        """The shared VGG19 statistics the encoder head reads: ``(tap, pooling)`` for each of
+        ``encoder_taps`` at the model's resolution (see :class:`matrep.encoder.BackboneRequest`)."""
+        self._model()
+        sha = (getattr(self, "weights_info_", None) or {}).get("sha256")
+        if not sha:
+            sha = str(dict(self._get_backbone().weights_info).get("sha256"))
+        return BackboneRequest(weights=self.weights, weights_sha256=str(sha),
+                               stats=tuple((t, str(self.pooling)) for t in self.encoder_taps),
+                               downsample=self._factor(), device=str(self._torch_device()))
+
+    def transform_from_features(self, stats):
+        """:meth:`transform` from shared VGG19 statistics ``{(tap, pooling): array (n, k)}``
+        (:class:`matrep.backbone.BackboneFeatures`): the head only, no VGG19 pass."""
+        import torch
+
+        model = self._model()
+        parts = [np.asarray(stats[(t, str(self.pooling))], np.float32) for t in self.encoder_taps]
+        pooled = np.concatenate(parts, axis=1)
+        dev = self._torch_device()
+        mus, lvs = [], []
+        bs = int(self.batch_size_eval)
+        with torch.inference_mode():
+            for s in range(0, len(pooled), bs):
+                mu, lv = model.encode(torch.from_numpy(pooled[s:s + bs]).to(dev))
+                mus.append(mu.float().cpu().numpy())
+                lvs.append(lv.float().cpu().numpy())
+        L = int(self.latent_dim)
+        mu = np.concatenate(mus) if mus else np.zeros((0, L), np.float32)
+        lv = np.concatenate(lvs) if lvs else np.zeros((0, L), np.float32)
         return np.concatenate([mu, lv], axis=1) if self.output == "mu_logvar" else mu
 
     def _factor(self) -> int:
@@ -725,9 +750,9 @@ class TextureVAEEncoder(BaseEncoder):
         """The patches of ``patchset`` that training held out (the run's validation split).
 
         ``patchset`` (a :class:`matrep.io.PatchSet`) must be cut from the training images with
-        the training patching: the split is replayed from ``seed``, ``val_split``,
-        ``val_fraction``, ``max_patches`` and ``max_val_patches``
-        (:func:`matrep.plugins.texturevae.evaluate.held_out_patches`). Returns a PatchSet.
+        the training patching: the held-out patches are those recorded in ``split_`` at fit
+        time (:func:`matrep.plugins.texturevae.evaluate.held_out_patches`; models saved
+        before the split was recorded replay the draws). Returns a PatchSet.
         """
         from .evaluate import held_out_patches
 
@@ -745,10 +770,12 @@ class TextureVAEEncoder(BaseEncoder):
         ``weights_sha256`` for texturevae features too; ``backbone`` summarises it with the
         encoder taps.
         """
+        from matrep.backbone import weights_provenance
+
         prov = super().provenance()
         info = getattr(self, "weights_info_", None)
         if info is not None:
-            prov["weights"] = dict(info)
+            prov.update(weights_provenance(info, self.encoder_taps))
             prov["backbone"] = {"name": "vgg19", "weights": info.get("name"),
                                 "sha256": info.get("sha256"),
                                 "preprocessing": info.get("preprocessing"),
@@ -766,6 +793,7 @@ class TextureVAEEncoder(BaseEncoder):
                 "history": getattr(self, "history_", []),
                 "n_train_patches": getattr(self, "n_train_patches_", None),
                 "n_val_patches": getattr(self, "n_val_patches_", None),
+                "split": getattr(self, "split_", None),
                 "precision": getattr(self, "precision_", None),
                 "in_features": int(self.model_.feat_mean.shape[0])}
         if getattr(self, "distributed_", None):
@@ -815,6 +843,7 @@ class TextureVAEEncoder(BaseEncoder):
         self.history_ = meta.get("history", [])
         self.n_train_patches_ = meta.get("n_train_patches")
         self.n_val_patches_ = meta.get("n_val_patches")
+        self.split_ = meta.get("split")  # None for models saved before it was recorded
         self.precision_ = meta.get("precision")
         if meta.get("distributed"):
             self.distributed_ = meta["distributed"]
@@ -887,6 +916,24 @@ def _set_layout(model, dev):
     model.decoder.channels_last = cl
     if cl:
         model.decoder.to(memory_format=torch.channels_last)
+
+
+def _split_record(X, train_idx, val_idx, micrograph_ids, coords, *, how: str) -> dict:
+    """Which patches a fit held out: their micrograph ids and corners when known (else their
+    indices into ``X``), and a sha256 of their pixels, so the split is read back, not
+    replayed (:func:`matrep.plugins.texturevae.evaluate.held_out_patches`)."""
+    from .train import fingerprint_arrays
+
+    val_idx = np.asarray(val_idx, dtype=np.int64)
+    rec = {"how": how, "n_patches": int(len(X)), "n_train": int(len(train_idx)),
+           "n_val": int(len(val_idx)), "val_sha256": fingerprint_arrays(X[val_idx])}
+    if micrograph_ids is not None and coords is not None:
+        ids = np.asarray(micrograph_ids)[val_idx]
+        rec["val_micrographs"] = [str(m) for m in ids.tolist()]
+        rec["val_coords"] = np.asarray(coords)[val_idx].astype(np.int64).tolist()
+    else:
+        rec["val_indices"] = val_idx.tolist()
+    return rec
 
 
 def bb_sha(backbone) -> str:

@@ -12,13 +12,58 @@ import numpy as np
 
 
 def held_out_patches(encoder, patchset):
-    """The held-out patches of a training run: the same split ``fit`` used (same seed, same
-    ``val_split``, ``val_fraction`` and ``max_val_patches``).
+    """The held-out patches of a training run, as recorded by ``fit`` (``encoder.split_``).
+
+    ``patchset`` must be cut from the training images with the training patching. The
+    recorded patches are found by micrograph id and corner (or, for a fit on bare arrays, by
+    index), and their pixels must hash to the recorded sha256.
 
     Returns
     -------
     PatchSet of the held-out patches.
+
+    Raises
+    ------
+    BadInputError
+        A recorded patch is not in ``patchset``, or its pixels differ (other images,
+        patching or scale than in training).
     """
+    split = getattr(encoder, "split_", None)
+    if not split:
+        return _replayed_held_out(encoder, patchset)
+    from matrep.errors import BadInputError
+
+    from .train import fingerprint_arrays
+
+    hint = ("pass the training --images, --patch, --stride, --crop and scale options of "
+            "`matrep fit`")
+    if "val_micrographs" in split:
+        where = {(str(m), int(c[0]), int(c[1])): i for i, (m, c) in
+                 enumerate(zip(patchset.micrograph_ids.tolist(), patchset.coords))}
+        keys = [(str(m), int(c[0]), int(c[1]))
+                for m, c in zip(split["val_micrographs"], split["val_coords"])]
+        missing = [k for k in keys if k not in where]
+        if missing:
+            m, y, x = missing[0]
+            raise BadInputError(None, f"{len(missing)} of the {len(keys)} patches the model held "
+                                      f"out are not among these patches (e.g. {m} at ({y}, {x})); "
+                                      + hint)
+        idx = np.asarray([where[k] for k in keys], dtype=np.int64)
+    else:
+        if len(patchset) != int(split["n_patches"]):
+            raise BadInputError(None, f"the model was trained on {split['n_patches']} patches, "
+                                      f"these images give {len(patchset)}; " + hint)
+        idx = np.asarray(split["val_indices"], dtype=np.int64)
+    if fingerprint_arrays(patchset.patches[idx]) != split.get("val_sha256"):
+        raise BadInputError(None, "the patches the model held out differ in their pixels from "
+                                  "these (sha256 of the held-out patches); " + hint)
+    return patchset.subset(idx)
+
+
+def _replayed_held_out(encoder, patchset):
+    """For models saved before ``fit`` recorded its split (no ``split_``): replay the draws
+    of ``fit`` (same seed, ``val_split``, ``val_fraction``, ``max_patches`` and
+    ``max_val_patches``)."""
     from .train import split_patches
 
     _, val = split_patches(len(patchset), micrograph_ids=patchset.micrograph_ids,
