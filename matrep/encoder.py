@@ -30,8 +30,10 @@ the *capability flags*, and nothing else is guessed (no command reads ``fit``'s 
     ``can_decode`` is the same flag under its old name (either spelling sets both).
 
 An encoder built on the shared frozen VGG19 may also implement the optional pair
-``backbone_request()`` / ``transform_from_features(stats)`` (see :class:`BackboneRequest`): a
-study then runs VGG19 once per patch for all such encoders (:class:`matrep.backbone.BackboneFeatures`).
+``backbone_request()`` / ``transform_from_features(stats)`` (see :class:`BackboneRequest`;
+a fitted encoder's ``backbone_request()`` may return None for a configuration that does not
+share): a study then runs VGG19 once per patch for all such encoders
+(:class:`matrep.backbone.BackboneFeatures`).
 
 ``matrep.testing.check_encoder`` checks all of the above.
 """

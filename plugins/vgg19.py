@@ -160,10 +160,15 @@ class VGG19Encoder(BaseEncoder):
         self._backbone = bb
         return bb
 
-    def backbone_request(self) -> BackboneRequest:
+    def backbone_request(self) -> BackboneRequest | None:
         """The shared VGG19 statistics :meth:`transform_from_features` reads (one
-        ``(tap, pooling)`` per tap of ``taps_``; see :class:`matrep.encoder.BackboneRequest`)."""
+        ``(tap, pooling)`` per tap of ``taps_``; see :class:`matrep.encoder.BackboneRequest`).
+
+        None for ``pooling="gram"``: its features (up to 176,640 per patch) are no smaller
+        than the maps, so a study does not keep them beside the store; it runs its own pass."""
         self._check_fitted()
+        if self.pooling == "gram":
+            return None
         return BackboneRequest(weights=self.weights, weights_sha256=self.weights_info_["sha256"],
                                stats=tuple((t, self.pooling) for t in self.taps_),
                                downsample=int(self.downsample), device=str(self._torch_device()))

@@ -3,7 +3,7 @@
 * ``matrep fit --nproc 2`` (which re-runs itself under torchrun) gives the weights and losses
   of the 1-process ``matrep fit`` with the same ``--batch-size`` (the global batch), and
   records the scaling rule in ``fit.json``;
-* a 2-rank run stopped mid-epoch (``_stop_after_steps``) resumes on 2 ranks (bitwise equal
+* a 2-rank run stopped mid-epoch (``matrep.testing.stop_after``) resumes on 2 ranks (bitwise equal
   to the uninterrupted 2-rank run) and on 1 rank (equal within float tolerance);
 * only rank 0 writes (every file operation of every rank is recorded with an audit hook) and
   no temporary file is left over.

@@ -227,6 +227,8 @@ def test_shared_statistics_match_each_encoders_transform():
         got = enc.transform_from_features(shared.get(enc.backbone_request(), 1, 4))
         np.testing.assert_allclose(got, enc.transform(X[1:4]), rtol=1e-4, atol=1e-5)
     assert list(shared.passes.values()) == [5]
+    gram = registry.get_encoder("vgg19", weights="random", layer="pool1", pooling="gram")
+    assert gram.fit(X[:1]).backbone_request() is None  # too big to keep: its own pass
 
 
 # ---------------------------------------------------------------------------------------

@@ -357,11 +357,14 @@ class Study:
                 if getattr(enc, "trainable", False):
                     continue  # fitted by encode_patchset; nothing to announce yet
                 enc.fit(self.data.patchset.patches[:1])  # as encode_patchset does
+            request = enc.backbone_request()
+            if request is None:
+                continue  # this configuration does not share (matrep.encoder.BackboneRequest)
             if shared is None:
                 from ..backbone import BackboneFeatures
 
                 shared = BackboneFeatures(self.data.patchset.patches)
-            shared.register(enc.backbone_request())
+            shared.register(request)
             self._encoders[spec.key] = enc
         self._backbone_features = shared
 

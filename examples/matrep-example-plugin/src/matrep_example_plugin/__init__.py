@@ -17,7 +17,7 @@ class HistogramEncoder(BaseEncoder):
     name = "histogram"
     description = "Grey-level histogram (+ mean, std) of each patch (example plugin)."
     trainable = False
-    can_decode = False
+    generative = False
 
     def __init__(self, *, bins=32):
         self.bins = bins
