@@ -184,6 +184,12 @@ def check_encoder(encoder, patches=None, *, check_save: bool = True) -> None:
         t = np.asarray(encoder.traverse(patches[0], [0], values=[-1.0, 0.0, 1.0]))
         if t.shape[:2] != (1, 3) or t.ndim != 4:
             _fail(name, f"traverse(x, [0], 3 values) must return (1, 3, H, W), got {t.shape}")
+        if getattr(encoder, "decodes_any_size", False):
+            S = 2 * int(encoder.patch_size_)
+            big = np.asarray(encoder.decode(Z[:1], size=S))
+            if big.shape != (1, S, S):
+                _fail(name, f"decodes_any_size is true, but decode(Z, size={S}) returned "
+                            f"{big.shape}, not (1, {S}, {S})")
 
     if callable(getattr(encoder, "backbone_request", None)):
         from .backbone import BackboneFeatures

@@ -134,10 +134,33 @@ def test_fit_encoder_hands_the_context_to_trainable_encoders_only():
     fit_encoder(VGG19Encoder(weights="random", layer="pool1"), X, ctx)  # takes no context
 
 
-def test_texturevae_passes_the_contract_suite_and_is_a_generative_encoder():
-    enc = registry.get_encoder("texturevae", **TINY)
-    check_encoder(enc, make_texture_patches(4, 32))
+@pytest.mark.parametrize("decoder", [{}, {"decoder_input": "modulated",
+                                         "decoder_padding": "circular"}])
+def test_texturevae_passes_the_contract_suite_and_is_a_generative_encoder(decoder):
+    enc = registry.get_encoder("texturevae", **TINY, **decoder)
+    check_encoder(enc, make_texture_patches(4, 32))  # a stationary decoder: also decode(size=)
     assert isinstance(enc, GenerativeEncoder)
+    assert enc.decodes_any_size == bool(decoder)
+
+
+def test_the_study_hands_each_split_fit_its_context(plugins, dataset, tmp_path):
+    import sys
+
+    from matrep.study import MethodSpec, Study, prepare_data
+
+    data = prepare_data(dataset / "images", dataset / "labels.csv", "modulus", patch=32,
+                        stride=32)
+    study = Study(data, [MethodSpec("spy")], tmp_path / "out", split="grouped", folds=2,
+                  regressors=["linear"])
+    splits = study.make_splits()
+    study.run()
+    spy = sys.modules["spy_plugin"]  # imported fresh by the registry for this test
+    assert len(spy.CONTEXTS) == len(splits) == 2
+    for ctx, split in zip(spy.CONTEXTS, splits):
+        assert isinstance(ctx, FitContext)
+        assert ctx.micrograph_ids.tolist() == data.patchset.micrograph_ids[split.train].tolist()
+        np.testing.assert_array_equal(ctx.coords, data.patchset.coords[split.train])
+        assert ctx.run_dir is None  # the spy does not declare checkpoints
 
 
 # ---------------------------------------------------------------------------------------
