@@ -391,8 +391,10 @@ class TextureVAEEncoder(BaseEncoder):
             val_idx = np.sort(rng.choice(val_idx, int(self.max_val_patches), replace=False))
         log(f"{len(train_idx)} training patches, {len(val_idx)} held-out patches "
             f"({self.val_split} split), device {dev}, precision {precision}")
-        split_record = _split_record(X, train_idx, val_idx, micrograph_ids, coords,
-                                     how=str(self.val_split))
+        from .evaluate import split_record
+
+        held_out = split_record(X, train_idx, val_idx, micrograph_ids, coords,
+                                how=str(self.val_split))
 
         encoder_taps, style_taps = tuple(self.encoder_taps), tuple(self.style_layers)
         budget = int(float(self.cache_memory_gb) * 1024**3)
@@ -487,7 +489,7 @@ class TextureVAEEncoder(BaseEncoder):
         self.n_features_in_ = int(H * W)
         self.n_train_patches_ = int(len(train_idx))
         self.n_val_patches_ = int(len(val_idx))
-        self.split_ = split_record
+        self.split_ = held_out
         self.precision_ = precision
         self.distributed_ = scaling_rule(int(self.batch_size), float(self.lr), ctx.world_size,
                                          str(self.lr_scaling)).to_dict()
@@ -916,24 +918,6 @@ def _set_layout(model, dev):
     model.decoder.channels_last = cl
     if cl:
         model.decoder.to(memory_format=torch.channels_last)
-
-
-def _split_record(X, train_idx, val_idx, micrograph_ids, coords, *, how: str) -> dict:
-    """Which patches a fit held out: their micrograph ids and corners when known (else their
-    indices into ``X``), and a sha256 of their pixels, so the split is read back, not
-    replayed (:func:`matrep.plugins.texturevae.evaluate.held_out_patches`)."""
-    from .train import fingerprint_arrays
-
-    val_idx = np.asarray(val_idx, dtype=np.int64)
-    rec = {"how": how, "n_patches": int(len(X)), "n_train": int(len(train_idx)),
-           "n_val": int(len(val_idx)), "val_sha256": fingerprint_arrays(X[val_idx])}
-    if micrograph_ids is not None and coords is not None:
-        ids = np.asarray(micrograph_ids)[val_idx]
-        rec["val_micrographs"] = [str(m) for m in ids.tolist()]
-        rec["val_coords"] = np.asarray(coords)[val_idx].astype(np.int64).tolist()
-    else:
-        rec["val_indices"] = val_idx.tolist()
-    return rec
 
 
 def bb_sha(backbone) -> str:

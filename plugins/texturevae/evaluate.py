@@ -4,11 +4,33 @@ For held-out patches x_i (from several micrographs), compare the style loss betw
 own reconstruction with the style loss between x_i and the reconstruction of a held-out patch
 x_j from *another* micrograph. A model that decodes one average texture scores the same on
 both; a useful one scores clearly lower on its own reconstruction.
+
+Which patches a training run held out is recorded at fit time (:func:`split_record`) and read
+back by :func:`held_out_patches`.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+
+def split_record(X, train_idx, val_idx, micrograph_ids, coords, *, how: str) -> dict:
+    """Which patches a fit held out (``fit`` stores it as ``split_``, saved in config.json):
+    their micrograph ids and corners when known (else their indices into ``X``), and a
+    sha256 of their pixels, so :func:`held_out_patches` reads the split back instead of
+    replaying the random draws."""
+    from .train import fingerprint_arrays
+
+    val_idx = np.asarray(val_idx, dtype=np.int64)
+    rec = {"how": how, "n_patches": int(len(X)), "n_train": int(len(train_idx)),
+           "n_val": int(len(val_idx)), "val_sha256": fingerprint_arrays(X[val_idx])}
+    if micrograph_ids is not None and coords is not None:
+        ids = np.asarray(micrograph_ids)[val_idx]
+        rec["val_micrographs"] = [str(m) for m in ids.tolist()]
+        rec["val_coords"] = np.asarray(coords)[val_idx].astype(np.int64).tolist()
+    else:
+        rec["val_indices"] = val_idx.tolist()
+    return rec
 
 
 def held_out_patches(encoder, patchset):
