@@ -219,7 +219,8 @@ def test_study_runs_vgg19_once_per_patch_for_all_vgg_encoders(dataset, tmp_path,
     model = train_tiny_vae(data.patchset, tmp_path / "vae", keep_best=False)
     n = len(data.patchset)
     seen = _count_forward(monkeypatch)
-    specs = [MethodSpec("vgg19", {"weights": "random", "layer": "pool4"}),
+    vgg = {"weights": "random", "layer": "pool4", "device": "cpu"}  # where the VAE runs
+    specs = [MethodSpec("vgg19", vgg),
              MethodSpec("texturevae", model=str(model))]
     res = Study(data, specs, tmp_path / f"out{share}", split="grouped", folds=2,
                 regressors=["linear"], controls=False, share_backbone=share).run()
@@ -228,8 +229,7 @@ def test_study_runs_vgg19_once_per_patch_for_all_vgg_encoders(dataset, tmp_path,
     from matrep.store import FeatureStore
 
     feats = {k: m["features"][0] for k, m in res.methods.items()}
-    for key, enc in (("vgg19", registry.get_encoder("vgg19", weights="random", layer="pool4")
-                      .fit(data.patchset.patches[:1])),
+    for key, enc in (("vgg19", registry.get_encoder("vgg19", **vgg).fit(data.patchset.patches[:1])),
                      ("texturevae", registry.load_model(model))):
         X, _ = FeatureStore(tmp_path / f"out{share}" / feats[key]["store"]).read(feats[key]["key"])
         np.testing.assert_allclose(X, enc.transform(data.patchset.patches), rtol=1e-4, atol=1e-5)
@@ -240,7 +240,7 @@ def test_shared_statistics_match_each_encoders_transform():
 
     X = make_texture_patches(5, 64)
     vgg = registry.get_encoder("vgg19", weights="random", layer="style", pooling="meanstd",
-                               downsample=2).fit(X[:1])
+                               downsample=2, device="cpu").fit(X[:1])
     tv = registry.get_encoder("texturevae", **{**TINY, "downsample": 2}).fit(X)
     shared = BackboneFeatures(X, batch_size=2)
     for enc in (vgg, tv):
