@@ -31,7 +31,7 @@ def _log(quiet):
 @n_option(100, "Patches per model (the paper used 100).")
 @click.option("--held-out", is_flag=True,
               help="Draw the patches only from those the model(s) held out from training (the "
-                   "run's validation split, replayed); --images and the patching options must "
+                   "run's validation split, recorded at fit time); --images and the patching options must "
                    "be those of `matrep fit` (checked against the run's fit.json).")
 @window_options
 @scale_options

@@ -82,5 +82,5 @@ def _check_training_patching(name, images, stride, crop, crop_bottom):
         if not same:
             diff.insert(0, f"--images {' '.join(map(str, tr))}")
     if diff:
-        raise BadInputError(fit, "--held-out replays the training split, which needs the "
+        raise BadInputError(fit, "--held-out finds the training split's held-out patches, which needs the "
                                  f"training patching: {'; '.join(diff)}")
