@@ -256,6 +256,8 @@ class BackboneFeatures:
     the first :meth:`get` runs VGG19 over all patches once per request key (weights sha256,
     downsampling, device) for the union of the registered statistics and keeps them (a few
     KiB per patch); each encoder then reads its own through ``transform_from_features``.
+    Statistics registered after that first pass (a deeper tap, another pooling) cost one more
+    pass, for the missing ones only.
 
     Parameters
     ----------

@@ -193,7 +193,9 @@ class Study:
         """Features of all patches from an encoder that learns nothing from the study."""
         from ..pipeline import encode_patchset
 
-        enc = self._encoders.pop(spec.key, None) or self._new_encoder(spec)
+        enc = self._encoders.pop(spec.key, None)
+        if enc is None:  # not prepared by _share_backbone
+            enc = self._new_encoder(spec)
         res = encode_patchset(enc, self.data.patchset, self.out / "features.h5", chunk=self.chunk,
                               resume=self.resume, progress=self.progress,
                               log=self.log, features=self._backbone_features)
