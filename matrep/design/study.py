@@ -42,7 +42,10 @@ def _accuracy(results, prop, within=0.03, large=False) -> dict:
     errs = np.array(errs)
     if not len(errs):
         return {"n": 0}
-    return {"n": int(len(errs)), "median_abs_rel_error": float(np.median(errs)),
+    made = sorted({lg.get("method", "blended tiles") for r in results for lg in r.large
+                   if lg is not None}) if large else []
+    return {"n": int(len(errs)), **({"made_by": ", ".join(made)} if made else {}),
+            "median_abs_rel_error": float(np.median(errs)),
             "mean_abs_rel_error": float(np.mean(errs)),
             "share_within_3pct": float(np.mean(errs <= within)),
             "max_abs_rel_error": float(np.max(errs))}
@@ -147,7 +150,8 @@ def summary_markdown(summary: dict) -> str:
              "| | designed | random prior, best of the same budget |", "|---|---|---|"]
     lines += [f"| {a} | {x} | {y} |" for a, x, y in rows]
     if dl.get("n"):
-        lines += ["", f"Large designs (tiled, physics on the whole image): median abs. rel. error "
+        lines += ["", f"Large designs ({dl.get('made_by', 'blended tiles')}; physics on the "
+                      f"whole image): median abs. rel. error "
                       f"{_pct(dl['median_abs_rel_error'])}, within 3 %: "
                       f"{100 * dl['share_within_3pct']:.0f} % of {dl['n']}."]
     if ref is not None:
