@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from matrep.atomic import atomic_dir, atomic_write_text, recover_dir
+from matrep.backbone import resolve_device  # noqa: F401  (re-exported: one implementation)
 from matrep.errors import BadInputError, TrainingDivergedError
 
 from .model import histogram_loss, kl_divergence, reparameterize
@@ -141,17 +142,6 @@ class SpikeMonitor:
     @classmethod
     def from_state(cls, state, factor=SPIKE_FACTOR):
         return cls(factor=factor, values=(state or {}).get("values"))
-
-
-def resolve_device(device) -> torch.device:
-    """``"auto"`` -> CUDA when present, else CPU; anything else is passed to torch.device."""
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise BadInputError(None, f"device {device!r} was asked for but CUDA is not available; "
-                                  "use --device cpu or --device auto")
-    return dev
 
 
 def resolve_precision(precision, device: torch.device) -> str:
