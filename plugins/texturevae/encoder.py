@@ -136,11 +136,15 @@ class TextureVAEEncoder(BaseEncoder):
         },
         "quick": {
             "description": "trains in <= 20 min on 2 CPU cores (docs/texturevae.md): 128² "
-                           "patches worked at 64² (downsample 2), position-free decoder input "
-                           "with noise, cosine learning rate, KL warm-up",
-            "params": {"downsample": 2, "decoder_input": "noise", "batch_size": 8,
+                           "patches worked at 64² (downsample 2), a stationary decoder (z "
+                           "modulates the feature maps, noise places the particles, periodic "
+                           "padding), a grey-level histogram term, latent 8, cosine learning "
+                           "rate, KL warm-up",
+            "params": {"downsample": 2, "decoder_input": "modulated",
+                       "decoder_padding": "circular", "histogram_weight": 4000.0,
+                       "latent_dim": 8, "kl_weight": 0.05, "batch_size": 8,
                        "lr": 2e-3, "lr_schedule": "cosine", "lr_warmup": 50, "kl_warmup": 200,
-                       "max_patches": 1500, "epochs": 4, "max_val_patches": 96},
+                       "max_patches": 1500, "epochs": 6, "max_val_patches": 96},
             "patching": {"patch": 128, "stride": 64},
         },
     }
