@@ -81,10 +81,10 @@ class TextureVAEEncoder(BaseEncoder):
         noise maps for the placement (``"modulated"``); see
         :class:`matrep.plugins.texturevae.model.Decoder`.
     decoder_padding : {"zeros", "circular"}, default "zeros"
-        Padding of the decoder's convolutions; ``"circular"`` makes the decoder a stationary
-        texture generator whose particle placement can only come from the noise (see
-        :class:`matrep.plugins.texturevae.model.Decoder`; measured: it did not learn within the
-        quick preset's budget, docs/texturevae.md).
+        Padding of the decoder's convolutions; ``"circular"`` removes every absolute position,
+        so particle placement can only come from the noise. With ``decoder_input="modulated"``
+        the decoder is then stationary (:attr:`decodes_any_size`; the quick preset); with
+        ``"noise"`` it did not learn within the CPU budget (docs/texturevae.md, run 5).
     downsample : int, default 1
         The model works at ``1 / downsample`` of the input resolution: patches given to
         ``fit``, ``transform``, ``reconstruct`` and ``style_distance`` are cut from images at
