@@ -183,7 +183,7 @@ def test_three_d_volumes():
 
 
 def test_large_batch_is_chunked_consistently(monkeypatch):
-    import matrep.plugins.twopoint as tp
+    import matrep.plugins.twopoint.stats as tp
 
     m = _random_phase((7, 20, 20), seed=7)
     whole = two_point_stats(m, m, cutoff=5, periodic_boundary=False)
@@ -447,8 +447,15 @@ def test_castiron_graphite_statistics():
 
 def test_docstring_examples():
     import doctest
+    import importlib
+    import pkgutil
 
     import matrep.plugins.twopoint as tp
 
-    result = doctest.testmod(tp, optionflags=doctest.NORMALIZE_WHITESPACE)
-    assert result.attempted >= 8 and result.failed == 0
+    attempted = failed = 0
+    for info in pkgutil.iter_modules(tp.__path__, tp.__name__ + "."):
+        res = doctest.testmod(importlib.import_module(info.name),
+                              optionflags=doctest.NORMALIZE_WHITESPACE)
+        attempted += res.attempted
+        failed += res.failed
+    assert attempted >= 8 and failed == 0
