@@ -19,6 +19,7 @@ from matrep.encoder import FitContext  # noqa: E402
 from matrep.testing import stop_after  # noqa: E402
 from matrep.plugins.texturevae import TextureVAEEncoder  # noqa: E402
 from matrep.plugins.texturevae import train as tr  # noqa: E402
+from matrep.plugins.texturevae import step as trstep  # noqa: E402  (the step: style_loss_grams)
 from matrep.plugins.texturevae.cache import FeatureCache, target_layout  # noqa: E402
 from matrep.plugins.texturevae.model import Decoder, kl_divergence, pool_features  # noqa: E402
 
@@ -230,7 +231,7 @@ def test_resume_refuses_other_settings_and_fresh_fit_refuses_old_run(tmp_path):
 def test_nan_loss_raises_and_keeps_last_checkpoint(tmp_path, monkeypatch):
     ps = _patchset()
     run = tmp_path / "run"
-    real = tr.style_loss_grams
+    real = trstep.style_loss_grams
     calls = {"n": 0}
 
     def flaky(*a, **k):
@@ -240,13 +241,13 @@ def test_nan_loss_raises_and_keeps_last_checkpoint(tmp_path, monkeypatch):
         calls["n"] += 1
         return out * float("nan") if calls["n"] == 5 else out  # poison the 5th training step
 
-    monkeypatch.setattr(tr, "style_loss_grams", flaky)
+    monkeypatch.setattr(trstep, "style_loss_grams", flaky)
     kw = {**TINY, "epochs": 3, "checkpoint_every": 2}
     with pytest.raises(TrainingDivergedError, match="last good checkpoint .* is intact"):
         TextureVAEEncoder(**kw).fit(ps, context=FitContext(run_dir=run))
     meta = json.loads((run / "checkpoint" / "checkpoint.json").read_text())
     assert meta["position"]["global_step"] == 4  # the checkpoint written after step 4
-    monkeypatch.setattr(tr, "style_loss_grams", real)
+    monkeypatch.setattr(trstep, "style_loss_grams", real)
     enc = TextureVAEEncoder(**kw).fit(ps, context=FitContext(run_dir=run, resume=True))
     assert np.isfinite(enc.transform(ps.patches)).all()
 

@@ -5,8 +5,12 @@ package does not import torch; the model, training loop and figures load when us
 
 * :mod:`.model` — latent head, decoder, feature pooling, KL;
 * :mod:`.cache` — per-patch VGG19 features and style targets computed once;
-* :mod:`.train` — the checkpointed, resumable training loop;
-* :mod:`.encoder` — the scikit-learn-shaped encoder;
+* :mod:`.train` — the checkpointed, resumable training loop, with :mod:`.settings` (run
+  settings, spike monitor, held-out split), :mod:`.step` (the loss and one step) and
+  :mod:`.checkpoint` (checkpoints and log.csv);
+* :mod:`.encoder` — the scikit-learn-shaped encoder, with the mixins :mod:`.params`,
+  :mod:`.network` (frozen VGG19), :mod:`.generative` (decode, sample, ...) and
+  :mod:`.persistence` (save, load);
 * :mod:`.figures` — reconstruction, sample and traversal figures.
 """
 

@@ -7,26 +7,31 @@ a VAE whose reconstruction loss is the Gatys style loss on VGG19 conv1_1 and poo
 with a frozen pretrained VGG19 + trained fully-connected mu/log-variance head as encoder and a
 decoder of four (3x3 conv, nearest 2x upsampling, LeakyReLU 0.3) blocks.
 
+The class is assembled from mixins, one responsibility each: :mod:`.params` (checking the
+parameters), :mod:`.network` (the frozen VGG19 and the device), :mod:`.generative` (decode,
+reconstruct, sample, traverse, style_distance) and :mod:`.persistence` (save and load).
+
 torch is imported only when the encoder is used, so ``matrep encoders`` stays fast.
 """
 
 from __future__ import annotations
 
 import json
-import hashlib
 from pathlib import Path
 
 import numpy as np
 
-from matrep.encoder import (CONFIG_NAME, STATE_NAME, BackboneRequest, BaseEncoder, FitContext,
-                            _jsonable, check_patches)
-from matrep.errors import BadInputError, EncoderContractError, NotFittedError
+from matrep.encoder import BaseEncoder, FitContext, _jsonable, check_patches
+from matrep.errors import BadInputError, NotFittedError
 from matrep.taps import STYLE_TAPS as DEFAULT_TAPS
 
-OUTPUTS = ("mu", "mu_logvar")
+from .generative import GenerativeMixin
+from .network import NetworkMixin, _set_layout
+from .params import OUTPUTS, ParamsMixin  # noqa: F401  (OUTPUTS re-exported)
+from .persistence import PersistenceMixin
 
 
-class TextureVAEEncoder(BaseEncoder):
+class TextureVAEEncoder(ParamsMixin, NetworkMixin, GenerativeMixin, PersistenceMixin, BaseEncoder):
     """Texture-VAE encoder: patches -> posterior mean ``mu`` (n, latent_dim).
 
     Parameters
@@ -191,123 +196,6 @@ class TextureVAEEncoder(BaseEncoder):
         self.lr_warmup = lr_warmup
         self.keep_best = keep_best
         self.histogram_weight = histogram_weight
-
-    # ---------------------------------------------------------------------------------
-    # validation and the frozen network
-    # ---------------------------------------------------------------------------------
-    def _validate_params(self):
-        from .model import POOLINGS, TAP_CHANNELS
-
-        for name, kind in (("latent_dim", int), ("epochs", int), ("batch_size", int),
-                           ("batch_size_eval", int), ("seed", int), ("downsample", int),
-                           ("kl_warmup", int), ("lr_warmup", int), ("lr", float),
-                           ("kl_weight", float), ("val_fraction", float),
-                           ("histogram_weight", float),
-                           ("cache_memory_gb", float), ("max_patches", int),
-                           ("max_val_patches", int), ("checkpoint_every", int)):
-            value = getattr(self, name, None)
-            if value is None and name in ("max_patches", "max_val_patches", "checkpoint_every"):
-                continue
-            try:
-                kind(value)
-            except (TypeError, ValueError, OverflowError):
-                raise BadInputError(None, f"{name} must be {'an integer' if kind is int else 'a number'}"
-                                          f", got {value!r}") from None
-        if int(self.latent_dim) < 1:
-            raise BadInputError(None, f"latent_dim must be a positive integer, got {self.latent_dim!r}")
-        if self.pooling not in POOLINGS:
-            raise BadInputError(None, f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
-        for t in tuple(self.encoder_taps) + tuple(self.style_layers):
-            if t not in TAP_CHANNELS:
-                raise BadInputError(None, f"unknown VGG19 tap {t!r}; use one of {sorted(TAP_CHANNELS)}")
-        if self.output not in OUTPUTS:
-            raise BadInputError(None, f"output must be one of {OUTPUTS}, got {self.output!r}")
-        lw = self._layer_weights()
-        if any((not np.isfinite(w)) or w < 0 for w in lw):
-            raise BadInputError(None, f"layer_weights must be finite and >= 0, got {lw}")
-        if not (0 <= float(self.val_fraction) < 1):
-            raise BadInputError(None, f"val_fraction must be in [0, 1), got {self.val_fraction!r}")
-        if not (np.isfinite(float(self.histogram_weight)) and float(self.histogram_weight) >= 0):
-            raise BadInputError(None, f"histogram_weight must be a finite number >= 0, got "
-                                      f"{self.histogram_weight!r}")
-        if float(self.kl_weight) < 0:
-            raise BadInputError(None, f"kl_weight must be >= 0, got {self.kl_weight!r}")
-        if self.lr_scaling not in ("none", "linear"):
-            raise BadInputError(None, f"lr_scaling must be 'none' or 'linear', got {self.lr_scaling!r}")
-        from .model import DECODER_INPUTS
-
-        if self.decoder_input not in DECODER_INPUTS:
-            raise BadInputError(None, f"decoder_input must be one of {DECODER_INPUTS}, got "
-                                      f"{self.decoder_input!r}")
-        if self.decoder_padding not in ("zeros", "circular"):
-            raise BadInputError(None, "decoder_padding must be 'zeros' or 'circular', got "
-                                      f"{self.decoder_padding!r}")
-        if int(self.downsample) < 1:
-            raise BadInputError(None, f"downsample must be an integer >= 1, got {self.downsample!r}")
-        lb = self.logvar_bounds
-        if lb is not None and (len(tuple(lb)) != 2 or not float(lb[0]) < float(lb[1])):
-            raise BadInputError(None, f"logvar_bounds must be (lo, hi) with lo < hi, or None; got {lb!r}")
-        if self.grad_clip is not None and not float(self.grad_clip) > 0:
-            raise BadInputError(None, f"grad_clip must be > 0 or None, got {self.grad_clip!r}")
-        if self.lr_schedule not in ("constant", "cosine"):
-            raise BadInputError(None, f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
-        if int(self.kl_warmup) < 0 or int(self.lr_warmup) < 0:
-            raise BadInputError(None, "kl_warmup and lr_warmup must be >= 0 steps, got "
-                                      f"{self.kl_warmup!r} and {self.lr_warmup!r}")
-        if not (np.isfinite(float(self.lr)) and float(self.lr) > 0):
-            raise BadInputError(None, f"lr must be a finite number > 0, got {self.lr!r}")
-        if not np.isfinite(float(self.kl_weight)):
-            raise BadInputError(None, f"kl_weight must be finite, got {self.kl_weight!r}")
-        if int(self.batch_size) < 1 or int(self.epochs) < 0:
-            raise BadInputError(None, "batch_size must be >= 1 and epochs >= 0, got "
-                                      f"{self.batch_size!r} and {self.epochs!r}")
-
-    def _layer_weights(self):
-        n = len(tuple(self.style_layers))
-        if self.layer_weights is None:
-            return (1.0,) * n
-        if isinstance(self.layer_weights, str):
-            if self.layer_weights != "balanced":
-                raise BadInputError(None, "layer_weights must be a list of weights, None or "
-                                          f"'balanced', got {self.layer_weights!r}")
-            lw = getattr(self, "layer_weights_", None)
-            return tuple(lw) if lw is not None else (1.0,) * n  # resolved by fit
-        lw = tuple(float(w) for w in self.layer_weights)
-        if len(lw) != n:
-            raise BadInputError(None, f"layer_weights needs one weight per style layer ({n}: "
-                                      f"{', '.join(self.style_layers)}), got {len(lw)}")
-        return lw
-
-    def _taps(self):
-        return tuple(dict.fromkeys(tuple(self.encoder_taps) + tuple(self.style_layers)))
-
-    def _torch_device(self):
-        from matrep.backbone import resolve_device
-        from matrep.distributed import current
-
-        dev = resolve_device(self.device)
-        ctx = current()
-        if dev.type == "cuda" and dev.index is None and ctx.is_distributed:
-            import torch
-
-            return torch.device(ctx.device)  # under torchrun: cuda:<LOCAL_RANK>
-        return dev
-
-    def _get_backbone(self):
-        """The frozen VGG19 on the encoder's device (:func:`matrep.backbone.shared_backbone`:
-        built once per process, channels-last on CUDA)."""
-        bb = getattr(self, "_backbone", None)
-        dev = self._torch_device()
-        if bb is not None and getattr(self, "_backbone_device", None) == dev:
-            return bb
-        from matrep.backbone import check_weights, shared_backbone
-
-        # cuDNN likes NHWC; oneDNN on CPU measured faster in NCHW (shared_backbone's default)
-        bb = shared_backbone(self.weights, self._taps(), dev)
-        check_weights(getattr(self, "weights_info_", None), dict(bb.weights_info),
-                      encoder="texture-VAE", weights=self.weights)
-        self._backbone, self._backbone_device = bb, dev
-        return bb
 
     # ---------------------------------------------------------------------------------
     # fit
@@ -563,194 +451,10 @@ class TextureVAEEncoder(BaseEncoder):
         mu, lv = self.encode_full(X)
         return np.concatenate([mu, lv], axis=1) if self.output == "mu_logvar" else mu
 
-    def backbone_request(self) -> BackboneRequest:
-        """The shared VGG19 statistics the encoder head reads: ``(tap, pooling)`` for each of
-        ``encoder_taps`` at the model's resolution (see :class:`matrep.encoder.BackboneRequest`)."""
-        self._model()
-        sha = (getattr(self, "weights_info_", None) or {}).get("sha256")
-        if not sha:
-            sha = str(dict(self._get_backbone().weights_info).get("sha256"))
-        return BackboneRequest(weights=self.weights, weights_sha256=str(sha),
-                               stats=tuple((t, str(self.pooling)) for t in self.encoder_taps),
-                               downsample=self._factor(), device=str(self._torch_device()))
-
-    def transform_from_features(self, stats):
-        """:meth:`transform` from shared VGG19 statistics ``{(tap, pooling): array (n, k)}``
-        (:class:`matrep.backbone.BackboneFeatures`): the head only, no VGG19 pass."""
-        import torch
-
-        model = self._model()
-        parts = [np.asarray(stats[(t, str(self.pooling))], np.float32) for t in self.encoder_taps]
-        pooled = np.concatenate(parts, axis=1)
-        dev = self._torch_device()
-        mus, lvs = [], []
-        bs = int(self.batch_size_eval)
-        with torch.inference_mode():
-            for s in range(0, len(pooled), bs):
-                mu, lv = model.encode(torch.from_numpy(pooled[s:s + bs]).to(dev))
-                mus.append(mu.float().cpu().numpy())
-                lvs.append(lv.float().cpu().numpy())
-        L = int(self.latent_dim)
-        mu = np.concatenate(mus) if mus else np.zeros((0, L), np.float32)
-        lv = np.concatenate(lvs) if lvs else np.zeros((0, L), np.float32)
-        return np.concatenate([mu, lv], axis=1) if self.output == "mu_logvar" else mu
-
     def _factor(self) -> int:
         """Input patch size / the model's working patch size (1 for models saved before
         ``downsample`` existed)."""
         return int(self.patch_size_) // int(getattr(self, "model_patch_size_", self.patch_size_))
-
-    def _logvar_bounds(self):
-        lb = self.logvar_bounds
-        return None if lb is None else (float(lb[0]), float(lb[1]))
-
-    @property
-    def decodes_any_size(self) -> bool:
-        """True when the decoder is stationary (``decoder_input="modulated"`` with circular
-        padding): :meth:`decode` then takes ``size`` and makes one seamless, periodic image of
-        that size from one latent vector."""
-        return self.decoder_input == "modulated" and self.decoder_padding == "circular"
-
-    def decode(self, Z, seeds=None, size=None):
-        """Decode latent vectors of shape (n, latent_dim) into patches (n, P, P) in [0, 1]
-        (P the input patch size; a model with ``downsample > 1`` decodes at ``P / downsample``
-        and upsamples bilinearly).
-
-        ``size`` (stationary decoders only, :attr:`decodes_any_size`): decode (n, size, size)
-        images instead, ``size`` a multiple of ``16 x downsample``; periodic at ``size``.
-
-        ``seeds`` (n ints, ``decoder_input="noise"`` only): the noise seed of each row, which
-        sets where particles are placed; default 0 for every row (one placement, so rows
-        differ by their statistics only). :meth:`reconstruct` seeds each patch from its own
-        pixels, :meth:`traverse` keeps one seed along a row.
-        """
-        import torch
-
-        model = self._model()
-        Z = np.asarray(Z, dtype=np.float32)
-        if Z.ndim != 2 or Z.shape[1] != int(self.latent_dim):
-            raise BadInputError(None, f"Z must have shape (n, {self.latent_dim}), got {Z.shape}")
-        if not np.isfinite(Z).all():
-            raise BadInputError(None, "Z contains NaN or inf values")
-        from .model import upsample_patches
-
-        dev = self._torch_device()
-        if seeds is not None and len(seeds) != len(Z):
-            raise BadInputError(None, f"seeds needs one seed per row of Z ({len(Z)}), got {len(seeds)}")
-        f = self._factor()
-        P = self.patch_size_
-        if size is not None:
-            if not self.decodes_any_size:
-                raise BadInputError(None, "only a stationary decoder (decoder_input='modulated', "
-                                          "decoder_padding='circular') decodes other sizes than "
-                                          f"its patch ({P}); tile patches instead")
-            if int(size) < 16 * f or int(size) % (16 * f):
-                raise BadInputError(None, f"size must be a positive multiple of {16 * f} "
-                                          f"(16 x downsample), got {size}")
-            P = int(size)
-        out = []
-        bs = int(self.batch_size_eval) if size is None else 1
-        with torch.inference_mode():
-            for s in range(0, len(Z), bs):
-                z = torch.from_numpy(Z[s:s + bs]).to(dev)
-                sd = None if seeds is None else list(seeds[s:s + bs])
-                y = (model.decode(z, sd) if size is None
-                     else model.decoder.decode_size(z, P // f, sd))
-                x = upsample_patches(y.float(), f)
-                out.append(x[:, 0].cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, P, P), np.float32)
-
-    def style_distance(self, X, Y):
-        """Style loss (paper eq. 2, the model's layers and weights) between pairs of patches.
-
-        Parameters
-        ----------
-        X, Y : arrays of shape (n, P, P) in [0, 1]
-
-        Returns
-        -------
-        float64 array of shape (n,): loss(X[i], Y[i]) (0 for identical patches), the kernels'
-        per-image style loss (``matrep.kernels.style_loss(..., reduction="none")``).
-        """
-        import torch
-
-        from matrep.kernels import style_loss
-
-        from .model import downsample_patches
-
-        X, Y = check_patches(X, name="X"), check_patches(Y, name="Y")
-        if X.shape != Y.shape:
-            raise BadInputError(None, f"X and Y must have the same shape, got {X.shape} and {Y.shape}")
-        factor = self._factor() if hasattr(self, "patch_size_") else int(self.downsample)
-        if X.shape[1] % factor or X.shape[2] % factor:
-            raise BadInputError(None, f"patches of {X.shape[1]}x{X.shape[2]} cannot be downsampled "
-                                      f"by {factor}; use a patch size that is a multiple of {factor}")
-        bb = self._get_backbone()
-        dev = self._torch_device()
-        taps, lw = tuple(self.style_layers), self._layer_weights()
-        out = []
-        bs = int(self.batch_size_eval)
-        with torch.inference_mode():
-            for s in range(0, len(X), bs):
-                a = torch.from_numpy(np.ascontiguousarray(X[s:s + bs]))[:, None].to(dev)
-                b = torch.from_numpy(np.ascontiguousarray(Y[s:s + bs]))[:, None].to(dev)
-                # at the model's working resolution, like the training loss
-                a, b = downsample_patches(a, factor), downsample_patches(b, factor)
-                fa, fb = bb(bb.preprocess(a)), bb(bb.preprocess(b))
-                per = style_loss([fa[t] for t in taps], [fb[t] for t in taps], list(lw),
-                                 reduction="none")
-                out.append(per.double().cpu().numpy())
-        return np.concatenate(out) if out else np.zeros(0)
-
-    def reconstruct(self, X):
-        """Decode the posterior mean of each patch: (n, P, P) in [0, 1] (the decoder's noise,
-        if any, seeded from the patch's own pixels)."""
-        from .model import noise_seed
-
-        X = check_patches(X)
-        mu, _ = self.encode_full(X)
-        return self.decode(mu, seeds=[noise_seed(x) for x in X])
-
-    def sample(self, n, seed=0):
-        """``n`` new patches decoded from z ~ N(0, I) (seeded): (n, P, P) in [0, 1]."""
-        self._model()
-        from .model import noise_seed
-
-        z = np.random.default_rng(seed).standard_normal((int(n), int(self.latent_dim)))
-        z = z.astype(np.float32)
-        return self.decode(z, seeds=[noise_seed(r) for r in z])
-
-    def traverse(self, x, dims, values=None):
-        """Latent traversal (the paper's Fig. 6).
-
-        Parameters
-        ----------
-        x : array of shape (P, P) — one patch
-        dims : sequence of int — latent dimensions to vary
-        values : sequence of float, default ``np.linspace(-4, 4, 10)``
-
-        Returns
-        -------
-        array of shape (len(dims), len(values), P, P): row i decodes z = Enc(x) with
-        z[dims[i]] set to each value, the other dimensions unchanged.
-        """
-        values = np.linspace(-4, 4, 10) if values is None else np.asarray(values, np.float32)
-        x = np.asarray(x)
-        if x.ndim != 2:
-            raise BadInputError(None, f"x must be one patch of shape (P, P), got {x.shape}")
-        mu, _ = self.encode_full(x[None])
-        dims = [int(d) for d in dims]
-        for d in dims:
-            if not 0 <= d < int(self.latent_dim):
-                raise BadInputError(None, f"latent dimension {d} out of range 0..{int(self.latent_dim) - 1}")
-        Z = np.repeat(mu, len(dims) * len(values), axis=0).reshape(len(dims), len(values), -1)
-        for i, d in enumerate(dims):
-            Z[i, :, d] = values
-        from .model import noise_seed
-
-        Z = Z.reshape(-1, Z.shape[-1])
-        out = self.decode(Z, seeds=[noise_seed(x)] * len(Z))  # one placement along each row
-        return out.reshape(len(dims), len(values), *out.shape[1:])
 
     def held_out_patches(self, patchset):
         """The patches of ``patchset`` that training held out (the run's validation split).
@@ -764,140 +468,6 @@ class TextureVAEEncoder(BaseEncoder):
 
         self._check_fitted()
         return held_out_patches(self, patchset)
-
-    # ---------------------------------------------------------------------------------
-    # persistence (safetensors + JSON, never pickle)
-    # ---------------------------------------------------------------------------------
-    def provenance(self) -> dict:
-        """Base provenance plus the frozen VGG19's weights once fitted.
-
-        ``weights`` holds the weights' full record (name, sha256, source, preprocessing) under
-        the key ``vgg19`` uses, so the feature store writes ``weights_name`` and
-        ``weights_sha256`` for texturevae features too; ``backbone`` summarises it with the
-        encoder taps.
-        """
-        from matrep.backbone import weights_provenance
-
-        prov = super().provenance()
-        info = getattr(self, "weights_info_", None)
-        if info is not None:
-            prov.update(weights_provenance(info, self.encoder_taps))
-            prov["backbone"] = {"name": "vgg19", "weights": info.get("name"),
-                                "sha256": info.get("sha256"),
-                                "preprocessing": info.get("preprocessing"),
-                                "taps": list(self.encoder_taps)}
-        return prov
-
-    def _get_state(self):
-        self._check_fitted()
-        arrays = {f"model.{k}": v.detach().cpu().numpy()
-                  for k, v in self.model_.state_dict().items()}
-        meta = {"patch_size": self.patch_size_, "weights_info": self.weights_info_,
-                "model_patch_size": int(getattr(self, "model_patch_size_", self.patch_size_)),
-                "layer_weights": list(self._layer_weights()),
-                "best_epoch": getattr(self, "best_epoch_", None),
-                "history": getattr(self, "history_", []),
-                "n_train_patches": getattr(self, "n_train_patches_", None),
-                "n_val_patches": getattr(self, "n_val_patches_", None),
-                "split": getattr(self, "split_", None),
-                "precision": getattr(self, "precision_", None),
-                "in_features": int(self.model_.feat_mean.shape[0])}
-        if getattr(self, "distributed_", None):
-            meta["distributed"] = self.distributed_
-        return arrays, meta
-
-    def _set_state(self, arrays, meta):
-        import torch
-
-        from .model import TextureVAE
-
-        self._validate_params()
-        if not isinstance(meta.get("weights_info") or {}, dict):
-            raise EncoderContractError("saved texture-VAE config: meta.weights_info must be an object")
-        try:
-            args = (int(meta["in_features"]), int(self.latent_dim),
-                    int(meta.get("model_patch_size") or meta["patch_size"]),
-                    tuple(self.decoder_channels), self._logvar_bounds(),
-                    str(self.decoder_input), str(self.decoder_padding))
-            with torch.device("meta"):  # shapes first: a config must not make us allocate more
-                want = {k: tuple(v.shape) for k, v in TextureVAE(*args).state_dict().items()}
-            got = {k[len("model."):]: tuple(v.shape) for k, v in arrays.items()
-                   if k.startswith("model.")}
-            if got != want:
-                bad = sorted(set(want) ^ set(got)) or sorted(k for k in want if want[k] != got[k])
-                raise ValueError(f"tensor {bad[0]!r}: config wants {want.get(bad[0])}, "
-                                 f"state has {got.get(bad[0])}")
-            for k, v in arrays.items():
-                if v.dtype.kind != "f" or not np.isfinite(v).all():
-                    raise ValueError(f"tensor {k!r} is not finite floating point ({v.dtype})")
-            model = TextureVAE(*args)
-            model.load_state_dict({k[len("model."):]: torch.from_numpy(np.array(v))
-                                   for k, v in arrays.items() if k.startswith("model.")})
-        except (KeyError, RuntimeError, ValueError, TypeError) as exc:
-            raise EncoderContractError(f"saved texture-VAE state does not match its config "
-                                       f"({type(exc).__name__}: {exc})") from None
-        _set_layout(model, self._torch_device())
-        model.eval()
-        self.model_ = model
-        self.patch_size_ = int(meta["patch_size"])
-        self.model_patch_size_ = int(meta.get("model_patch_size") or meta["patch_size"])
-        self.best_epoch_ = meta.get("best_epoch")
-        if isinstance(self.layer_weights, str) and meta.get("layer_weights") is not None:
-            self.layer_weights_ = tuple(float(w) for w in meta["layer_weights"])
-        self.n_features_in_ = self.patch_size_ ** 2
-        self.weights_info_ = meta.get("weights_info") or {}
-        self.history_ = meta.get("history", [])
-        self.n_train_patches_ = meta.get("n_train_patches")
-        self.n_val_patches_ = meta.get("n_val_patches")
-        self.split_ = meta.get("split")  # None for models saved before it was recorded
-        self.precision_ = meta.get("precision")
-        if meta.get("distributed"):
-            self.distributed_ = meta["distributed"]
-
-    def save(self, path) -> Path:
-        """Write ``config.json`` + ``state.safetensors`` into the folder ``path``.
-
-        Unlike :meth:`BaseEncoder.save` this keeps the other files of a run folder
-        (checkpoint, log.csv, figures): each file is replaced atomically, the state first; the
-        config records the state's sha256, and :meth:`load` checks it.
-        """
-        from safetensors.numpy import save_file
-
-        from matrep._version import __version__
-        from matrep.atomic import atomic_path, atomic_write_text
-
-        arrays, meta = self._get_state()
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path / STATE_NAME, suffix=".safetensors") as tmp:
-            save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp))
-        meta["state_sha256"] = _sha256(path / STATE_NAME)
-        config = {"encoder": self.name, "matrep_version": __version__,
-                  "params": _jsonable(self.get_params(deep=False)), "meta": _jsonable(meta),
-                  "provenance": self.provenance()}
-        atomic_write_text(path / CONFIG_NAME, json.dumps(config, indent=2))
-        return path
-
-    @classmethod
-    def load(cls, path):
-        """Load a trained texture-VAE from a run folder (``config.json`` + ``state.safetensors``)."""
-        path = Path(path)
-        cfg = path / CONFIG_NAME
-        if cfg.is_file():
-            from matrep.encoder import read_config
-
-            want = read_config(path).get("meta", {}).get("state_sha256")
-            st = path / STATE_NAME
-            if not st.is_file():
-                raise BadInputError(path, f"no {STATE_NAME}: the run did not finish; continue it "
-                                          "with `matrep fit ... --resume`")
-            if want and _sha256(st) != want:
-                raise BadInputError(st, "does not match config.json (sha256 differs): the save "
-                                        "was interrupted; save again or refit")
-        elif (path / "checkpoint").is_dir():
-            raise BadInputError(path, "holds a checkpoint but no final model (config.json): the "
-                                      "run did not finish; continue it with `matrep fit ... --resume`")
-        return super().load(path)
 
 
 def _downsample(X, factor: int) -> np.ndarray:
@@ -913,24 +483,5 @@ def _downsample(X, factor: int) -> np.ndarray:
                                   int(factor))[:, 0].numpy()
 
 
-def _set_layout(model, dev):
-    """Channels-last convolutions on CUDA (cuDNN); NCHW on CPU, where oneDNN ran the training
-    step faster in NCHW on the benchmark machine (docs/texturevae.md)."""
-    import torch
-
-    cl = dev.type == "cuda"
-    model.decoder.channels_last = cl
-    if cl:
-        model.decoder.to(memory_format=torch.channels_last)
-
-
 def bb_sha(backbone) -> str:
     return str(dict(backbone.weights_info).get("sha256"))
-
-
-def _sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
