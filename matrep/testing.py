@@ -33,6 +33,23 @@ def make_texture_patches(n: int = 6, size: int = 64, seed: int = 0) -> np.ndarra
     return out
 
 
+def package_doctests(package) -> tuple[int, int]:
+    """Run the doctests of every submodule of ``package``; return (attempted, failed).
+
+    ``doctest.testmod`` on a package alone sees no examples of the names it re-exports."""
+    import doctest
+    import importlib
+    import pkgutil
+
+    attempted = failed = 0
+    for info in pkgutil.iter_modules(package.__path__, package.__name__ + "."):
+        res = doctest.testmod(importlib.import_module(info.name),
+                              optionflags=doctest.NORMALIZE_WHITESPACE)
+        attempted += res.attempted
+        failed += res.failed
+    return attempted, failed
+
+
 def stop_after(encoder, steps: int):
     """Make a checkpointing encoder's next ``fit`` stop after ``steps`` optimiser steps, leaving
     its checkpoint and no final model (a test hook for resuming; not part of ``fit``'s

@@ -300,18 +300,10 @@ def test_verdict_flags_a_random_split_margin_within_the_seeds_spread():
 
 
 def test_study_docstring_examples():
-    import doctest
-    import importlib
-    import pkgutil
-
     import matrep.study as study
+    from matrep.testing import package_doctests
 
-    attempted = failed = 0
-    for info in pkgutil.iter_modules(study.__path__, study.__name__ + "."):
-        res = doctest.testmod(importlib.import_module(info.name),
-                              optionflags=doctest.NORMALIZE_WHITESPACE)
-        attempted += res.attempted
-        failed += res.failed
+    attempted, failed = package_doctests(study)
     assert attempted >= 10 and failed == 0
 
 

@@ -446,16 +446,8 @@ def test_castiron_graphite_statistics():
 
 
 def test_docstring_examples():
-    import doctest
-    import importlib
-    import pkgutil
-
     import matrep.plugins.twopoint as tp
+    from matrep.testing import package_doctests
 
-    attempted = failed = 0
-    for info in pkgutil.iter_modules(tp.__path__, tp.__name__ + "."):
-        res = doctest.testmod(importlib.import_module(info.name),
-                              optionflags=doctest.NORMALIZE_WHITESPACE)
-        attempted += res.attempted
-        failed += res.failed
+    attempted, failed = package_doctests(tp)
     assert attempted >= 8 and failed == 0
