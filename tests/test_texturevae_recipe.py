@@ -360,6 +360,8 @@ def test_modulated_decoder_is_stationary_and_decodes_any_size():
         dec.decode_size(z, 40)
     with pytest.raises(ValueError, match="modulated"):
         Decoder(3, 32, (8, 8, 8, 8, 8), input="noise").decode_size(z, 64)
+    with pytest.raises(ValueError, match="circular"):  # zero padding is not stationary
+        Decoder(3, 32, (8, 8, 8, 8, 8), input="modulated").decode_size(z, 64)
 
 
 def test_histogram_loss_measures_the_grey_level_distribution():

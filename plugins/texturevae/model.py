@@ -32,6 +32,8 @@ import math
 import torch
 from torch import nn
 
+from matrep.seeds import array_seed
+
 # the paper's style layers and the channels of every VGG19 tap: one table, in matrep.taps
 from matrep.taps import STYLE_TAPS, TAP_CHANNELS  # noqa: F401  (re-exported)
 
@@ -138,8 +140,9 @@ class Decoder(nn.Module):
         (the same at every position) and noise; after every convolution the feature maps are
         instance-normalised (per patch and channel, over positions) and then scaled and shifted
         per channel by an affine map of z (``h * (1 + gamma(z)) + beta(z)``). z sets each
-        layer's channel statistics, which is what a Gram-matrix loss measures; the noise alone
-        sets where things sit. With ``padding="circular"`` the decoder is fully convolutional
+        layer's channel statistics, which is what a Gram-matrix loss measures; the noise
+        (concatenated to each block's input, and one map added to its output with a learned
+        strength per channel) alone sets where things sit. With ``padding="circular"`` the decoder is fully convolutional
         and stationary, so it can decode any ``size`` (a multiple of 16), periodic at that size.
     noise_channels : int, default 8
     padding : {"zeros", "circular"}
@@ -167,6 +170,7 @@ class Decoder(nn.Module):
         if input not in DECODER_INPUTS:
             raise ValueError(f"decoder input must be one of {DECODER_INPUTS}, got {input!r}")
         self.start = patch_size // 16
+        self.padding = padding
         self.channels = channels
         self.input = input
         self.noise_channels = int(noise_channels) if input in ("noise", "modulated") else 0
@@ -242,8 +246,9 @@ class Decoder(nn.Module):
         """Decode ``z`` to patches of ``size`` x ``size`` pixels (a multiple of 16): a canvas
         larger (or smaller) than the training patch. Only a stationary decoder can do this
         (``input="modulated"`` with circular padding); its output is periodic at ``size``."""
-        if self.input != "modulated":
-            raise ValueError("only a 'modulated' decoder decodes other sizes than its patch")
+        if self.input != "modulated" or self.padding != "circular":
+            raise ValueError("only a 'modulated' decoder with circular padding decodes other "
+                             "sizes than its patch")
         if size % 16:
             raise ValueError(f"size must be a multiple of 16, got {size}")
         return self._forward_modulated(z, seeds, size // 16)
@@ -296,12 +301,8 @@ class TextureVAE(nn.Module):
         return self.decoder(z, seeds)
 
 
-def noise_seed(a) -> int:
-    """A decoding noise seed derived from the bytes of an array (a patch): deterministic, and
-    different for different patches (:func:`matrep.seeds.array_seed`)."""
-    from matrep.seeds import array_seed
-
-    return array_seed(a)
+#: a decoding noise seed from the bytes of a patch (the one implementation is in core)
+noise_seed = array_seed
 
 
 def downsample_patches(x, factor: int):
