@@ -29,8 +29,8 @@ class GenerativeMixin:
         ``size`` (stationary decoders only, :attr:`decodes_any_size`): decode (n, size, size)
         images instead, ``size`` a multiple of ``16 x downsample``; periodic at ``size``.
 
-        ``seeds`` (n ints, decoders with noise, ``decoder_input`` "noise" or "modulated"): the noise seed of each row, which
-        sets where particles are placed; default 0 for every row (one placement, so rows
+        ``seeds`` (n ints; decoders with noise, ``decoder_input`` "noise" or "modulated"): the
+        noise seed of each row, which sets where particles are placed; default 0 for every row (one placement, so rows
         differ by their statistics only). :meth:`reconstruct` seeds each patch from its own
         pixels, :meth:`traverse` keeps one seed along a row.
         """
