@@ -362,6 +362,34 @@ def test_fit_records_scale_and_encode_applies_it(two_scales, tmp_path):
     assert len(rec["source"]) == 2  # 384 um at 2 um/px = 192 px: one 128-px patch per image
 
 
+def test_a_model_trained_without_scale_warns_when_encoding_resampled_patches(two_scales,
+                                                                             tmp_path):
+    """A model fitted at native pixel sizes never silently encodes resampled patches."""
+    from matrep.scale import model_trained_unscaled
+
+    d, _, _ = two_scales
+    run = tmp_path / "run"
+    common = ["--images", str(d / "images"), "--patch", "128", "--stride", "128"]
+    r = CliRunner().invoke(main, ["fit", "--method", "twopoint", "--out", str(run),
+                                  "--param", "cutoff=8", *common, "-q"])
+    assert r.exit_code == 0, r.output
+    assert json.loads((run / "fit.json").read_text())["patches"]["scale_um_per_px"] is None
+    assert model_trained_unscaled(run)
+    enc = ["encode", "--method", "twopoint", "--model", str(run), "--labels",
+           str(d / "labels.csv"), *common, "-q"]
+    r = CliRunner().invoke(main, [*enc, "--scale", "2", "--out", str(tmp_path / "a.h5")])
+    assert r.exit_code == 0, r.output
+    assert f"warning: {run}/fit.json: the model was trained without --scale" in r.output
+    assert "resampled to 2 um/px" in r.output
+    r = CliRunner().invoke(main, [*enc, "--out", str(tmp_path / "b.h5")])
+    assert r.exit_code == 0 and "warning" not in r.output, r.output
+    # a fit.json that does not say (written before scales were recorded) is not flagged
+    rec = json.loads((run / "fit.json").read_text())
+    del rec["patches"]["scale_um_per_px"]
+    (run / "fit.json").write_text(json.dumps(rec))
+    assert not model_trained_unscaled(run)
+
+
 def test_store_without_scale_keeps_its_old_digest(tmp_path):
     """No --scale: the patch settings (and so stores' digests) are those of before."""
     _png(tmp_path / "x.png", np.zeros((100, 100), np.uint8))

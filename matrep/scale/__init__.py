@@ -58,12 +58,13 @@ Everything public is importable from ``matrep.scale`` itself.
 from __future__ import annotations
 
 from .resampling import (AUTO_SHARE, UPSAMPLE_LIMIT, ScaleOptions, ScalePlan, as_plan, auto_target,
-                         format_summary, model_scale, plan_scale, resample)
+                         format_summary, model_scale, model_trained_unscaled, plan_scale,
+                         resample)
 from .sources import (BAR_COLUMNS, BAR_UNITS_COLUMN, CONFLICT_RTOL, PIXEL_SIZE_COLUMN, UNKNOWN,
                       PixelSize, ScaleWarning, label_column_kind, label_pixel_sizes, parse_scale,
                       resolve_pixel_sizes, scale_bar_pixel_size)
 
 __all__ = ["AUTO_SHARE", "CONFLICT_RTOL", "PixelSize", "ScaleOptions", "ScalePlan", "ScaleWarning",
            "UPSAMPLE_LIMIT", "as_plan", "auto_target", "label_pixel_sizes", "model_scale",
-           "parse_scale", "plan_scale", "resample", "resolve_pixel_sizes",
+           "model_trained_unscaled", "parse_scale", "plan_scale", "resample", "resolve_pixel_sizes",
            "scale_bar_pixel_size"]

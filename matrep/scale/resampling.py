@@ -371,14 +371,30 @@ def as_plan(scale, files, **kw) -> ScalePlan:
     return plan_scale(files, scale, **kw)
 
 
-def model_scale(model_dir) -> float | None:
-    """The pixel size (um/px) a model in ``model_dir`` was trained at, from its ``fit.json``."""
+def _fit_patches_record(model_dir) -> dict:
+    """The ``patches`` record of ``model_dir/fit.json`` (empty when there is none)."""
     p = Path(model_dir) / "fit.json"
     if not p.is_file():
-        return None
+        return {}
     try:
         rec = json.loads(p.read_text())
     except (OSError, json.JSONDecodeError):
-        return None
-    v = (rec.get("patches") or {}).get("scale_um_per_px")
+        return {}
+    return (rec.get("patches") if isinstance(rec, dict) else None) or {}
+
+
+def model_scale(model_dir) -> float | None:
+    """The pixel size (um/px) a model in ``model_dir`` was trained at, from its ``fit.json``."""
+    v = _fit_patches_record(model_dir).get("scale_um_per_px")
     return float(v) if v is not None else None
+
+
+def model_trained_unscaled(model_dir) -> bool:
+    """Whether ``model_dir/fit.json`` records training without ``--scale``.
+
+    True when the record says ``scale_um_per_px: null`` (micrographs patched at their own
+    pixel sizes); False for a recorded scale and for a model whose ``fit.json`` does not say
+    (no file, or written before scales were recorded).
+    """
+    rec = _fit_patches_record(model_dir)
+    return "scale_um_per_px" in rec and rec["scale_um_per_px"] is None
