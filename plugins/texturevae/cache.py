@@ -9,7 +9,8 @@ VGG19 on the reconstruction.
 What is stored per patch (float32):
 
 * the pooled encoder features (2048 values with the default ``"meanstd"`` pooling);
-* the patch's grey-level quantiles (256 values; the targets of the histogram term);
+* the patch's grey-level quantiles (256 values; the targets of the histogram term) and its
+  log radial power spectrum (P/2 values; the targets of the spectrum term);
 * per style layer, whichever is smaller of the target Gram matrix (C x C) and the target
   feature map (C x M): for 128 x 128 patches the Grams of conv1_1, pool1, pool2 and pool3
   (64², 64², 128², 256² values) and the *feature map* of pool4 (512 x 64 values, where its
@@ -35,7 +36,7 @@ import torch
 
 from matrep.kernels import gram_matrix
 
-from .model import N_QUANTILES, intensity_quantiles, pool_features
+from .model import N_QUANTILES, intensity_quantiles, pool_features, radial_log_spectrum
 
 
 @dataclass(frozen=True)
@@ -105,9 +106,11 @@ class FeatureCache:
                     self.row_size = sum(sl.size for sl in self.layout)
                     self.pooled = np.empty((n, pooled.shape[1]), np.float32)
                     self.quantiles = np.empty((n, N_QUANTILES), np.float32)
+                    self.spectra = np.empty((n, P // 2), np.float32)
                     self.targets = self._allocate(n, self.row_size, memory_budget, directory)
                 self.pooled[s:s + len(x)] = pooled
                 self.quantiles[s:s + len(x)] = intensity_quantiles(x).cpu().numpy()
+                self.spectra[s:s + len(x)] = radial_log_spectrum(x).cpu().numpy()
                 rows = []
                 for sl in self.layout:
                     f = feats[sl.tap].float()
@@ -133,7 +136,8 @@ class FeatureCache:
     @property
     def nbytes(self) -> int:
         """Bytes of cached data (RAM or disk)."""
-        return int(self.pooled.nbytes + self.quantiles.nbytes + self.n * self.row_size * 4)
+        return int(self.pooled.nbytes + self.quantiles.nbytes + self.spectra.nbytes
+                   + self.n * self.row_size * 4)
 
     def batch(self, index, device):
         """Pooled features (B, D) and the style targets as Gram matrices, on ``device``.
@@ -158,10 +162,13 @@ class FeatureCache:
             grams.append(v.contiguous() if sl.kind == "gram" else gram_matrix(v))
         return pooled, grams
 
-    def quantile_batch(self, index, device):
-        """The grey-level quantiles of the input patches ``index`` (B, N_QUANTILES), the
-        targets of the histogram term (:func:`~matrep.plugins.texturevae.model.histogram_loss`)."""
-        return torch.from_numpy(self.quantiles[np.asarray(index)]).to(device)
+    def grey_batch(self, index, device):
+        """The targets of the grey-level terms for the input patches ``index``:
+        ``{"histogram": (B, N_QUANTILES) quantiles, "spectrum": (B, P // 2) log spectra}``
+        (:data:`~matrep.plugins.texturevae.step.GREY_TERMS`)."""
+        index = np.asarray(index)
+        return {"histogram": torch.from_numpy(self.quantiles[index]).to(device),
+                "spectrum": torch.from_numpy(self.spectra[index]).to(device)}
 
     def close(self):
         """Delete the spill file, if any."""

@@ -117,6 +117,12 @@ class TextureVAEEncoder(ParamsMixin, NetworkMixin, GenerativeMixin, PersistenceM
         distributions (256 quantiles; :func:`matrep.plugins.texturevae.model.histogram_loss`).
         Position-free like the Gram matrices, but it fixes the share of dark pixels and the
         contrast directly. 0 is the paper's loss; the quick preset sets it (docs/texturevae.md).
+    spectrum_weight : float, default 0.0
+        Weight of a power-spectrum term added to the style loss: the mean squared difference
+        of the reconstruction's and the input's log radially averaged power spectra
+        (:func:`matrep.plugins.texturevae.model.spectrum_loss`). Position-free too; it fixes
+        the length scales at which grey levels vary (particle size and spacing, sharpness).
+        0 is the paper's loss.
     lr_scaling : {"none", "linear"}, default "none"
         Under torchrun with W processes: ``"none"`` — ``batch_size`` is the global batch of
         one step (split over the processes) and ``lr`` is used as given, so the run equals
@@ -162,7 +168,7 @@ class TextureVAEEncoder(ParamsMixin, NetworkMixin, GenerativeMixin, PersistenceM
                  precision="auto", cache_memory_gb=2.0, output="mu", batch_size_eval=32,
                  lr_scaling="none", decoder_input="dense", decoder_padding="zeros", downsample=1, logvar_bounds=(-10.0, 4.0), grad_clip=10.0,
                  kl_warmup=0, lr_schedule="constant", lr_warmup=0, keep_best=True,
-                 histogram_weight=0.0):
+                 histogram_weight=0.0, spectrum_weight=0.0):
         self.latent_dim = latent_dim
         self.pooling = pooling
         self.encoder_taps = encoder_taps
@@ -196,6 +202,7 @@ class TextureVAEEncoder(ParamsMixin, NetworkMixin, GenerativeMixin, PersistenceM
         self.lr_warmup = lr_warmup
         self.keep_best = keep_best
         self.histogram_weight = histogram_weight
+        self.spectrum_weight = spectrum_weight
 
     # ---------------------------------------------------------------------------------
     # fit
@@ -344,6 +351,7 @@ class TextureVAEEncoder(ParamsMixin, NetworkMixin, GenerativeMixin, PersistenceM
                                  kl_warmup=int(self.kl_warmup), lr_schedule=str(self.lr_schedule),
                                  lr_warmup=int(self.lr_warmup), keep_best=bool(self.keep_best),
                                  histogram_weight=float(self.histogram_weight),
+                                 spectrum_weight=float(self.spectrum_weight),
                                  extra={"lr_scaling": str(self.lr_scaling)})
         params = _jsonable(self.get_params(deep=False))
         for k in ("epochs", "checkpoint_every", "device", "cache_memory_gb", "output",
@@ -353,8 +361,9 @@ class TextureVAEEncoder(ParamsMixin, NetworkMixin, GenerativeMixin, PersistenceM
             # the default rule: the run does not depend on the number of processes (and a
             # checkpoint written before the option existed still resumes)
             params.pop("lr_scaling")
-        if not float(params.get("histogram_weight", 0.0)):
-            params.pop("histogram_weight", None)  # the paper's loss; older checkpoints resume
+        for name in ("histogram_weight", "spectrum_weight"):
+            if not float(params.get(name, 0.0)):
+                params.pop(name, None)  # the paper's loss; older checkpoints resume
         fingerprint = {"data": fingerprint_arrays(X[train_idx], X[val_idx]),
                        "n_train": int(len(train_idx)), "n_val": int(len(val_idx)),
                        "params": json.dumps(params, sort_keys=True),

@@ -27,6 +27,7 @@ Choices where the paper is open (all are parameters of
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -350,6 +351,57 @@ def histogram_loss(x, target_quantiles):
     """
     q = intensity_quantiles(x, target_quantiles.shape[1])
     return (q - target_quantiles.float()).square().mean()
+
+
+#: added to the radially averaged power before the logarithm (grey levels in [0, 1])
+SPECTRUM_EPS = 1e-6
+
+
+def radial_log_spectrum(x):
+    """The log of each patch's radially averaged power spectrum: (B, ..., P, P) -> (B, P // 2).
+
+    Bin ``k`` (``k = 1 .. P/2``) averages :math:`|\\hat x(\\mathbf f)|^2 / P^2` of the
+    mean-free patch over the spatial frequencies with :math:`\\mathrm{round}(|\\mathbf f|) = k`
+    cycles per patch, then :math:`\\log(\\cdot + 10^{-6})`. The power spectrum is the Fourier
+    transform of the grey-level two-point autocorrelation, so it carries the particles' size
+    and spacing and the image's sharpness; it ignores where particles sit. Differentiable.
+    """
+    flat = x.reshape(x.shape[0], *x.shape[-2:]).float()
+    H, W = flat.shape[-2:]
+    if H != W:
+        raise ValueError(f"radial_log_spectrum needs square patches, got {H} x {W}")
+    flat = flat - flat.mean(dim=(1, 2), keepdim=True)
+    power = torch.fft.rfft2(flat).abs().square() / (H * W)
+    return torch.log(power.flatten(1) @ _radial_bins(H, str(flat.device)) + SPECTRUM_EPS)
+
+
+@functools.lru_cache(maxsize=8)
+def _radial_bins(P, device):
+    """(P * (P//2 + 1), P//2) averaging matrix of the rfft2 frequencies onto radial bins.
+
+    Made outside inference mode (a normal tensor), since the first call may come from the
+    feature cache (inference mode) and later ones from a training step (autograd)."""
+    with torch.inference_mode(False), torch.no_grad():
+        ky = torch.fft.fftfreq(P, d=1.0 / P, device=device)
+        kx = torch.fft.rfftfreq(P, d=1.0 / P, device=device)
+        r = torch.sqrt(ky[:, None] ** 2 + kx[None, :] ** 2).round().long().flatten()
+        nb = P // 2
+        keep = (r >= 1) & (r <= nb)
+        m = torch.zeros(r.numel(), nb, device=device)
+        m[keep.nonzero()[:, 0], r[keep] - 1] = 1.0
+        return m / m.sum(dim=0, keepdim=True)
+
+
+def spectrum_loss(x, target_spectra):
+    """Mean squared difference of the log radial power spectra of ``x`` (B, 1, P, P) and the
+    targets (B, P // 2), mean over bins and batch (:func:`radial_log_spectrum`).
+
+    .. math:: S = \\frac{1}{B\\,K}\\sum_{b,k} \\big(\\log p_k(\\hat x_b) - \\log p_k(x_b)\\big)^2
+
+    The histogram term fixes how much is dark; this one fixes at which length scales the
+    grey levels vary (particle size and spacing, edge sharpness).
+    """
+    return (radial_log_spectrum(x) - target_spectra.float()).square().mean()
 
 
 def kl_divergence(mu, logvar):

@@ -22,7 +22,7 @@ class ParamsMixin:
                            ("batch_size_eval", int), ("seed", int), ("downsample", int),
                            ("kl_warmup", int), ("lr_warmup", int), ("lr", float),
                            ("kl_weight", float), ("val_fraction", float),
-                           ("histogram_weight", float),
+                           ("histogram_weight", float), ("spectrum_weight", float),
                            ("cache_memory_gb", float), ("max_patches", int),
                            ("max_val_patches", int), ("checkpoint_every", int)):
             value = getattr(self, name, None)
@@ -47,9 +47,11 @@ class ParamsMixin:
             raise BadInputError(None, f"layer_weights must be finite and >= 0, got {lw}")
         if not (0 <= float(self.val_fraction) < 1):
             raise BadInputError(None, f"val_fraction must be in [0, 1), got {self.val_fraction!r}")
-        if not (np.isfinite(float(self.histogram_weight)) and float(self.histogram_weight) >= 0):
-            raise BadInputError(None, f"histogram_weight must be a finite number >= 0, got "
-                                      f"{self.histogram_weight!r}")
+        for name in ("histogram_weight", "spectrum_weight"):
+            w = float(getattr(self, name))
+            if not (np.isfinite(w) and w >= 0):
+                raise BadInputError(None, f"{name} must be a finite number >= 0, got "
+                                          f"{getattr(self, name)!r}")
         if float(self.kl_weight) < 0:
             raise BadInputError(None, f"kl_weight must be >= 0, got {self.kl_weight!r}")
         if self.lr_scaling not in ("none", "linear"):

@@ -49,6 +49,8 @@ class TrainSettings:
     lr_final: float = 0.05
     #: weight of the grey-level histogram term added to the style loss (0: the paper's loss)
     histogram_weight: float = 0.0
+    #: weight of the log radial power-spectrum term added to the style loss (0: the paper's loss)
+    spectrum_weight: float = 0.0
     #: keep the model of the epoch with the lowest held-out style loss (needs held-out patches)
     keep_best: bool = True
     extra: dict = field(default_factory=dict)

@@ -1,4 +1,4 @@
-"""One training step of the texture-VAE: the loss (style + histogram + KL), the
+"""One training step of the texture-VAE: the loss (style + grey-level terms + KL), the
 single-process and the DistributedDataParallel step, the held-out evaluation and the
 balanced style-layer weights.
 
@@ -14,7 +14,11 @@ import torch
 
 from matrep.errors import TrainingDivergedError
 
-from .model import histogram_loss, kl_divergence, reparameterize
+from .model import histogram_loss, kl_divergence, reparameterize, spectrum_loss
+
+#: the optional grey-level terms added to the style loss, by name: (reconstruction (B, 1, P, P),
+#: the cached targets of its inputs) -> scalar. Their weights are ``<name>_weight``.
+GREY_TERMS = {"histogram": histogram_loss, "spectrum": spectrum_loss}
 
 
 # ---------------------------------------------------------------------------------------
@@ -130,11 +134,12 @@ def forward_losses(model, backbone, pooled, target_grams, *, style_taps, layer_w
 
 def train_step(model, backbone, optimizer, pooled, target_grams, *, kl_weight, style_taps,
                layer_weights, generator=None, autocast_dtype=None, style_backend="auto",
-               check_finite=True, grad_clip=None, target_quantiles=None, histogram_weight=0.0):
+               check_finite=True, grad_clip=None, grey_targets=None, grey_weights=None):
     """One optimisation step on a batch of cached inputs; returns (loss, style, kl) floats.
 
-    The loss is ``style + histogram_weight * histogram + kl_weight * kl`` (the histogram term,
-    :func:`~matrep.plugins.texturevae.model.histogram_loss`, needs ``target_quantiles``).
+    The loss is ``style + sum_t grey_weights[t] * term_t + kl_weight * kl`` over the grey-level
+    terms :data:`GREY_TERMS` with a nonzero weight (each needs its ``grey_targets[t]``, see
+    :meth:`~matrep.plugins.texturevae.cache.FeatureCache.grey_batch`).
 
     Raises
     ------
@@ -145,7 +150,7 @@ def train_step(model, backbone, optimizer, pooled, target_grams, *, kl_weight, s
                                      style_taps=style_taps, layer_weights=layer_weights,
                                      generator=generator, autocast_dtype=autocast_dtype,
                                      style_backend=style_backend)
-    loss = style + kl_weight * kl + _histogram_term(xhat, target_quantiles, histogram_weight)
+    loss = style + kl_weight * kl + _grey_term(xhat, grey_targets, grey_weights)
     vals = torch.stack([loss.detach(), style.detach(), kl.detach()]).float().cpu().tolist()
     if check_finite and not all(math.isfinite(v) for v in vals):
         raise TrainingDivergedError(f"loss is not finite (loss={vals[0]}, style={vals[1]}, "
@@ -157,13 +162,17 @@ def train_step(model, backbone, optimizer, pooled, target_grams, *, kl_weight, s
     return vals
 
 
-def _histogram_term(xhat, target_quantiles, weight):
-    """``weight * histogram_loss`` (0 when the weight is 0)."""
-    if not weight:
-        return 0.0
-    if target_quantiles is None:
-        raise ValueError("histogram_weight > 0 needs the target grey-level quantiles")
-    return float(weight) * histogram_loss(xhat, target_quantiles)
+def _grey_term(xhat, targets, weights):
+    """``sum_t weights[t] * GREY_TERMS[t](xhat, targets[t])`` over the nonzero weights (0.0
+    when there are none)."""
+    total = 0.0
+    for name, w in (weights or {}).items():
+        if not w:
+            continue
+        if targets is None or name not in targets:
+            raise ValueError(f"{name}_weight > 0 needs the {name} targets of the input patches")
+        total = total + float(w) * GREY_TERMS[name](xhat, targets[name])
+    return total
 
 
 def _clip(optimizer, grad_clip):
@@ -176,7 +185,7 @@ def _clip(optimizer, grad_clip):
 def distributed_train_step(net, backbone, optimizer, pooled, target_grams, eps, *, n_local,
                            n_global, ctx, kl_weight, style_taps, layer_weights,
                            autocast_dtype=None, style_backend="auto", flag=False,
-                           grad_clip=None, target_quantiles=None, histogram_weight=0.0):
+                           grad_clip=None, grey_targets=None, grey_weights=None):
     """One DDP step on this rank's part of a global batch; returns ((loss, style, kl), flag).
 
     ``pooled``/``target_grams``/``eps`` hold this rank's ``n_local`` of the ``n_global``
@@ -198,7 +207,7 @@ def distributed_train_step(net, backbone, optimizer, pooled, target_grams, eps, 
                                      style_taps=style_taps, layer_weights=layer_weights,
                                      autocast_dtype=autocast_dtype, style_backend=style_backend,
                                      net=net, eps=eps)
-    loss = style + kl_weight * kl + _histogram_term(xhat, target_quantiles, histogram_weight)
+    loss = style + kl_weight * kl + _grey_term(xhat, grey_targets, grey_weights)
     local = torch.stack([loss.detach(), style.detach(), kl.detach()]).float().cpu().tolist()
     tot = ctx.all_reduce_sum([v * n_local for v in local] + [n_local, 1.0 if flag else 0.0])
     vals = [v / max(tot[3], 1.0) for v in tot[:3]]

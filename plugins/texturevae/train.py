@@ -52,7 +52,7 @@ from .checkpoint import (CHECKPOINT_DIR, CHECKPOINT_FORMAT, CHECKPOINT_JSON,  # 
                          restore_checkpoint, save_checkpoint, write_log)
 from .settings import (SPIKE_FACTOR, SPIKE_MIN_STEPS, SPIKE_WINDOW, SpikeMonitor,  # noqa: F401
                        TrainSettings, fingerprint_arrays, resolve_precision, split_patches)
-from .step import (VAEForward, _clip, _histogram_term, balanced_layer_weights,  # noqa: F401
+from .step import (VAEForward, _clip, _grey_term, balanced_layer_weights,  # noqa: F401
                    distributed_train_step, evaluate, forward_losses, style_loss_grams,
                    train_step)
 
@@ -151,7 +151,8 @@ def train(model, backbone, train_cache, val_cache, *, settings: TrainSettings, s
     rule = scaling_rule(s.batch_size, s.lr, W, s.extra.get("lr_scaling", "none"))
     autocast_dtype = torch.bfloat16 if s.precision == "bf16" else None
     lw = tuple(float(w) for w in s.layer_weights)
-    hw = float(s.histogram_weight)
+    gw = {"histogram": float(s.histogram_weight), "spectrum": float(s.spectrum_weight)}
+    use_grey = any(gw.values())
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=rule.lr)
     generator = torch.Generator(device=device)
     generator.manual_seed(int(s.seed))
@@ -257,9 +258,9 @@ def train(model, backbone, train_cache, val_cache, *, settings: TrainSettings, s
                                 model, backbone, optimizer, pooled, grams, kl_weight=beta,
                                 style_taps=style_taps, layer_weights=lw, generator=generator,
                                 autocast_dtype=autocast_dtype, style_backend=s.style_backend,
-                                grad_clip=s.grad_clip, histogram_weight=hw,
-                                target_quantiles=(train_cache.quantile_batch(idx, device)
-                                                  if hw else None))
+                                grad_clip=s.grad_clip, grey_weights=gw,
+                                grey_targets=(train_cache.grey_batch(idx, device)
+                                              if use_grey else None))
                             stop = intr.flag
                         else:
                             # the single-process draw for the whole global batch; keep our rows
@@ -276,9 +277,9 @@ def train(model, backbone, train_cache, val_cache, *, settings: TrainSettings, s
                                 n_global=len(idx), ctx=ctx, kl_weight=beta,
                                 style_taps=style_taps, layer_weights=lw,
                                 autocast_dtype=autocast_dtype, style_backend=s.style_backend,
-                                flag=intr.flag, grad_clip=s.grad_clip, histogram_weight=hw,
-                                target_quantiles=(train_cache.quantile_batch(idx[rows], device)
-                                                  if hw else None))
+                                flag=intr.flag, grad_clip=s.grad_clip, grey_weights=gw,
+                                grey_targets=(train_cache.grey_batch(idx[rows], device)
+                                              if use_grey else None))
                     except TrainingDivergedError as exc:
                         ck = Path(run_dir) / CHECKPOINT_DIR if run_dir is not None else None
                         where = (f"the last good checkpoint {ck} is intact; " if ck and ck.exists()
