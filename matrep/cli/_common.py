@@ -190,6 +190,16 @@ def resume_option(what: str):
     return deco
 
 
+def held_out_option(func):
+    """``--held-out``: only the patches the model(s) held out from training (one option, one
+    help text, for every command that measures a trained model)."""
+    return click.option(
+        "--held-out", is_flag=True,
+        help="Draw the patches only from those the model(s) held out from training (the run's "
+             "validation split, recorded at fit time); --images and the patching options must "
+             "be those of `matrep fit` (checked against the run's fit.json).")(func)
+
+
 def n_option(default: int, help: str, *, min: int = 1):
     """``-n/--n``: how many (patches, samples, designs)."""
     return click.option("-n", "--n", "n", default=default, type=click.IntRange(min), help=help)

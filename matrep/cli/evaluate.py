@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from ._common import (file_column_option, handle_errors, images_option, labels_option,
+from ._common import (file_column_option, handle_errors, held_out_option, images_option,
+                      labels_option,
                       model_option, n_option, out_option, parse_crop, quiet_option, seed_option,
                       window_options)
 from ._scale import scale_options, to_options
@@ -29,10 +30,7 @@ def _log(quiet):
               help="Micrographs of another material for the floor baseline (default: a "
                    "different micrograph of --images).")
 @n_option(100, "Patches per model (the paper used 100).")
-@click.option("--held-out", is_flag=True,
-              help="Draw the patches only from those the model(s) held out from training (the "
-                   "run's validation split, recorded at fit time); --images and the patching options must "
-                   "be those of `matrep fit` (checked against the run's fit.json).")
+@held_out_option
 @window_options
 @scale_options
 @click.option("--metrics", default="stsim2,stsim2_global,dists",
@@ -91,9 +89,7 @@ def evaluate_cmd(models, images, other_images, n, held_out, stride, crop, crop_b
               help="Label columns to use as factors (default: every numeric column but "
                    "bookkeeping such as seed); MIG/SAP use the same list.")
 @n_option(500, "Random subset of patches to encode.")
-@click.option("--held-out", is_flag=True,
-              help="Use only the patches the model held out from training (as in `matrep "
-                   "evaluate --held-out`).")
+@held_out_option
 @window_options
 @scale_options
 @click.option("--top-k", default=5, type=click.IntRange(1), help="Dimensions listed per factor.")
