@@ -444,3 +444,33 @@ def test_spectrum_weight_trains_and_is_validated():
     for bad in (-1.0, float("inf"), "x"):
         with pytest.raises(BadInputError, match="spectrum_weight"):
             TextureVAEEncoder(**TINY, spectrum_weight=bad).fit(X)
+
+
+def test_bilinear_upsampling_is_periodic_and_round_trips(tmp_path):
+    """``decoder_upsample="bilinear"``: a shift of the map by one cell shifts the upsampled map
+    by two pixels (no edge clamping: the decoder stays stationary); inside the map it is
+    torch's bilinear upsampling; the option is validated and saved with the model."""
+    import matrep
+    from matrep.errors import BadInputError
+    from matrep.plugins.texturevae.model import Decoder, _PeriodicBilinear
+
+    h = torch.randn(2, 3, 8, 8)
+    up = _PeriodicBilinear()
+    assert up(h).shape == (2, 3, 16, 16)
+    torch.testing.assert_close(up(torch.roll(h, 1, dims=3)), torch.roll(up(h), 2, dims=3))
+    plain = torch.nn.functional.interpolate(h, scale_factor=2, mode="bilinear",
+                                            align_corners=False)
+    torch.testing.assert_close(up(h)[..., 2:-2, 2:-2], plain[..., 2:-2, 2:-2])
+    with pytest.raises(ValueError, match="upsampling"):
+        Decoder(3, 32, upsample="cubic")
+    X = _patches(8, 32)
+    kw = dict(TINY, decoder_input="modulated", decoder_padding="circular",
+              decoder_upsample="bilinear", val_split="patch", val_fraction=0.25)
+    with pytest.raises(BadInputError, match="decoder_upsample"):
+        TextureVAEEncoder(**{**kw, "decoder_upsample": "cubic"}).fit(X)
+    enc = TextureVAEEncoder(**kw)
+    enc.fit(X, context=FitContext(run_dir=tmp_path / "run"))
+    assert isinstance(enc.model_.decoder.blocks[1], _PeriodicBilinear)
+    back = matrep.load_model(tmp_path / "run")
+    assert back.decoder_upsample == "bilinear"
+    np.testing.assert_allclose(back.reconstruct(X[:2]), enc.reconstruct(X[:2]), atol=1e-6)

@@ -85,6 +85,9 @@ class TextureVAEEncoder(ParamsMixin, NetworkMixin, GenerativeMixin, PersistenceM
         per-channel scales and shifts of every block's instance-normalised feature maps with
         noise maps for the placement (``"modulated"``); see
         :class:`matrep.plugins.texturevae.model.Decoder`.
+    decoder_upsample : {"nearest", "bilinear"}, default "nearest"
+        The decoder blocks' 2x upsampling: nearest (the paper's) or bilinear (periodic with
+        circular padding).
     decoder_padding : {"zeros", "circular"}, default "zeros"
         Padding of the decoder's convolutions; ``"circular"`` removes every absolute position,
         so particle placement can only come from the noise. With ``decoder_input="modulated"``
@@ -168,7 +171,7 @@ class TextureVAEEncoder(ParamsMixin, NetworkMixin, GenerativeMixin, PersistenceM
                  precision="auto", cache_memory_gb=2.0, output="mu", batch_size_eval=32,
                  lr_scaling="none", decoder_input="dense", decoder_padding="zeros", downsample=1, logvar_bounds=(-10.0, 4.0), grad_clip=10.0,
                  kl_warmup=0, lr_schedule="constant", lr_warmup=0, keep_best=True,
-                 histogram_weight=0.0, spectrum_weight=0.0):
+                 histogram_weight=0.0, spectrum_weight=0.0, decoder_upsample="nearest"):
         self.latent_dim = latent_dim
         self.pooling = pooling
         self.encoder_taps = encoder_taps
@@ -203,6 +206,7 @@ class TextureVAEEncoder(ParamsMixin, NetworkMixin, GenerativeMixin, PersistenceM
         self.keep_best = keep_best
         self.histogram_weight = histogram_weight
         self.spectrum_weight = spectrum_weight
+        self.decoder_upsample = decoder_upsample
 
     # ---------------------------------------------------------------------------------
     # fit
@@ -332,7 +336,8 @@ class TextureVAEEncoder(ParamsMixin, NetworkMixin, GenerativeMixin, PersistenceM
         torch.manual_seed(int(self.seed))
         model = TextureVAE(pooled_size(encoder_taps, self.pooling), int(self.latent_dim), Hm,
                            tuple(self.decoder_channels), self._logvar_bounds(),
-                           str(self.decoder_input), str(self.decoder_padding))
+                           str(self.decoder_input), str(self.decoder_padding),
+                           str(self.decoder_upsample))
         pooled = torch.from_numpy(train_cache.pooled)
         model.feat_mean.copy_(pooled.mean(0))
         # z-score; a feature that hardly varies over the training patches is not blown up
@@ -364,6 +369,8 @@ class TextureVAEEncoder(ParamsMixin, NetworkMixin, GenerativeMixin, PersistenceM
         for name in ("histogram_weight", "spectrum_weight"):
             if not float(params.get(name, 0.0)):
                 params.pop(name, None)  # the paper's loss; older checkpoints resume
+        if params.get("decoder_upsample") == "nearest":
+            params.pop("decoder_upsample")  # the paper's decoder; older checkpoints resume
         fingerprint = {"data": fingerprint_arrays(X[train_idx], X[val_idx]),
                        "n_train": int(len(train_idx)), "n_val": int(len(val_idx)),
                        "params": json.dumps(params, sort_keys=True),

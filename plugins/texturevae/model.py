@@ -115,6 +115,24 @@ class LatentHead(nn.Module):
 
 #: How z enters the decoder (``decoder_input``).
 DECODER_INPUTS = ("dense", "noise", "modulated")
+#: The decoder blocks' 2x upsampling (``decoder_upsample``).
+DECODER_UPSAMPLING = ("nearest", "bilinear")
+
+
+class _PeriodicBilinear(nn.Module):
+    """2x bilinear upsampling of a periodic map: one wrapped row/column on each side, the
+    usual half-pixel interpolation, the border cropped (no edge clamping, so a circularly
+    padded decoder stays stationary)."""
+
+    def forward(self, h):
+        p = nn.functional.pad(h, (1, 1, 1, 1), mode="circular")
+        up = nn.functional.interpolate(p, scale_factor=2, mode="bilinear", align_corners=False)
+        return up[..., 2:-2, 2:-2]
+
+
+def _upsampler(mode):
+    return (nn.Upsample(scale_factor=2, mode="nearest") if mode == "nearest"
+            else _PeriodicBilinear())
 
 
 class Decoder(nn.Module):
@@ -146,6 +164,10 @@ class Decoder(nn.Module):
         strength per channel) alone sets where things sit. With ``padding="circular"`` the decoder is fully convolutional
         and stationary, so it can decode any ``size`` (a multiple of 16), periodic at that size.
     noise_channels : int, default 8
+    upsample : {"nearest", "bilinear"}
+        The 2x upsampling of every block: ``"nearest"`` (the paper's) repeats each value in a
+        2x2 block; ``"bilinear"`` interpolates (periodically with circular padding, so the
+        decoder stays stationary).
     padding : {"zeros", "circular"}
         Padding of the 3x3 convolutions. With zero padding a convolution stack can tell how far
         each pixel is from the border and paint a fixed layout even from a position-free input
@@ -157,7 +179,8 @@ class Decoder(nn.Module):
     """
 
     def __init__(self, latent_dim: int, patch_size: int, channels=(256, 256, 128, 64, 32),
-                 input: str = "dense", noise_channels: int = 8, padding: str = "zeros"):
+                 input: str = "dense", noise_channels: int = 8, padding: str = "zeros",
+                 upsample: str = "nearest"):
         super().__init__()
         channels = tuple(int(c) for c in channels)
         if len(channels) != 5:
@@ -170,6 +193,10 @@ class Decoder(nn.Module):
             raise ValueError(f"decoder padding must be 'zeros' or 'circular', got {padding!r}")
         if input not in DECODER_INPUTS:
             raise ValueError(f"decoder input must be one of {DECODER_INPUTS}, got {input!r}")
+        if upsample not in DECODER_UPSAMPLING:
+            raise ValueError(f"decoder upsampling must be one of {DECODER_UPSAMPLING}, got "
+                             f"{upsample!r}")
+        self.upsample = upsample
         self.start = patch_size // 16
         self.padding = padding
         self.channels = channels
@@ -190,7 +217,7 @@ class Decoder(nn.Module):
         for cin, cout in zip(channels[:-1], channels[1:]):
             blocks += [nn.Conv2d(cin + self.noise_channels, cout, 3, padding=1,
                                  padding_mode=padding),
-                       nn.Upsample(scale_factor=2, mode="nearest"),
+                       _upsampler(upsample),
                        nn.LeakyReLU(LEAKY_SLOPE)]
         self.blocks = nn.Sequential(*blocks)
         self.out = nn.Conv2d(channels[-1], 1, 3, padding=1, padding_mode=padding)
@@ -281,13 +308,13 @@ class TextureVAE(nn.Module):
 
     def __init__(self, in_features: int, latent_dim: int, patch_size: int,
                  decoder_channels=(256, 256, 128, 64, 32), logvar_bounds=None,
-                 decoder_input="dense", decoder_padding="zeros"):
+                 decoder_input="dense", decoder_padding="zeros", decoder_upsample="nearest"):
         super().__init__()
         self.register_buffer("feat_mean", torch.zeros(in_features))
         self.register_buffer("feat_std", torch.ones(in_features))
         self.head = LatentHead(in_features, latent_dim, logvar_bounds)
         self.decoder = Decoder(latent_dim, patch_size, decoder_channels, decoder_input,
-                               padding=decoder_padding)
+                               padding=decoder_padding, upsample=decoder_upsample)
         self.latent_dim = latent_dim
         self.patch_size = patch_size
 

@@ -61,6 +61,11 @@ class ParamsMixin:
         if self.decoder_input not in DECODER_INPUTS:
             raise BadInputError(None, f"decoder_input must be one of {DECODER_INPUTS}, got "
                                       f"{self.decoder_input!r}")
+        from .model import DECODER_UPSAMPLING
+
+        if getattr(self, "decoder_upsample", "nearest") not in DECODER_UPSAMPLING:
+            raise BadInputError(None, f"decoder_upsample must be one of {DECODER_UPSAMPLING}, "
+                                      f"got {self.decoder_upsample!r}")
         if self.decoder_padding not in ("zeros", "circular"):
             raise BadInputError(None, "decoder_padding must be 'zeros' or 'circular', got "
                                       f"{self.decoder_padding!r}")

@@ -71,7 +71,8 @@ class PersistenceMixin:
             args = (int(meta["in_features"]), int(self.latent_dim),
                     int(meta.get("model_patch_size") or meta["patch_size"]),
                     tuple(self.decoder_channels), self._logvar_bounds(),
-                    str(self.decoder_input), str(self.decoder_padding))
+                    str(self.decoder_input), str(self.decoder_padding),
+                    str(getattr(self, "decoder_upsample", "nearest")))
             with torch.device("meta"):  # shapes first: a config must not make us allocate more
                 want = {k: tuple(v.shape) for k, v in TextureVAE(*args).state_dict().items()}
             got = {k[len("model."):]: tuple(v.shape) for k, v in arrays.items()
