@@ -33,7 +33,7 @@ class FakeModel:
     """Decodes (z0, z1) into ellipses and measures them back; z2, z3 unused."""
 
     name = "fake"
-    can_decode = True
+    generative = True
     latent_dim = 4
     patch_size_ = P
 

@@ -29,7 +29,7 @@ def _load_decoder_model(model):
     from .. import load_model
 
     enc = load_model(model)
-    if not getattr(enc, "generative", False):
+    if not getattr(enc, "generative", getattr(enc, "can_decode", False)):
         raise click.ClickException(f"{model}: encoder {enc.name!r} cannot decode")
     return enc
 

@@ -399,7 +399,8 @@ def make_designer(model, images, labels, properties, *, material="castiron", phy
     settings = settings or DesignSettings()
     if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
         model = load_model(model)
-    if not getattr(model, "generative", False) or not callable(getattr(model, "decode", None)):
+    generative = getattr(model, "generative", getattr(model, "can_decode", False))  # old alias
+    if not generative or not callable(getattr(model, "decode", None)):
         raise DesignError(f"encoder {getattr(model, 'name', type(model).__name__)!r} cannot decode "
                           "latents into images; design needs a generative model such as a "
                           "trained texturevae run")

@@ -236,7 +236,7 @@ def interpret_model(model, images, *, labels=None, file_column: str = "file", fa
                          "factors: compare models with them, but prefer known factors (--labels)")
     report = InterpretReport(name, int(ld), len(ps), names, source, rho, p, ranking, mig, sap,
                              notes)
-    can_traverse = hasattr(model, "traverse") and getattr(model, "generative", True)
+    can_traverse = hasattr(model, "traverse") and getattr(model, "generative", getattr(model, "can_decode", True))
     values = TRAVERSAL_VALUES if traversal_values is None else traversal_values
     if traversal_bases and can_traverse:
         ref = (table.to_numpy(dtype=float) if source == "measured" else
