@@ -88,6 +88,10 @@ class TextureVAEEncoder(ParamsMixin, NetworkMixin, GenerativeMixin, PersistenceM
     decoder_upsample : {"nearest", "bilinear"}, default "nearest"
         The decoder blocks' 2x upsampling: nearest (the paper's) or bilinear (periodic with
         circular padding).
+    decoder_noise_start : int, default 0
+        The first decoder block (0-3) that gets noise maps; earlier blocks get zeros, so with
+        ``decoder_input="modulated"`` and circular padding particles are placed on the finer
+        grid of that block instead of one per cell of the ``P/16`` start grid.
     decoder_padding : {"zeros", "circular"}, default "zeros"
         Padding of the decoder's convolutions; ``"circular"`` removes every absolute position,
         so particle placement can only come from the noise. With ``decoder_input="modulated"``
@@ -171,7 +175,8 @@ class TextureVAEEncoder(ParamsMixin, NetworkMixin, GenerativeMixin, PersistenceM
                  precision="auto", cache_memory_gb=2.0, output="mu", batch_size_eval=32,
                  lr_scaling="none", decoder_input="dense", decoder_padding="zeros", downsample=1, logvar_bounds=(-10.0, 4.0), grad_clip=10.0,
                  kl_warmup=0, lr_schedule="constant", lr_warmup=0, keep_best=True,
-                 histogram_weight=0.0, spectrum_weight=0.0, decoder_upsample="nearest"):
+                 histogram_weight=0.0, spectrum_weight=0.0, decoder_upsample="nearest",
+                 decoder_noise_start=0):
         self.latent_dim = latent_dim
         self.pooling = pooling
         self.encoder_taps = encoder_taps
@@ -207,6 +212,7 @@ class TextureVAEEncoder(ParamsMixin, NetworkMixin, GenerativeMixin, PersistenceM
         self.histogram_weight = histogram_weight
         self.spectrum_weight = spectrum_weight
         self.decoder_upsample = decoder_upsample
+        self.decoder_noise_start = decoder_noise_start
 
     # ---------------------------------------------------------------------------------
     # fit
@@ -337,7 +343,7 @@ class TextureVAEEncoder(ParamsMixin, NetworkMixin, GenerativeMixin, PersistenceM
         model = TextureVAE(pooled_size(encoder_taps, self.pooling), int(self.latent_dim), Hm,
                            tuple(self.decoder_channels), self._logvar_bounds(),
                            str(self.decoder_input), str(self.decoder_padding),
-                           str(self.decoder_upsample))
+                           str(self.decoder_upsample), int(self.decoder_noise_start))
         pooled = torch.from_numpy(train_cache.pooled)
         model.feat_mean.copy_(pooled.mean(0))
         # z-score; a feature that hardly varies over the training patches is not blown up
@@ -371,6 +377,8 @@ class TextureVAEEncoder(ParamsMixin, NetworkMixin, GenerativeMixin, PersistenceM
                 params.pop(name, None)  # the paper's loss; older checkpoints resume
         if params.get("decoder_upsample") == "nearest":
             params.pop("decoder_upsample")  # the paper's decoder; older checkpoints resume
+        if not int(params.get("decoder_noise_start", 0)):
+            params.pop("decoder_noise_start", None)  # noise at every block; older checkpoints
         fingerprint = {"data": fingerprint_arrays(X[train_idx], X[val_idx]),
                        "n_train": int(len(train_idx)), "n_val": int(len(val_idx)),
                        "params": json.dumps(params, sort_keys=True),

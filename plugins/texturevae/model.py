@@ -164,6 +164,12 @@ class Decoder(nn.Module):
         strength per channel) alone sets where things sit. With ``padding="circular"`` the decoder is fully convolutional
         and stationary, so it can decode any ``size`` (a multiple of 16), periodic at that size.
     noise_channels : int, default 8
+    noise_start : int, default 0
+        The first block (0-3) that gets noise; the blocks before it get zeros in place of their
+        noise maps (``"noise"`` and ``"modulated"`` inputs). With ``"modulated"`` and circular
+        padding the blocks before it are then constant in space, so placement starts at block
+        ``noise_start``'s resolution (``P/16 * 2**noise_start``): a finer grid of places where
+        a particle can sit, instead of one motif per cell of the ``P/16`` start grid.
     upsample : {"nearest", "bilinear"}
         The 2x upsampling of every block: ``"nearest"`` (the paper's) repeats each value in a
         2x2 block; ``"bilinear"`` interpolates (periodically with circular padding, so the
@@ -180,7 +186,7 @@ class Decoder(nn.Module):
 
     def __init__(self, latent_dim: int, patch_size: int, channels=(256, 256, 128, 64, 32),
                  input: str = "dense", noise_channels: int = 8, padding: str = "zeros",
-                 upsample: str = "nearest"):
+                 upsample: str = "nearest", noise_start: int = 0):
         super().__init__()
         channels = tuple(int(c) for c in channels)
         if len(channels) != 5:
@@ -196,6 +202,9 @@ class Decoder(nn.Module):
         if upsample not in DECODER_UPSAMPLING:
             raise ValueError(f"decoder upsampling must be one of {DECODER_UPSAMPLING}, got "
                              f"{upsample!r}")
+        if not 0 <= int(noise_start) <= 3:
+            raise ValueError(f"decoder noise_start must be a block index 0-3, got {noise_start!r}")
+        self.noise_start = int(noise_start)
         self.upsample = upsample
         self.start = patch_size // 16
         self.padding = padding
@@ -282,7 +291,14 @@ class Decoder(nn.Module):
         return self._forward_modulated(z, seeds, size // 16)
 
     def _noise(self, B, device, dtype, seeds, start=None):
-        """The noise maps of the four blocks, each (B, noise_channels, s, s)."""
+        """The noise maps of the four blocks, each (B, noise_channels, s, s); zeros for the
+        blocks before ``noise_start``."""
+        maps = self._noise_maps(B, device, dtype, seeds, start)
+        for i in range(self.noise_start):
+            maps[i] = torch.zeros_like(maps[i])
+        return maps
+
+    def _noise_maps(self, B, device, dtype, seeds, start=None):
         sizes = [(start or self.start) * 2 ** i for i in range(4)]
         if self.training:  # fresh noise from the global generator (seeded, checkpointed)
             return [torch.randn((B, self.noise_channels, n, n), device=device, dtype=dtype)
@@ -308,13 +324,15 @@ class TextureVAE(nn.Module):
 
     def __init__(self, in_features: int, latent_dim: int, patch_size: int,
                  decoder_channels=(256, 256, 128, 64, 32), logvar_bounds=None,
-                 decoder_input="dense", decoder_padding="zeros", decoder_upsample="nearest"):
+                 decoder_input="dense", decoder_padding="zeros", decoder_upsample="nearest",
+                 decoder_noise_start=0):
         super().__init__()
         self.register_buffer("feat_mean", torch.zeros(in_features))
         self.register_buffer("feat_std", torch.ones(in_features))
         self.head = LatentHead(in_features, latent_dim, logvar_bounds)
         self.decoder = Decoder(latent_dim, patch_size, decoder_channels, decoder_input,
-                               padding=decoder_padding, upsample=decoder_upsample)
+                               padding=decoder_padding, upsample=decoder_upsample,
+                               noise_start=decoder_noise_start)
         self.latent_dim = latent_dim
         self.patch_size = patch_size
 

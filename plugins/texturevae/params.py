@@ -66,6 +66,9 @@ class ParamsMixin:
         if getattr(self, "decoder_upsample", "nearest") not in DECODER_UPSAMPLING:
             raise BadInputError(None, f"decoder_upsample must be one of {DECODER_UPSAMPLING}, "
                                       f"got {self.decoder_upsample!r}")
+        ns = getattr(self, "decoder_noise_start", 0)
+        if isinstance(ns, bool) or not isinstance(ns, (int, np.integer)) or not 0 <= ns <= 3:
+            raise BadInputError(None, f"decoder_noise_start must be a block index 0-3, got {ns!r}")
         if self.decoder_padding not in ("zeros", "circular"):
             raise BadInputError(None, "decoder_padding must be 'zeros' or 'circular', got "
                                       f"{self.decoder_padding!r}")

@@ -72,7 +72,8 @@ class PersistenceMixin:
                     int(meta.get("model_patch_size") or meta["patch_size"]),
                     tuple(self.decoder_channels), self._logvar_bounds(),
                     str(self.decoder_input), str(self.decoder_padding),
-                    str(getattr(self, "decoder_upsample", "nearest")))
+                    str(getattr(self, "decoder_upsample", "nearest")),
+                    int(getattr(self, "decoder_noise_start", 0)))
             with torch.device("meta"):  # shapes first: a config must not make us allocate more
                 want = {k: tuple(v.shape) for k, v in TextureVAE(*args).state_dict().items()}
             got = {k[len("model."):]: tuple(v.shape) for k, v in arrays.items()
