@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -272,3 +273,12 @@ def test_next_write_removes_leftovers_of_dead_writers(images, tmp_path):
     assert not any(p.exists() for p in leftovers + [done, broken])
     assert live.exists() and other.exists()  # still resumable: `encode` again continues it
     live.unlink()
+
+
+def test_encoders_json_names_the_generative_flag(plugin):
+    """``--json`` gives the flag under its name, ``generative``, and under its old name."""
+    res = CliRunner().invoke(main, ["encoders", "--json"])
+    assert res.exit_code == 0, res.output
+    rows = {r["name"]: r for r in json.loads(res.output)}
+    assert rows["texturevae"]["generative"] is True and rows["texturevae"]["can_decode"] is True
+    assert rows["vgg19"]["generative"] is False and rows["histogram"]["can_decode"] is False

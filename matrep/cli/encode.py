@@ -35,14 +35,16 @@ def encoders_cmd(as_json, quiet):
     for w in caught:
         click.echo(f"warning: {w.message}", err=True)
     rows = [{"name": i.name, "distribution": i.distribution, "version": i.version,
-             "trainable": i.trainable, "can_decode": i.can_decode, "description": i.description}
+             "trainable": i.trainable, "generative": i.generative,
+             "can_decode": i.generative,  # the flag's old name, kept for scripts that read it
+             "description": i.description}
             for i in infos]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    head = ("name", "distribution", "version", "trainable", "decodes", "description")
+    head = ("name", "distribution", "version", "trainable", "generative", "description")
     table = [(r["name"], r["distribution"], r["version"], "yes" if r["trainable"] else "no",
-              "yes" if r["can_decode"] else "no", r["description"]) for r in rows]
+              "yes" if r["generative"] else "no", r["description"]) for r in rows]
     widths = [max(len(str(x)) for x in col) for col in zip(head, *table)]
     for row in (head, *table):
         click.echo("  ".join(str(x).ljust(w) for x, w in zip(row[:-1], widths[:-1])) + "  " + row[-1])
