@@ -383,6 +383,21 @@ def test_a_model_trained_without_scale_warns_when_encoding_resampled_patches(two
     assert "resampled to 2 um/px" in r.output
     r = CliRunner().invoke(main, [*enc, "--out", str(tmp_path / "b.h5")])
     assert r.exit_code == 0 and "warning" not in r.output, r.output
+    # the library paths (evaluate, interpret) say it as a ScaleWarning, once: options built
+    # by a command carry its warn callback and were warned about there
+    from matrep.scale import ScaleOptions, ScaleWarning, unscaled_model_warnings
+    from matrep.scale.resampling import warn_unscaled_models
+
+    assert unscaled_model_warnings([run], None) == []
+    assert "--scale auto" in unscaled_model_warnings([run], "auto")[0]
+    with pytest.warns(ScaleWarning, match="trained without --scale"):
+        warn_unscaled_models([run], ScaleOptions(scale=2.0))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_unscaled_models([run], ScaleOptions(scale=2.0, warn=lambda m: None))
+        warn_unscaled_models([run], ScaleOptions())
     # a fit.json that does not say (written before scales were recorded) is not flagged
     rec = json.loads((run / "fit.json").read_text())
     del rec["patches"]["scale_um_per_px"]

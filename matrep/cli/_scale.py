@@ -91,7 +91,7 @@ def to_options(args: ScaleArgs | None, *, labels=None, file_column: str = "file"
     labels : the command's labels CSV, used when ``--pixel-size-labels`` is not given
     models : model folders whose recorded training scale applies when ``--scale`` is not given
     """
-    from ..scale import ScaleOptions, model_scale, model_trained_unscaled
+    from ..scale import ScaleOptions, model_scale, unscaled_model_warnings
 
     args = args or ScaleArgs()
 
@@ -105,12 +105,8 @@ def to_options(args: ScaleArgs | None, *, labels=None, file_column: str = "file"
              + ", ".join(f"{m}: {s:g} um/px" for m, s in recorded)
              + f"); using {ms:g} um/px")
     target = args.scale if args.scale is not None else ms
-    unscaled = [m for m in models if m and model_trained_unscaled(m)] if target is not None else []
-    for m in unscaled:  # its features would mix scales: say so, never silently
-        to = "--scale auto" if target == "auto" else f"{target:g} um/px"
-        warn(f"{m}/fit.json: the model was trained without --scale (each micrograph at its own "
-             f"pixel size), but its patches are now resampled to {to}; train it at that scale "
-             f"(matrep fit --scale) or leave out --scale")
+    for line in unscaled_model_warnings(models, target):  # features would mix scales
+        warn(line)
     if ms is not None and args.scale is None and not quiet:
         click.echo(f"resampling to {ms:g} um/px, the scale {recorded[0][0]} was trained at",
                    err=True)

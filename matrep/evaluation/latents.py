@@ -187,11 +187,14 @@ def interpret_model(model, images, *, labels=None, file_column: str = "file", fa
     """
     from ..io import load_patches
     from ..scale import ScaleOptions, model_scale
+    from ..scale.resampling import warn_unscaled_models
 
     log = log or (lambda s: None)
     if scale is None:  # the scale a model folder was trained at (matrep.scale)
         scale = ScaleOptions(model_scale=model_scale(model) if isinstance(model, (str, Path))
                              else None)
+    else:
+        warn_unscaled_models([model], scale)
     name, model = _resolve_model(model)
     P = _patch_size(model)
     ps = load_patches(images, patch=P, stride=stride, crop=crop, crop_bottom=crop_bottom,

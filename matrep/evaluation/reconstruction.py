@@ -307,10 +307,13 @@ def evaluate_models(models, images, *, n: int = 100, other_images=None, stride: 
     """
     from ..io import load_patches
     from ..scale import ScaleOptions, model_scale
+    from ..scale.resampling import warn_unscaled_models
 
     if scale is None:
         scale = ScaleOptions(model_scale=next((s for m in models if isinstance(m, (str, Path))
                                                and (s := model_scale(m)) is not None), None))
+    else:
+        warn_unscaled_models(models, scale)
 
     log = log or (lambda s: None)
     metrics = tuple(metrics)

@@ -59,7 +59,7 @@ from __future__ import annotations
 
 from .resampling import (AUTO_SHARE, UPSAMPLE_LIMIT, ScaleOptions, ScalePlan, as_plan, auto_target,
                          format_summary, model_scale, model_trained_unscaled, plan_scale,
-                         resample)
+                         resample, unscaled_model_warnings)
 from .sources import (BAR_COLUMNS, BAR_UNITS_COLUMN, CONFLICT_RTOL, PIXEL_SIZE_COLUMN, UNKNOWN,
                       PixelSize, ScaleWarning, label_column_kind, label_pixel_sizes, parse_scale,
                       resolve_pixel_sizes, scale_bar_pixel_size)
@@ -67,4 +67,4 @@ from .sources import (BAR_COLUMNS, BAR_UNITS_COLUMN, CONFLICT_RTOL, PIXEL_SIZE_C
 __all__ = ["AUTO_SHARE", "CONFLICT_RTOL", "PixelSize", "ScaleOptions", "ScalePlan", "ScaleWarning",
            "UPSAMPLE_LIMIT", "as_plan", "auto_target", "label_pixel_sizes", "model_scale",
            "model_trained_unscaled", "parse_scale", "plan_scale", "resample", "resolve_pixel_sizes",
-           "scale_bar_pixel_size"]
+           "scale_bar_pixel_size", "unscaled_model_warnings"]

@@ -398,3 +398,31 @@ def model_trained_unscaled(model_dir) -> bool:
     """
     rec = _fit_patches_record(model_dir)
     return "scale_um_per_px" in rec and rec["scale_um_per_px"] is None
+
+
+def unscaled_model_warnings(models, target) -> list:
+    """One warning line per model folder in ``models`` trained without ``--scale`` whose
+    patches would now be resampled to ``target`` (um/px or ``"auto"``; None: no resampling,
+    no warning): its features would mix scales, so it is said, never silent."""
+    if target is None:
+        return []
+    to = "--scale auto" if target == "auto" else f"{float(target):g} um/px"
+    return [f"{m}/fit.json: the model was trained without --scale (each micrograph at its own "
+            f"pixel size), but its patches are now resampled to {to}; train it at that scale "
+            f"(matrep fit --scale) or leave out --scale"
+            for m in models if isinstance(m, (str, Path)) and model_trained_unscaled(m)]
+
+
+def warn_unscaled_models(models, scale) -> None:
+    """For library callers: :func:`unscaled_model_warnings` for ``scale`` (a
+    :class:`ScaleOptions`) as :class:`~matrep.scale.ScaleWarning` warnings. Options that
+    carry their own ``warn`` callback come from a command that has said it already."""
+    if scale is None or scale.warn is not None:
+        return
+    import warnings
+
+    from .sources import ScaleWarning
+
+    target = scale.scale if scale.scale is not None else scale.model_scale
+    for line in unscaled_model_warnings(models, target):
+        warnings.warn(line, ScaleWarning, stacklevel=3)
