@@ -527,3 +527,31 @@ def test_cli_traverse_dims_auto_and_list(dataset, tiny_run, tmp_path, monkeypatc
     assert "dim 0: " in r.output and "mean diameter ↑" in labels[data["dims"].tolist().index(0)]
     assert "particle density ↑" in labels[data["dims"].tolist().index(2)]
     assert (tmp_path / "auto.png").stat().st_size > 1000
+
+
+class NoiseCode(WithStyle):
+    """The identity reconstruction with a latent code that is pure noise."""
+
+    def transform(self, X):
+        return np.random.default_rng(1).normal(size=(len(X), 4)).astype(np.float32)
+
+
+def test_code_fidelity_separates_what_the_code_carries(castiron, tmp_path):
+    """The code probe: a code holding the dark fraction predicts the area fraction out of fold;
+    a noise code predicts nothing, even when the reconstruction is perfect."""
+    root, _ = castiron
+    rep = evaluate_models([WithStyle(), NoiseCode()], root / "images", n=40, stride=32,
+                          metrics=())
+    carried, noise = rep.rows[0]["code_fidelity"], rep.rows[1]["code_fidelity"]
+    assert carried["graphite_fraction"]["rho"] > 0.8
+    assert noise["graphite_fraction"]["rho"] is None or noise["graphite_fraction"]["rho"] < 0.5
+    assert rep.rows[1]["fidelity"]["graphite_fraction"]["rho"] == 1.0   # decoder not to blame
+    assert all(r.get("code_fidelity") is None for r in rep.rows if r["kind"] != "model")
+    paths = rep.write(tmp_path / "ev")
+    md = paths["markdown"].read_text()
+    assert "## What the latent code carries" in md
+    line = [ln for ln in md.split("## What the latent code carries")[1].splitlines()
+            if ln.startswith("| fake |")][0]
+    assert f"{carried['graphite_fraction']['rho']:+.2f}" in line
+    head = paths["csv"].read_text().splitlines()[0].split(",")
+    assert "code_rho_mean_eq_diameter" in head

@@ -60,7 +60,9 @@ def evaluate_cmd(models, images, other_images, n, held_out, stride, crop, crop_b
     Descriptor fidelity: input and reconstruction are segmented the same way (graphite =
     pixels at or below the patch's Otsu threshold) and the Spearman rho across patches is
     reported for area fraction, particle density, mean diameter and nodularity ("undefined"
-    with a note when one side is constant). Specificity: share of patches whose own
+    with a note when one side is constant). What the latent code carries: the same rho
+    between each input descriptor and its out-of-fold ridge prediction from the posterior
+    means, so a shortfall can be put on the encoder or the decoder. Specificity: share of patches whose own
     reconstruction is closer in style loss than another micrograph's. See docs/metrics.md.
     """
     from ..evaluation import evaluate_models

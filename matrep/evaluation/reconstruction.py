@@ -134,7 +134,9 @@ class EvaluationReport:
     median, n) or a string saying why it is not available, ``fidelity`` (descriptor ->
     ``{"rho", "p", "n", "note"}``, rho None with the note when undefined; None for a floor
     without partners), ``graphite_found`` (``{"input", "compared"}``: patches whose mask is not
-    empty) and, for models, ``specificity`` (dict from
+    empty) and, for models, ``code_fidelity`` (the same shape as ``fidelity``: how well a
+    cross-validated ridge regression on the latent code predicts each input descriptor; None
+    for a model without ``transform``) and ``specificity`` (dict from
     :func:`matrep.metrics.specificity.own_vs_other` without the per-patch arrays, or a string
     saying why not). ``scores`` keeps the raw per-patch values (row name -> metric -> list),
     ``patches`` the patches drawn (patch size -> list of [micrograph id, y, x]).
@@ -223,7 +225,40 @@ class EvaluationReport:
             fnotes += [f"- [{i}] {u}" for i, u in enumerate(undefined, start=1)]
             out += ("\n## Descriptor fidelity\n\n" + "\n".join(lines) + "\n\n"
                     + "\n".join(fnotes) + "\n")
+        ct, cundef = self.code_table()
+        if len(ct) > 1:
+            lines = ["| " + " | ".join(ct[0]) + " |", "|" + "---|" * len(ct[0])]
+            lines += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in ct[1:]]
+            cnotes = [
+                "- Spearman rho across the same patches between each input descriptor and its "
+                f"prediction from the model's latent code: a ridge regression on the posterior "
+                f"means, predicted out of fold ({CODE_FOLDS}-fold). Read it beside the "
+                "reconstruction's fidelity above: a descriptor the code carries and the "
+                "reconstruction loses is lost by the decoder."]
+            cnotes += [f"- [{i}] {u}" for i, u in enumerate(cundef, start=1)]
+            out += ("\n## What the latent code carries\n\n" + "\n".join(lines) + "\n\n"
+                    + "\n".join(cnotes) + "\n")
         return out
+
+    def code_table(self) -> tuple[list[list[str]], list[str]]:
+        """Rows of the code-fidelity table (models with a latent code) and its notes."""
+        head = ["model", "n"] + [DESCRIPTORS[k][0] for k in MEASURED_DESCRIPTORS]
+        body, notes = [head], []
+        for r in self.rows:
+            cf = r.get("code_fidelity")
+            if not cf:
+                continue
+            cells = [r["name"], str(r["n"])]
+            for k in MEASURED_DESCRIPTORS:
+                f = cf[k]
+                if f["rho"] is None:
+                    notes.append(f"{r['name']}, {DESCRIPTORS[k][0]}: {f['note']}")
+                    cells.append(f"undefined [{len(notes)}]")
+                else:
+                    cells.append(f"{f['rho']:+.2f}" + (f" (n={f['n']})" if f["n"] != r["n"]
+                                                       else ""))
+            body.append(cells)
+        return body, notes
 
     def to_csv(self) -> str:
         buf = io.StringIO()
@@ -233,6 +268,7 @@ class EvaluationReport:
             head += [f"{m}_mean", f"{m}_std", f"{m}_sem", f"{m}_note"]
         for k in MEASURED_DESCRIPTORS:
             head += [f"fidelity_rho_{k}", f"fidelity_n_{k}", f"fidelity_note_{k}"]
+        head += [f"code_rho_{k}" for k in MEASURED_DESCRIPTORS]
         head += ["graphite_found_input", "graphite_found_compared"]
         head += ["specificity_frac_own_lower", "specificity_ratio", "specificity_note"]
         w.writerow(head)
@@ -248,6 +284,9 @@ class EvaluationReport:
                 f = fid.get(k)
                 row += ["", "", ""] if f is None else \
                     ["" if f["rho"] is None else f"{f['rho']:.6f}", f["n"], f["note"] or ""]
+            cf = r.get("code_fidelity") or {}
+            row += ["" if cf.get(k, {}).get("rho") is None else f"{cf[k]['rho']:.6f}"
+                    for k in MEASURED_DESCRIPTORS]
             g = r.get("graphite_found") or {}
             row += [g.get("input", ""), g.get("compared", "")]
             sp = r.get("specificity")
@@ -395,6 +434,7 @@ def evaluate_models(models, images, *, n: int = 100, other_images=None, stride: 
         row = _row(name, "model", _latent_dim(model), P, len(x), sc, metrics)
         log(f"descriptor fidelity and specificity of {name}")
         _fidelity(row, dx, rec, min_diameter_px, "reconstruction")
+        row["code_fidelity"] = _code_fidelity(model, x, dx, seed)
         row["specificity"] = _specificity(model, x, rec, ids, seed)
         model_rows.append(row)
         scores[name] = sc
@@ -417,6 +457,48 @@ def _fidelity(row, dx, other, min_diameter_px, other_name):
                        for k, v in fidelity_from_arrays(dx, do, other_name=other_name).items()}
     row["graphite_found"] = {"input": int((dx[:, 0] > 0).sum()),
                              "compared": int((do[:, 0] > 0).sum())}
+
+
+#: folds and ridge penalties of the code-fidelity probe
+CODE_FOLDS = 5
+CODE_ALPHAS = tuple(np.logspace(-3, 3, 13))
+
+
+def _code_fidelity(model, x, dx, seed):
+    """How much of each input descriptor the latent code carries.
+
+    A ridge regression from the posterior means (``model.transform``) to the descriptor,
+    predicted out of fold (``CODE_FOLDS``-fold, shuffled with ``seed``; penalty chosen by
+    RidgeCV on each training fold), scored by the Spearman rho of input descriptor against
+    prediction. Beside the reconstruction's fidelity it says where a shortfall lies: a code
+    that carries a descriptor the reconstruction loses points at the decoder. ``None`` for a
+    model without ``transform``; a descriptor with fewer than ``2 * CODE_FOLDS`` defined
+    patches is undefined, with a note.
+    """
+    if not hasattr(model, "transform"):
+        return None
+    from sklearn.linear_model import RidgeCV
+    from sklearn.model_selection import KFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from ..metrics.correlation import spearman
+
+    mu = np.asarray(model.transform(x), dtype=np.float64).reshape(len(x), -1)
+    out = {}
+    for j, k in enumerate(MEASURED_DESCRIPTORS):
+        ok = np.isfinite(dx[:, j]) & np.isfinite(mu).all(axis=1)
+        if ok.sum() < 2 * CODE_FOLDS:
+            out[k] = {"rho": None, "p": None, "n": int(ok.sum()),
+                      "note": f"undefined: {int(ok.sum())} patches with the descriptor defined, "
+                              f"the {CODE_FOLDS}-fold probe needs {2 * CODE_FOLDS}"}
+            continue
+        probe = make_pipeline(StandardScaler(), RidgeCV(alphas=CODE_ALPHAS))
+        pred = cross_val_predict(probe, mu[ok], dx[ok, j],
+                                 cv=KFold(CODE_FOLDS, shuffle=True, random_state=int(seed)))
+        out[k] = spearman(dx[ok, j], pred, x_name="input",
+                          y_name="prediction from the code").to_dict()
+    return out
 
 
 def _specificity(model, x, rec, ids, seed):
