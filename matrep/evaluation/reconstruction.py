@@ -125,6 +125,28 @@ def _ceiling_partners(ps, idx, rng) -> np.ndarray:
     return out
 
 
+def _md_table(rows) -> list[str]:
+    """Markdown lines of a table given as rows of cells (the first row is the header)."""
+    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    return lines + ["| " + " | ".join(c.replace("|", "/") for c in row) + " |"
+                    for row in rows[1:]]
+
+
+def _rho_cells(row, per_descriptor, notes) -> list[str]:
+    """One cell per descriptor of a ``{descriptor: {"rho", "n", "note"}}`` dict: the signed rho
+    (with the patch count when it differs from the row's), or "undefined [i]" with its note
+    appended to ``notes``."""
+    cells = []
+    for k in MEASURED_DESCRIPTORS:
+        f = per_descriptor[k]
+        if f["rho"] is None:
+            notes.append(f"{row['name']}, {DESCRIPTORS[k][0]}: {f['note']}")
+            cells.append(f"undefined [{len(notes)}]")
+        else:
+            cells.append(f"{f['rho']:+.2f}" + (f" (n={f['n']})" if f["n"] != row["n"] else ""))
+    return cells
+
+
 @dataclass
 class EvaluationReport:
     """Result of :func:`evaluate_models`: one row per model and per baseline.
@@ -171,14 +193,7 @@ class EvaluationReport:
                 continue
             g = r.get("graphite_found") or {}
             cells = [r["name"], str(r["n"]), f"{g.get('input', '?')} → {g.get('compared', '?')}"]
-            for k in MEASURED_DESCRIPTORS:
-                f = fid[k]
-                if f["rho"] is None:
-                    notes.append(f"{r['name']}, {DESCRIPTORS[k][0]}: {f['note']}")
-                    cells.append(f"undefined [{len(notes)}]")
-                else:
-                    cells.append(f"{f['rho']:+.2f}" + (f" (n={f['n']})" if f["n"] != r["n"]
-                                                       else ""))
+            cells += _rho_cells(r, fid, notes)
             sp = r.get("specificity")
             cells.append("-" if sp is None else sp if isinstance(sp, str) else
                          f"{100 * sp['frac_own_lower']:.0f} % (own/other {sp['ratio']:.2f})")
@@ -186,9 +201,7 @@ class EvaluationReport:
         return body, notes
 
     def to_markdown(self) -> str:
-        t = self.table()
-        lines = ["| " + " | ".join(t[0]) + " |", "|" + "---|" * len(t[0])]
-        lines += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in t[1:]]
+        lines = _md_table(self.table())
         notes = [f"- {METRIC_INFO[m][0]}: {METRIC_INFO[m][1]}." for m in self.metrics]
         s = self.settings
         notes.append(f"- mean ± standard deviation over n patches drawn with seed {s['seed']} "
@@ -205,8 +218,7 @@ class EvaluationReport:
                + "\n".join(notes) + "\n")
         ft, undefined = self.fidelity_table()
         if len(ft) > 1:
-            lines = ["| " + " | ".join(ft[0]) + " |", "|" + "---|" * len(ft[0])]
-            lines += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in ft[1:]]
+            lines = _md_table(ft)
             fnotes = [
                 "- Spearman rho across the n patches between each descriptor measured on the "
                 "input patch and on its reconstruction (baselines: on the partner patch), both "
@@ -227,8 +239,7 @@ class EvaluationReport:
                     + "\n".join(fnotes) + "\n")
         ct, cundef = self.code_table()
         if len(ct) > 1:
-            lines = ["| " + " | ".join(ct[0]) + " |", "|" + "---|" * len(ct[0])]
-            lines += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in ct[1:]]
+            lines = _md_table(ct)
             cnotes = [
                 "- Spearman rho across the same patches between each input descriptor and its "
                 f"prediction from the model's latent code: a ridge regression on the posterior "
@@ -248,16 +259,7 @@ class EvaluationReport:
             cf = r.get("code_fidelity")
             if not cf:
                 continue
-            cells = [r["name"], str(r["n"])]
-            for k in MEASURED_DESCRIPTORS:
-                f = cf[k]
-                if f["rho"] is None:
-                    notes.append(f"{r['name']}, {DESCRIPTORS[k][0]}: {f['note']}")
-                    cells.append(f"undefined [{len(notes)}]")
-                else:
-                    cells.append(f"{f['rho']:+.2f}" + (f" (n={f['n']})" if f["n"] != r["n"]
-                                                       else ""))
-            body.append(cells)
+            body.append([r["name"], str(r["n"])] + _rho_cells(r, cf, notes))
         return body, notes
 
     def to_csv(self) -> str:
