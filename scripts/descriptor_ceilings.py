@@ -47,7 +47,7 @@ def main(argv=None):
     x = ps.patches[idx].astype(np.float32)
     mid = ps.micrograph_ids[idx]
     dx = descriptor_array(x)
-    names = [k for k in MEASURED_DESCRIPTORS]
+    names = list(MEASURED_DESCRIPTORS)
 
     def rhos(other):
         return " ".join(f"{k} {spearman(dx[:, j], other[:, j]).rho:.3f}"

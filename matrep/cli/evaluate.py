@@ -62,8 +62,9 @@ def evaluate_cmd(models, images, other_images, n, held_out, stride, crop, crop_b
     reported for area fraction, particle density, mean diameter and nodularity ("undefined"
     with a note when one side is constant). What the latent code carries: the same rho
     between each input descriptor and its out-of-fold ridge prediction from the posterior
-    means, so a shortfall can be put on the encoder or the decoder. Specificity: share of patches whose own
-    reconstruction is closer in style loss than another micrograph's. See docs/metrics.md.
+    means, so a shortfall can be put on the encoder or the decoder. Specificity: share of
+    patches whose own reconstruction is closer in style loss than another micrograph's. See
+    docs/metrics.md.
     """
     from ..evaluation import evaluate_models
 

@@ -434,7 +434,7 @@ def evaluate_models(models, images, *, n: int = 100, other_images=None, stride: 
         sc = score_pairs(x, rec, metrics, device=device, vgg16_weights=vgg16_weights,
                          dists_weights=dists_weights, batch_size=batch_size)
         row = _row(name, "model", _latent_dim(model), P, len(x), sc, metrics)
-        log(f"descriptor fidelity and specificity of {name}")
+        log(f"descriptor fidelity, code probe and specificity of {name}")
         _fidelity(row, dx, rec, min_diameter_px, "reconstruction")
         row["code_fidelity"] = _code_fidelity(model, x, dx, seed)
         row["specificity"] = _specificity(model, x, rec, ids, seed)
