@@ -70,6 +70,26 @@ def segment_dark_phase(image, *, min_contrast: float = MIN_CONTRAST):
     >>> int(segment_dark_phase(np.full((8, 8), 0.5)).sum())
     0
     """
+    img = np.asarray(image, dtype=np.float64)
+    t = dark_phase_threshold(img, min_contrast=min_contrast)
+    if t is None:
+        return np.zeros(img.shape, bool)
+    return img <= t
+
+
+def dark_phase_threshold(image, *, min_contrast: float = MIN_CONTRAST):
+    """The grey level at or below which :func:`segment_dark_phase` calls a pixel graphite, or
+    ``None`` when the image holds one phase only (flat, non-finite, or Otsu's two classes
+    closer than ``min_contrast`` in mean grey level).
+
+    Examples
+    --------
+    >>> img = np.full((8, 8), 0.8); img[2:5, 2:5] = 0.2
+    >>> 0.2 <= dark_phase_threshold(img) < 0.8
+    True
+    >>> dark_phase_threshold(np.full((8, 8), 0.5)) is None
+    True
+    """
     from skimage.filters import threshold_otsu
 
     img = np.asarray(image, dtype=np.float64)
@@ -77,14 +97,14 @@ def segment_dark_phase(image, *, min_contrast: float = MIN_CONTRAST):
         raise ValueError("segment_dark_phase: expected one grey image (H, W), got shape "
                          f"{img.shape}")
     if not np.isfinite(img).all() or np.ptp(img) == 0:
-        return np.zeros(img.shape, bool)
-    t = threshold_otsu(img)
+        return None
+    t = float(threshold_otsu(img))
     dark = img <= t
     if not dark.any() or dark.all():
-        return np.zeros(img.shape, bool)
+        return None
     if img[~dark].mean() - img[dark].mean() < min_contrast:
-        return np.zeros(img.shape, bool)
-    return dark
+        return None
+    return t
 
 
 def measure_descriptors(patches, *, min_diameter_px: float = MIN_DIAMETER_PX,
