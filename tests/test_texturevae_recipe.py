@@ -446,6 +446,63 @@ def test_spectrum_weight_trains_and_is_validated():
             TextureVAEEncoder(**TINY, spectrum_weight=bad).fit(X)
 
 
+def _discs(n_side, radius, P=64):
+    """A grey patch: dark discs of ``radius`` on a bright ground, ``n_side`` x ``n_side``."""
+    yy, xx = np.mgrid[0:P, 0:P]
+    img = np.full((P, P), 0.8, np.float32)
+    step = P / n_side
+    for i in range(n_side):
+        for j in range(n_side):
+            cy, cx = (i + 0.5) * step, (j + 0.5) * step
+            img[(yy - cy) ** 2 + (xx - cx) ** 2 <= radius ** 2] = 0.2
+    return torch.from_numpy(img)[None, None]
+
+
+def test_phase_correlation_measures_particle_size_not_amount_or_placement():
+    from matrep.plugins.texturevae.cache import dark_thresholds
+    from matrep.plugins.texturevae.model import (phase_correlation, phase_loss, phase_max_lag,
+                                                 soft_dark_phase)
+
+    big, small = _discs(2, 12.0), _discs(6, 4.0)  # about the same dark area fraction
+    assert abs(float((big < 0.5).float().mean()) - float((small < 0.5).float().mean())) < 0.03
+    t_big, t_small = (torch.from_numpy(dark_thresholds(x)) for x in (big, small))
+    assert 0.2 <= float(t_big) < 0.8
+    c_big = phase_correlation(soft_dark_phase(big, t_big))
+    c_small = phase_correlation(soft_dark_phase(small, t_small))
+    assert c_big.shape == (1, phase_max_lag(64)) == (1, 16)
+    # the big discs stay correlated longer: at a lag of 6 px the small ones are left behind
+    assert float(c_big[0, 5]) > 0.6 > float(c_small[0, 5])
+    assert float(phase_loss(big, (t_big, c_big))) == pytest.approx(0.0, abs=1e-10)
+    # placement-free (up to the patch border): a shift leaves it nearly unchanged
+    shifted = torch.roll(big, shifts=(7, 3), dims=(2, 3))
+    assert float(phase_loss(shifted, (t_big, c_big))) < 0.1 * float(phase_loss(small, (t_big, c_big)))
+    # differentiable, and a graphite-free input (NaN threshold) is left out
+    y = small.clone().requires_grad_(True)
+    loss = phase_loss(y, (t_big, c_big))
+    assert float(loss.detach()) > 0.01
+    loss.backward()
+    assert float(y.grad.abs().sum()) > 0
+    flat = torch.full((1, 1, 64, 64), 0.5)
+    assert np.isnan(dark_thresholds(flat)).all()
+    assert float(phase_loss(flat, (torch.tensor([float("nan")]), c_big))) == 0.0
+
+
+def test_phase_weight_trains_and_is_validated():
+    from matrep.errors import BadInputError
+
+    X = _patches(8, 32)
+    kw = dict(TINY, decoder_input="modulated", decoder_padding="circular", val_split="patch",
+              val_fraction=0.25)
+    with_term = TextureVAEEncoder(**kw, phase_weight=1000.0).fit(X)
+    without = TextureVAEEncoder(**kw).fit(X)
+    h, h0 = with_term.history_[1], without.history_[1]
+    assert np.isfinite(h["train_loss"])
+    assert h["train_loss"] - h["train_style"] > h0["train_loss"] - h0["train_style"] + 1.0
+    for bad in (-1.0, float("nan"), "x"):
+        with pytest.raises(BadInputError, match="phase_weight"):
+            TextureVAEEncoder(**TINY, phase_weight=bad).fit(X)
+
+
 def test_bilinear_upsampling_is_periodic_and_round_trips(tmp_path):
     """``decoder_upsample="bilinear"``: a shift of the map by one cell shifts the upsampled map
     by two pixels (no edge clamping: the decoder stays stationary); inside the map it is
@@ -473,6 +530,42 @@ def test_bilinear_upsampling_is_periodic_and_round_trips(tmp_path):
     assert isinstance(enc.model_.decoder.blocks[1], _PeriodicBilinear)
     back = matrep.load_model(tmp_path / "run")
     assert back.decoder_upsample == "bilinear"
+    np.testing.assert_allclose(back.reconstruct(X[:2]), enc.reconstruct(X[:2]), atol=1e-6)
+
+
+def test_smooth_noise_keeps_unit_variance_and_round_trips(tmp_path):
+    """``decoder_noise="smooth"``: each noise channel smoothed periodically at its own width
+    (wider: more correlated neighbours), unit variance kept, the white channels untouched;
+    validated; saved with the model."""
+    import matrep
+    from matrep.errors import BadInputError
+    from matrep.plugins.texturevae.model import SMOOTH_NOISE_SIGMAS, Decoder, smooth_noise
+
+    g = torch.Generator().manual_seed(0)
+    white = torch.randn(32, 8, 32, 32, generator=g)
+    sm = smooth_noise(white)
+    assert sm.shape == white.shape
+    torch.testing.assert_close(sm.std(dim=(0, 2, 3)), torch.ones(8), atol=0.1, rtol=0)
+    # lag-1 correlation grows with the width; sigma 0 leaves the channel as it was
+    lag1 = (sm * torch.roll(sm, 1, dims=3)).mean(dim=(0, 2, 3))
+    assert SMOOTH_NOISE_SIGMAS[0] > SMOOTH_NOISE_SIGMAS[4] > 0 == SMOOTH_NOISE_SIGMAS[-1]
+    assert float(lag1[0]) > float(lag1[4]) > 0.3 > abs(float(lag1[-1]))
+    torch.testing.assert_close(sm[:, -1], white[:, -1], atol=1e-5, rtol=0)
+    # periodic: a shift of the noise shifts the smoothed noise
+    torch.testing.assert_close(smooth_noise(torch.roll(white, 5, dims=2)),
+                               torch.roll(sm, 5, dims=2), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="noise"):
+        Decoder(3, 32, input="modulated", noise="pink")
+    X = _patches(8, 32)
+    kw = dict(TINY, decoder_input="modulated", decoder_padding="circular",
+              decoder_noise="smooth", val_split="patch", val_fraction=0.25)
+    with pytest.raises(BadInputError, match="decoder_noise"):
+        TextureVAEEncoder(**{**kw, "decoder_noise": "pink"}).fit(X)
+    enc = TextureVAEEncoder(**kw)
+    enc.fit(X, context=FitContext(run_dir=tmp_path / "run"))
+    assert enc.model_.decoder.noise_kind == "smooth"
+    back = matrep.load_model(tmp_path / "run")
+    assert back.decoder_noise == "smooth"
     np.testing.assert_allclose(back.reconstruct(X[:2]), enc.reconstruct(X[:2]), atol=1e-6)
 
 

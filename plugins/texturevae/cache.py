@@ -10,7 +10,9 @@ What is stored per patch (float32):
 
 * the pooled encoder features (2048 values with the default ``"meanstd"`` pooling);
 * the patch's grey-level quantiles (256 values; the targets of the histogram term) and its
-  log radial power spectrum (P/2 values; the targets of the spectrum term);
+  log radial power spectrum (P/2 values; the targets of the spectrum term); its graphite
+  threshold and the normalised two-point autocorrelation of its soft graphite indicator
+  (1 + P/4 values; the targets of the phase term);
 * per style layer, whichever is smaller of the target Gram matrix (C x C) and the target
   feature map (C x M): for 128 x 128 patches the Grams of conv1_1, pool1, pool2 and pool3
   (64², 64², 128², 256² values) and the *feature map* of pool4 (512 x 64 values, where its
@@ -36,7 +38,8 @@ import torch
 
 from matrep.kernels import gram_matrix
 
-from .model import N_QUANTILES, intensity_quantiles, pool_features, radial_log_spectrum
+from .model import (N_QUANTILES, intensity_quantiles, phase_correlation, phase_max_lag,
+                    pool_features, radial_log_spectrum, soft_dark_phase)
 
 
 @dataclass(frozen=True)
@@ -107,10 +110,16 @@ class FeatureCache:
                     self.pooled = np.empty((n, pooled.shape[1]), np.float32)
                     self.quantiles = np.empty((n, N_QUANTILES), np.float32)
                     self.spectra = np.empty((n, P // 2), np.float32)
+                    self.thresholds = np.empty(n, np.float32)
+                    self.phase = np.empty((n, phase_max_lag(P)), np.float32)
                     self.targets = self._allocate(n, self.row_size, memory_budget, directory)
                 self.pooled[s:s + len(x)] = pooled
                 self.quantiles[s:s + len(x)] = intensity_quantiles(x).cpu().numpy()
                 self.spectra[s:s + len(x)] = radial_log_spectrum(x).cpu().numpy()
+                thr = dark_thresholds(x)
+                self.thresholds[s:s + len(x)] = thr
+                self.phase[s:s + len(x)] = phase_correlation(
+                    soft_dark_phase(x, torch.from_numpy(np.nan_to_num(thr)).to(device))).cpu().numpy()
                 rows = []
                 for sl in self.layout:
                     f = feats[sl.tap].float()
@@ -137,6 +146,7 @@ class FeatureCache:
     def nbytes(self) -> int:
         """Bytes of cached data (RAM or disk)."""
         return int(self.pooled.nbytes + self.quantiles.nbytes + self.spectra.nbytes
+                   + self.thresholds.nbytes + self.phase.nbytes
                    + self.n * self.row_size * 4)
 
     def batch(self, index, device):
@@ -164,11 +174,14 @@ class FeatureCache:
 
     def grey_batch(self, index, device):
         """The targets of the grey-level terms for the input patches ``index``:
-        ``{"histogram": (B, N_QUANTILES) quantiles, "spectrum": (B, P // 2) log spectra}``
+        ``{"histogram": (B, N_QUANTILES) quantiles, "spectrum": (B, P // 2) log spectra,
+        "phase": ((B,) graphite thresholds, NaN where none, (B, R) phase correlations)}``
         (:data:`~matrep.plugins.texturevae.step.GREY_TERMS`)."""
         index = np.asarray(index)
         return {"histogram": torch.from_numpy(self.quantiles[index]).to(device),
-                "spectrum": torch.from_numpy(self.spectra[index]).to(device)}
+                "spectrum": torch.from_numpy(self.spectra[index]).to(device),
+                "phase": (torch.from_numpy(self.thresholds[index]).to(device),
+                          torch.from_numpy(self.phase[index]).to(device))}
 
     def close(self):
         """Delete the spill file, if any."""
@@ -185,6 +198,20 @@ class FeatureCache:
             self.close()
         except Exception:  # noqa: BLE001 - never raise from a finaliser
             pass
+
+
+def dark_thresholds(x) -> np.ndarray:
+    """Each patch's graphite threshold (:func:`matrep.metrics.morphology.dark_phase_threshold`,
+    the segmentation ``matrep evaluate`` measures with), NaN for a graphite-free patch:
+    (B, ..., H, W) -> (B,) float32."""
+    from matrep.metrics.morphology import dark_phase_threshold
+
+    imgs = x.reshape(x.shape[0], *x.shape[-2:]).float().cpu().numpy()
+    out = np.empty(len(imgs), np.float32)
+    for i, img in enumerate(imgs):
+        t = dark_phase_threshold(img)
+        out[i] = np.nan if t is None else t
+    return out
 
 
 def _module_device(module) -> torch.device:

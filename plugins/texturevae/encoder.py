@@ -88,6 +88,11 @@ class TextureVAEEncoder(ParamsMixin, NetworkMixin, GenerativeMixin, PersistenceM
     decoder_upsample : {"nearest", "bilinear"}, default "nearest"
         The decoder blocks' 2x upsampling: nearest (the paper's) or bilinear (periodic with
         circular padding).
+    decoder_noise : {"white", "smooth"}, default "white"
+        The noise maps of a ``"noise"`` or ``"modulated"`` decoder: white, or each of the 8
+        channels smoothed by a Gaussian of its own width (0.5-3 block pixels, one left white)
+        so particles can grow round at several sizes
+        (:func:`matrep.plugins.texturevae.model.smooth_noise`).
     decoder_noise_start : int, default 0
         The first decoder block (0-3) that gets noise maps; earlier blocks get zeros, so with
         ``decoder_input="modulated"`` and circular padding particles are placed on the finer
@@ -130,6 +135,14 @@ class TextureVAEEncoder(ParamsMixin, NetworkMixin, GenerativeMixin, PersistenceM
         (:func:`matrep.plugins.texturevae.model.spectrum_loss`). Position-free too; it fixes
         the length scales at which grey levels vary (particle size and spacing, sharpness).
         0 is the paper's loss.
+    phase_weight : float, default 0.0
+        Weight of a two-point term on the graphite phase added to the style loss: each input
+        patch's graphite threshold (the segmentation of ``matrep evaluate``) makes a soft
+        indicator of the input and of its reconstruction, and the term is the mean squared
+        difference of their normalised two-point autocorrelations up to a quarter of the
+        patch (:func:`matrep.plugins.texturevae.model.phase_loss`). It fixes particle size and
+        spacing on the phase itself, where the spectrum term sees grey levels. 0 is the
+        paper's loss.
     lr_scaling : {"none", "linear"}, default "none"
         Under torchrun with W processes: ``"none"`` — ``batch_size`` is the global batch of
         one step (split over the processes) and ``lr`` is used as given, so the run equals
@@ -177,7 +190,7 @@ class TextureVAEEncoder(ParamsMixin, NetworkMixin, GenerativeMixin, PersistenceM
                  lr_scaling="none", decoder_input="dense", decoder_padding="zeros", downsample=1, logvar_bounds=(-10.0, 4.0), grad_clip=10.0,
                  kl_warmup=0, lr_schedule="constant", lr_warmup=0, keep_best=True,
                  histogram_weight=0.0, spectrum_weight=0.0, decoder_upsample="nearest",
-                 decoder_noise_start=0):
+                 decoder_noise_start=0, phase_weight=0.0, decoder_noise="white"):
         self.latent_dim = latent_dim
         self.pooling = pooling
         self.encoder_taps = encoder_taps
@@ -214,6 +227,8 @@ class TextureVAEEncoder(ParamsMixin, NetworkMixin, GenerativeMixin, PersistenceM
         self.spectrum_weight = spectrum_weight
         self.decoder_upsample = decoder_upsample
         self.decoder_noise_start = decoder_noise_start
+        self.phase_weight = phase_weight
+        self.decoder_noise = decoder_noise
 
     # ---------------------------------------------------------------------------------
     # fit
@@ -344,7 +359,8 @@ class TextureVAEEncoder(ParamsMixin, NetworkMixin, GenerativeMixin, PersistenceM
         model = TextureVAE(pooled_size(encoder_taps, self.pooling), int(self.latent_dim), Hm,
                            tuple(self.decoder_channels), self._logvar_bounds(),
                            str(self.decoder_input), str(self.decoder_padding),
-                           str(self.decoder_upsample), int(self.decoder_noise_start))
+                           str(self.decoder_upsample), int(self.decoder_noise_start),
+                           str(self.decoder_noise))
         pooled = torch.from_numpy(train_cache.pooled)
         model.feat_mean.copy_(pooled.mean(0))
         # z-score; a feature that hardly varies over the training patches is not blown up
@@ -364,6 +380,7 @@ class TextureVAEEncoder(ParamsMixin, NetworkMixin, GenerativeMixin, PersistenceM
                                  lr_warmup=int(self.lr_warmup), keep_best=bool(self.keep_best),
                                  histogram_weight=float(self.histogram_weight),
                                  spectrum_weight=float(self.spectrum_weight),
+                                 phase_weight=float(self.phase_weight),
                                  extra={"lr_scaling": str(self.lr_scaling)})
         params = _jsonable(self.get_params(deep=False))
         for k in ("epochs", "checkpoint_every", "device", "cache_memory_gb", "output",
@@ -373,11 +390,13 @@ class TextureVAEEncoder(ParamsMixin, NetworkMixin, GenerativeMixin, PersistenceM
             # the default rule: the run does not depend on the number of processes (and a
             # checkpoint written before the option existed still resumes)
             params.pop("lr_scaling")
-        for name in ("histogram_weight", "spectrum_weight"):
+        for name in ("histogram_weight", "spectrum_weight", "phase_weight"):
             if not float(params.get(name, 0.0)):
                 params.pop(name, None)  # the paper's loss; older checkpoints resume
         if params.get("decoder_upsample") == "nearest":
             params.pop("decoder_upsample")  # the paper's decoder; older checkpoints resume
+        if params.get("decoder_noise") == "white":
+            params.pop("decoder_noise")  # white noise maps; older checkpoints resume
         if not int(params.get("decoder_noise_start", 0)):
             params.pop("decoder_noise_start", None)  # noise at every block; older checkpoints
         fingerprint = {"data": fingerprint_arrays(X[train_idx], X[val_idx]),

@@ -117,6 +117,41 @@ class LatentHead(nn.Module):
 DECODER_INPUTS = ("dense", "noise", "modulated")
 #: The decoder blocks' 2x upsampling (``decoder_upsample``).
 DECODER_UPSAMPLING = ("nearest", "bilinear")
+#: The decoder's noise maps (``decoder_noise``): white, or smoothed to several length scales.
+DECODER_NOISES = ("white", "smooth")
+#: Gaussian widths (in each block's own pixels) of the 8 noise channels of ``"smooth"`` noise;
+#: 0 = white. The last channel is the one also added to every block's output.
+SMOOTH_NOISE_SIGMAS = (3.0, 2.0, 1.5, 1.0, 0.7, 0.5, 0.0, 0.0)
+
+
+@functools.lru_cache(maxsize=16)
+def _smoothing_filters(n, sigmas, device):
+    """rfft2 of periodic Gaussian kernels on an ``n x n`` grid, one per width, each scaled so
+    that white noise of unit variance keeps unit variance: (C, n, n // 2 + 1) complex."""
+    with torch.inference_mode(False), torch.no_grad():
+        d = torch.arange(n, dtype=torch.float64)
+        d = torch.minimum(d, n - d)
+        r2 = d[:, None] ** 2 + d[None, :] ** 2
+        ks = []
+        for s in sigmas:
+            if s <= 0:
+                k = (r2 == 0).double()
+            else:
+                k = torch.exp(-r2 / (2.0 * s * s))
+                k = k / k.sum()
+            ks.append(k / k.square().sum().sqrt())
+        return torch.fft.rfft2(torch.stack(ks)).to(torch.complex64).to(device)
+
+
+def smooth_noise(maps, sigmas=SMOOTH_NOISE_SIGMAS):
+    """Periodic Gaussian smoothing of noise maps (B, C, n, n), channel ``c`` with width
+    ``sigmas[c]`` (pixels; 0 leaves it white), each channel keeping unit variance. Smoothed
+    noise, thresholded by the decoder, makes round blobs of a size set by the width, in no
+    preferred direction; white noise repeated by nearest upsampling makes squares and bars."""
+    n = maps.shape[-1]
+    f = _smoothing_filters(n, tuple(float(s) for s in sigmas[:maps.shape[1]]), str(maps.device))
+    out = torch.fft.irfft2(torch.fft.rfft2(maps.float()) * f, s=(n, n))
+    return out.to(maps.dtype)
 
 
 class _PeriodicBilinear(nn.Module):
@@ -164,6 +199,12 @@ class Decoder(nn.Module):
         strength per channel) alone sets where things sit. With ``padding="circular"`` the decoder is fully convolutional
         and stationary, so it can decode any ``size`` (a multiple of 16), periodic at that size.
     noise_channels : int, default 8
+    noise : {"white", "smooth"}
+        ``"white"``: independent standard normal values per position. ``"smooth"``: each
+        channel periodically smoothed by a Gaussian of its own width
+        (:data:`SMOOTH_NOISE_SIGMAS`, in the block's pixels) and kept at unit variance
+        (:func:`smooth_noise`), so the decoder can grow round particles of several sizes
+        instead of the squares and bars that nearest-upsampled white noise gives.
     noise_start : int, default 0
         The first block (0-3) that gets noise; the blocks before it get zeros in place of their
         noise maps (``"noise"`` and ``"modulated"`` inputs). With ``"modulated"`` and circular
@@ -186,7 +227,7 @@ class Decoder(nn.Module):
 
     def __init__(self, latent_dim: int, patch_size: int, channels=(256, 256, 128, 64, 32),
                  input: str = "dense", noise_channels: int = 8, padding: str = "zeros",
-                 upsample: str = "nearest", noise_start: int = 0):
+                 upsample: str = "nearest", noise_start: int = 0, noise: str = "white"):
         super().__init__()
         channels = tuple(int(c) for c in channels)
         if len(channels) != 5:
@@ -204,6 +245,9 @@ class Decoder(nn.Module):
                              f"{upsample!r}")
         if not 0 <= int(noise_start) <= 3:
             raise ValueError(f"decoder noise_start must be a block index 0-3, got {noise_start!r}")
+        if noise not in DECODER_NOISES:
+            raise ValueError(f"decoder noise must be one of {DECODER_NOISES}, got {noise!r}")
+        self.noise_kind = noise
         self.noise_start = int(noise_start)
         self.upsample = upsample
         self.start = patch_size // 16
@@ -294,6 +338,8 @@ class Decoder(nn.Module):
         """The noise maps of the four blocks, each (B, noise_channels, s, s); zeros for the
         blocks before ``noise_start``."""
         maps = self._noise_maps(B, device, dtype, seeds, start)
+        if self.noise_kind == "smooth":
+            maps = [smooth_noise(m) for m in maps]
         for i in range(self.noise_start):
             maps[i] = torch.zeros_like(maps[i])
         return maps
@@ -325,14 +371,14 @@ class TextureVAE(nn.Module):
     def __init__(self, in_features: int, latent_dim: int, patch_size: int,
                  decoder_channels=(256, 256, 128, 64, 32), logvar_bounds=None,
                  decoder_input="dense", decoder_padding="zeros", decoder_upsample="nearest",
-                 decoder_noise_start=0):
+                 decoder_noise_start=0, decoder_noise="white"):
         super().__init__()
         self.register_buffer("feat_mean", torch.zeros(in_features))
         self.register_buffer("feat_std", torch.ones(in_features))
         self.head = LatentHead(in_features, latent_dim, logvar_bounds)
         self.decoder = Decoder(latent_dim, patch_size, decoder_channels, decoder_input,
                                padding=decoder_padding, upsample=decoder_upsample,
-                               noise_start=decoder_noise_start)
+                               noise_start=decoder_noise_start, noise=decoder_noise)
         self.latent_dim = latent_dim
         self.patch_size = patch_size
 
@@ -447,6 +493,82 @@ def spectrum_loss(x, target_spectra):
     grey levels vary (particle size and spacing, edge sharpness).
     """
     return (radial_log_spectrum(x) - target_spectra.float()).square().mean()
+
+
+#: width (grey levels) of the soft graphite indicator of the phase term
+PHASE_SOFTNESS = 0.04
+#: largest lag of the phase term, as a fraction of the patch side
+PHASE_MAX_LAG = 0.25
+
+
+def phase_max_lag(P: int) -> int:
+    """The largest lag (pixels) of the phase term at patch side ``P``."""
+    return max(1, int(round(P * PHASE_MAX_LAG)))
+
+
+def soft_dark_phase(x, thresholds, softness: float = PHASE_SOFTNESS):
+    """A differentiable graphite indicator: :math:`\\sigma((t - x) / s)` per pixel, ``t`` each
+    patch's threshold (B,), ``x`` (B, ..., H, W) -> (B, H, W)."""
+    flat = x.reshape(x.shape[0], *x.shape[-2:]).float()
+    return torch.sigmoid((thresholds.float().view(-1, 1, 1) - flat) / softness)
+
+
+def phase_correlation(m):
+    """Normalised two-point autocorrelation of phase indicators ``m`` (B, P, P) -> (B, R).
+
+    :math:`S_2(r)` is the probability that two points ``r`` apart are both in the phase,
+    radially averaged over lags with ``round(|r|) = r``, estimated without periodic wrap (each
+    lag averaged over the pixel pairs inside the patch); returned is
+    :math:`S_2(r) / S_2(0)` for ``r = 1 .. R`` (:func:`phase_max_lag`): the probability that a
+    point ``r`` away from a graphite point is graphite too. It falls from 1 to the area
+    fraction over about one particle diameter, so it carries the particles' size and spacing
+    independently of how much graphite there is; like the Gram matrices it ignores where the
+    particles sit. Differentiable.
+    """
+    B, H, W = m.shape
+    if H != W:
+        raise ValueError(f"phase_correlation needs square patches, got {H} x {W}")
+    n = 2 * H
+    f = torch.fft.rfft2(m.float(), s=(n, n))
+    ac = torch.fft.irfft2(f.abs().square(), s=(n, n))
+    bins = _lag_bins(H, str(m.device))
+    s2 = ac.flatten(1) @ bins
+    return s2[:, 1:] / (s2[:, :1] + 1e-4)
+
+
+@functools.lru_cache(maxsize=8)
+def _lag_bins(P, device):
+    """(2P * 2P, R + 1) matrix: the zero-padded autocorrelation's lags -> radial bins 0..R, each
+    lag divided by its number of pixel pairs ``(P - |dy|)(P - |dx|)`` and averaged in its bin."""
+    with torch.inference_mode(False), torch.no_grad():
+        n, R = 2 * P, phase_max_lag(P)
+        d = torch.arange(n, device=device)
+        d = torch.where(d < P, d, d - n).abs()
+        r = torch.sqrt(d[:, None].double() ** 2 + d[None, :].double() ** 2).round().long().flatten()
+        pairs = ((P - d[:, None]) * (P - d[None, :])).flatten().double()
+        keep = (r <= R) & (pairs > 0)
+        m = torch.zeros(r.numel(), R + 1, dtype=torch.float64, device=device)
+        m[keep.nonzero()[:, 0], r[keep]] = 1.0
+        m = m / m.sum(dim=0, keepdim=True)
+        m = m / pairs.clamp(min=1.0)[:, None]
+        return m.float()
+
+
+def phase_loss(x, targets):
+    """Mean squared difference of the normalised two-point autocorrelations
+    (:func:`phase_correlation`) of the soft graphite indicators of ``x`` (B, 1, P, P) and of
+    its inputs, both thresholded at the input's own graphite threshold.
+
+    ``targets = (thresholds (B,), curves (B, R))``; a NaN threshold (a graphite-free input)
+    leaves that patch out. The histogram term fixes how much is dark; this one fixes how big
+    the dark particles are and how far apart.
+    """
+    thresholds, curves = targets
+    ok = torch.isfinite(thresholds)
+    if not bool(ok.any()):
+        return x.float().sum() * 0.0
+    c = phase_correlation(soft_dark_phase(x[ok], thresholds[ok]))
+    return (c - curves[ok].float()).square().mean()
 
 
 def kl_divergence(mu, logvar):

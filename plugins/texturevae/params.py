@@ -23,6 +23,7 @@ class ParamsMixin:
                            ("kl_warmup", int), ("lr_warmup", int), ("lr", float),
                            ("kl_weight", float), ("val_fraction", float),
                            ("histogram_weight", float), ("spectrum_weight", float),
+                           ("phase_weight", float),
                            ("cache_memory_gb", float), ("max_patches", int),
                            ("max_val_patches", int), ("checkpoint_every", int)):
             value = getattr(self, name, None)
@@ -47,7 +48,7 @@ class ParamsMixin:
             raise BadInputError(None, f"layer_weights must be finite and >= 0, got {lw}")
         if not (0 <= float(self.val_fraction) < 1):
             raise BadInputError(None, f"val_fraction must be in [0, 1), got {self.val_fraction!r}")
-        for name in ("histogram_weight", "spectrum_weight"):
+        for name in ("histogram_weight", "spectrum_weight", "phase_weight"):
             w = float(getattr(self, name))
             if not (np.isfinite(w) and w >= 0):
                 raise BadInputError(None, f"{name} must be a finite number >= 0, got "
@@ -66,6 +67,11 @@ class ParamsMixin:
         if getattr(self, "decoder_upsample", "nearest") not in DECODER_UPSAMPLING:
             raise BadInputError(None, f"decoder_upsample must be one of {DECODER_UPSAMPLING}, "
                                       f"got {self.decoder_upsample!r}")
+        from .model import DECODER_NOISES
+
+        if getattr(self, "decoder_noise", "white") not in DECODER_NOISES:
+            raise BadInputError(None, f"decoder_noise must be one of {DECODER_NOISES}, got "
+                                      f"{self.decoder_noise!r}")
         ns = getattr(self, "decoder_noise_start", 0)
         if isinstance(ns, bool) or not isinstance(ns, (int, np.integer)) or not 0 <= ns <= 3:
             raise BadInputError(None, f"decoder_noise_start must be a block index 0-3, got {ns!r}")

@@ -73,7 +73,8 @@ class PersistenceMixin:
                     tuple(self.decoder_channels), self._logvar_bounds(),
                     str(self.decoder_input), str(self.decoder_padding),
                     str(getattr(self, "decoder_upsample", "nearest")),
-                    int(getattr(self, "decoder_noise_start", 0)))
+                    int(getattr(self, "decoder_noise_start", 0)),
+                    str(getattr(self, "decoder_noise", "white")))
             with torch.device("meta"):  # shapes first: a config must not make us allocate more
                 want = {k: tuple(v.shape) for k, v in TextureVAE(*args).state_dict().items()}
             got = {k[len("model."):]: tuple(v.shape) for k, v in arrays.items()

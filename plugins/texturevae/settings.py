@@ -51,6 +51,8 @@ class TrainSettings:
     histogram_weight: float = 0.0
     #: weight of the log radial power-spectrum term added to the style loss (0: the paper's loss)
     spectrum_weight: float = 0.0
+    #: weight of the graphite two-point autocorrelation term (0: the paper's loss)
+    phase_weight: float = 0.0
     #: keep the model of the epoch with the lowest held-out style loss (needs held-out patches)
     keep_best: bool = True
     extra: dict = field(default_factory=dict)
