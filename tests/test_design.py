@@ -359,25 +359,3 @@ def test_cli_designs(cli, tmp_path):
     assert r.exit_code == 0, r.output
     js = json.loads((tmp_path / "o" / "designs.json").read_text())
     assert len(js["targets"][0]["designs"]) == 2 and js["baseline"] == []
-
-
-def test_select_distinct_takes_the_distinct_set_with_the_smallest_worst_error():
-    from matrep.design.distinct import select_distinct
-
-    # item 0 is best but close to 1 and 2, which are far from each other; 3 is poor
-    errors = np.array([0.001, 0.005, 0.006, 0.09])
-    D = np.full((4, 4), 10.0)
-    np.fill_diagonal(D, 0.0)
-    D[0, 1] = D[1, 0] = D[0, 2] = D[2, 0] = 1.0
-    idx, flags = select_distinct(errors, D, 2, 5.0)
-    # greedy by error would take 0 and then 3 (the only one far from 0): worst error 9 %
-    assert idx.tolist() == [1, 2] and flags.tolist() == [True, True]
-    # three mutually distinct items need the poor one; 0 is then ruled out
-    idx, flags = select_distinct(errors, D, 3, 5.0)
-    assert sorted(idx.tolist()) == [1, 2, 3] and flags.all()
-    # nothing far apart: the best by error, only the first counted as distinct
-    idx, flags = select_distinct(errors, np.zeros((4, 4)), 3, 5.0)
-    assert idx.tolist() == [0, 1, 2] and flags.tolist() == [True, False, False]
-    # NaN errors come last; k larger than the pool returns the pool
-    idx, flags = select_distinct(np.array([np.nan, 0.01]), np.full((2, 2), 9.0), 5, 5.0)
-    assert idx.tolist() == [1, 0] and flags.all()

@@ -112,15 +112,10 @@ def within_micrograph_distances(metric: StyleDistance, patches, micrograph_ids, 
 
 
 def select_distinct(errors, D, k: int, min_distance: float) -> tuple[np.ndarray, np.ndarray]:
-    """Up to ``k`` items, pairwise at least ``min_distance`` apart, with the smallest worst error.
+    """Up to ``k`` items, smallest error first, each at least ``min_distance`` from those taken.
 
-    The chosen set is the one of ``k`` mutually distinct items whose largest error is smallest
-    (found exactly: items are admitted in order of error until ``k`` of them are pairwise far
-    enough apart). Taking the best item first and then the next best that is far enough from
-    those taken can miss it: the best item may rule out two good ones that are distinct from
-    each other and leave only poor ones. When no ``k`` items are mutually distinct, the largest
-    mutually distinct group is taken the same way and the best remaining items by error fill
-    the list, marked as not distinct.
+    When fewer than ``k`` items are far enough apart, the best remaining ones by error fill
+    the list and are marked as not distinct.
 
     Parameters
     ----------
@@ -131,58 +126,22 @@ def select_distinct(errors, D, k: int, min_distance: float) -> tuple[np.ndarray,
 
     Returns
     -------
-    chosen : int ndarray of shape (min(k, n),), in order of error
+    chosen : int ndarray of shape (min(k, n),)
     distinct : bool ndarray, whether each chosen item met the distance rule
     """
     errors = np.where(np.isfinite(errors), errors, np.inf)
-    order = [int(i) for i in np.argsort(errors, kind="stable")]
-    far = np.asarray(D) >= min_distance
-    k = min(int(k), len(order))
-    group, budget = [], [_SEARCH_STEPS]
-    for size in range(k, 0, -1):
-        group = _first_group(order, far, size, budget)
-        if group or budget[0] <= 0:
+    order = np.argsort(errors, kind="stable")
+    chosen, flags = [], []
+    for i in order:
+        if len(chosen) >= k:
             break
-    if not group:  # search budget spent (many candidates, few distinct): greedy by error
-        for i in order:
-            if len(group) < k and all(far[i, j] for j in group):
-                group.append(i)
-    group = sorted(group, key=lambda i: (errors[i], order.index(i)))
-    rest = [i for i in order if i not in group][:k - len(group)]
-    chosen = group + rest
-    flags = [True] * len(group) + [False] * len(rest)
+        if all(D[i, j] >= min_distance for j in chosen):
+            chosen.append(int(i))
+            flags.append(True)
+    for i in order:
+        if len(chosen) >= k:
+            break
+        if int(i) not in chosen:
+            chosen.append(int(i))
+            flags.append(False)
     return np.array(chosen, dtype=np.int64), np.array(flags, dtype=bool)
-
-
-#: most search steps of :func:`select_distinct` before it falls back to taking items greedily
-_SEARCH_STEPS = 200_000
-
-
-def _first_group(order, far, size, budget):
-    """The first ``size`` mutually far items to appear as items are admitted in ``order``
-    (each new item with ``size - 1`` mutually far items admitted before it), or []."""
-    admitted = []
-    for v in order:
-        nb = [u for u in admitted if far[v, u]]
-        found = _clique(nb, far, size - 1, budget)
-        if found is not None:
-            return found + [v]
-        if budget[0] <= 0:
-            return []
-        admitted.append(v)
-    return []
-
-
-def _clique(cands, far, size, budget):
-    """``size`` mutually far items among ``cands`` (earliest first), or None."""
-    if size == 0:
-        return []
-    for j, v in enumerate(cands):
-        budget[0] -= 1
-        if len(cands) - j < size or budget[0] <= 0:
-            return None
-        rest = [u for u in cands[j + 1:] if far[v, u]]
-        found = _clique(rest, far, size - 1, budget)
-        if found is not None:
-            return [v] + found
-    return None
