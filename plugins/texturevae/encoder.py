@@ -90,9 +90,9 @@ class TextureVAEEncoder(ParamsMixin, NetworkMixin, GenerativeMixin, PersistenceM
         circular padding).
     decoder_noise : {"white", "smooth"}, default "white"
         The noise maps of a ``"noise"`` or ``"modulated"`` decoder: white, or each of the 8
-        channels smoothed by a Gaussian of its own width (0.5-3 block pixels, one left white)
-        so particles can grow round at several sizes
-        (:func:`matrep.plugins.texturevae.model.smooth_noise`).
+        channels smoothed by a Gaussian of its own width (0.5-3 block pixels, two left white;
+        :func:`matrep.plugins.texturevae.model.smooth_noise`). Measured on the quick preset:
+        no better (docs/texturevae.md, runs 27-28).
     decoder_noise_start : int, default 0
         The first decoder block (0-3) that gets noise maps; earlier blocks get zeros, so with
         ``decoder_input="modulated"`` and circular padding particles are placed on the finer
@@ -142,7 +142,7 @@ class TextureVAEEncoder(ParamsMixin, NetworkMixin, GenerativeMixin, PersistenceM
         difference of their normalised two-point autocorrelations up to a quarter of the
         patch (:func:`matrep.plugins.texturevae.model.phase_loss`). It fixes particle size and
         spacing on the phase itself, where the spectrum term sees grey levels. 0 is the
-        paper's loss.
+        paper's loss; the quick preset sets 300 (docs/texturevae.md, runs 25-32).
     lr_scaling : {"none", "linear"}, default "none"
         Under torchrun with W processes: ``"none"`` — ``batch_size`` is the global batch of
         one step (split over the processes) and ``lr`` is used as given, so the run equals
@@ -169,11 +169,13 @@ class TextureVAEEncoder(ParamsMixin, NetworkMixin, GenerativeMixin, PersistenceM
             "description": "trains in <= 20 min on 2 CPU cores (docs/texturevae.md): 128² "
                            "patches worked at 64² (downsample 2), a stationary decoder (z "
                            "modulates the feature maps, noise places the particles, periodic "
-                           "padding), a grey-level histogram term and a power-spectrum term, "
-                           "pool4 style weight 0.1, latent 8, cosine learning rate, KL warm-up",
+                           "padding), a grey-level histogram term, a power-spectrum term and "
+                           "a two-point term on the graphite phase, pool4 style weight 0.1, "
+                           "latent 8, cosine learning rate, KL warm-up",
             "params": {"downsample": 2, "decoder_input": "modulated",
                        "decoder_padding": "circular", "histogram_weight": 4000.0,
-                       "spectrum_weight": 40.0, "layer_weights": [1.0, 1.0, 1.0, 1.0, 0.1],
+                       "spectrum_weight": 40.0, "phase_weight": 300.0,
+                       "layer_weights": [1.0, 1.0, 1.0, 1.0, 0.1],
                        "latent_dim": 8, "kl_weight": 0.05, "batch_size": 8,
                        "lr": 2e-3, "lr_schedule": "cosine", "lr_warmup": 50, "kl_warmup": 200,
                        "max_patches": 1500, "epochs": 6, "max_val_patches": 96},

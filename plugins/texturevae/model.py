@@ -145,11 +145,14 @@ def _smoothing_filters(n, sigmas, device):
 
 def smooth_noise(maps, sigmas=SMOOTH_NOISE_SIGMAS):
     """Periodic Gaussian smoothing of noise maps (B, C, n, n), channel ``c`` with width
-    ``sigmas[c]`` (pixels; 0 leaves it white), each channel keeping unit variance. Smoothed
-    noise, thresholded by the decoder, makes round blobs of a size set by the width, in no
-    preferred direction; white noise repeated by nearest upsampling makes squares and bars."""
-    n = maps.shape[-1]
-    f = _smoothing_filters(n, tuple(float(s) for s in sigmas[:maps.shape[1]]), str(maps.device))
+    ``sigmas[c]`` (pixels; 0 leaves it white; channels beyond ``sigmas`` stay white), each
+    channel keeping unit variance. Thresholded smooth noise makes round blobs of a size set by
+    the width, in no preferred direction; the hope was that the decoder would use them for its
+    particles. Measured on the quick preset: it still drew squares and bars
+    (docs/texturevae.md, runs 27-28)."""
+    n, C = maps.shape[-1], maps.shape[1]
+    sig = tuple(float(s) for s in sigmas[:C]) + (0.0,) * max(0, C - len(sigmas))
+    f = _smoothing_filters(n, sig, str(maps.device))
     out = torch.fft.irfft2(torch.fft.rfft2(maps.float()) * f, s=(n, n))
     return out.to(maps.dtype)
 
@@ -203,8 +206,9 @@ class Decoder(nn.Module):
         ``"white"``: independent standard normal values per position. ``"smooth"``: each
         channel periodically smoothed by a Gaussian of its own width
         (:data:`SMOOTH_NOISE_SIGMAS`, in the block's pixels) and kept at unit variance
-        (:func:`smooth_noise`), so the decoder can grow round particles of several sizes
-        instead of the squares and bars that nearest-upsampled white noise gives.
+        (:func:`smooth_noise`): round blobs of several sizes for the decoder to use
+        (measured: the quick preset still drew squares and bars with it, so they come from
+        the nearest upsampling of the features, not from the noise).
     noise_start : int, default 0
         The first block (0-3) that gets noise; the blocks before it get zeros in place of their
         noise maps (``"noise"`` and ``"modulated"`` inputs). With ``"modulated"`` and circular
