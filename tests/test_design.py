@@ -359,3 +359,50 @@ def test_cli_designs(cli, tmp_path):
     assert r.exit_code == 0, r.output
     js = json.loads((tmp_path / "o" / "designs.json").read_text())
     assert len(js["targets"][0]["designs"]) == 2 and js["baseline"] == []
+
+
+
+
+def test_search_ball_widens_only_for_a_target_out_of_reach(designer):
+    from dataclasses import replace
+
+    from matrep.design.inverse import Designer
+    from matrep.design.search import prior_radius
+
+    lo, hi = designer.data.range("youngs_modulus_gpa")
+    d = Designer.__new__(Designer)
+    d.__dict__.update(designer.__dict__)
+    msgs = []
+    d.log = msgs.append
+    # beyond the data's range: the search presses on the rim and the ball widens
+    d.settings = replace(designer.settings, allow_extrapolation=True)
+    far = hi + 0.3 * (hi - lo)
+    r = d.design({"youngs_modulus_gpa": far})
+    assert r.search_quantile > d.settings.quantile
+    assert any("widens to prior mass 0.999" in m for m in msgs)
+    assert max(np.linalg.norm(c.latent[d.active]) for c in r.candidates) > d.radius
+    assert all(np.linalg.norm(c.latent[d.active]) <= prior_radius(len(d.active), 0.9999) + 1e-4
+               for c in r.candidates)
+    # never with --max-quantile equal to --quantile
+    d.settings = replace(designer.settings, allow_extrapolation=True,
+                         max_quantile=designer.settings.quantile)
+    r = d.design({"youngs_modulus_gpa": far})
+    assert r.search_quantile == d.settings.quantile
+    # a target in the middle is met inside the ball: no widening
+    d.settings = designer.settings
+    r = d.design({"youngs_modulus_gpa": float(np.median(designer.data.values["youngs_modulus_gpa"]))})
+    assert r.search_quantile == d.settings.quantile
+    with pytest.raises(DesignError, match="max-quantile"):
+        DesignSettings(quantile=0.99, max_quantile=0.9).check(physics=True)
+
+
+def test_secant_steps_skip_checked_and_repeated_points():
+    from matrep.design.search import secant_steps
+
+    Z = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    # anchor 0 is already on target (error 0 is skipped); 1 and 2 share the partner 0 ...
+    steps = secant_steps(Z, np.array([1e-12, -1.0, -1.0]), 3, 10.0)
+    # ... whose steps land on it: nothing new to check
+    assert len(steps) == 0
+    steps = secant_steps(Z, np.array([0.5, -0.5, -0.5]), 3, 10.0)
+    assert len(steps) == 2 and np.allclose(steps, [[0.5, 0.0], [0.0, 0.5]])

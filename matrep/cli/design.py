@@ -75,6 +75,11 @@ def _threshold(value):
               help="Relative error that scales the search objective.")
 @click.option("--quantile", default=0.99, type=click.FloatRange(0, 1, min_open=True, max_open=True),
               help="Prior mass of the ball the search stays in (chi-squared quantile).")
+@click.option("--max-quantile", default=0.9999, show_default=True,
+              type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="While fewer than -n checked designs are within --tolerance and the best "
+                   "sits on the ball's rim, the ball widens one step a round (prior mass "
+                   "0.999, 0.9999, ...) up to this; equal to --quantile: never.")
 @click.option("--distinct/--no-distinct", default=True,
               help="Pick designs pairwise apart by VGG19 style distance (at least the median "
                    "distance between two patches of one micrograph); --no-distinct skips the "
@@ -100,7 +105,8 @@ def _threshold(value):
 @quiet_option
 @handle_errors
 def design_cmd(model, images, labels, targets, n, out, budget, batch, refine, size, material, physics,
-               baseline, allow_extrapolation, tolerance, quantile, distinct, threshold, masks, file_column,
+               baseline, allow_extrapolation, tolerance, quantile, max_quantile, distinct, threshold,
+               masks, file_column,
                stride, crop, crop_bottom, max_patches, study, jobs, cache, seed, quiet, scale):
     """Design microstructures with target properties, verified by physics.
 
@@ -127,7 +133,8 @@ def design_cmd(model, images, labels, targets, n, out, budget, batch, refine, si
     log = (lambda s: None) if quiet else (lambda s: click.echo(s, err=True))
     tg = _parse_targets(targets, study)
     settings = DesignSettings(n=n, budget=budget, batch=batch, refine=refine, tolerance=tolerance,
-                              quantile=quantile, threshold=_threshold(threshold), size=size,
+                              quantile=quantile, max_quantile=max(quantile, max_quantile),
+                              threshold=_threshold(threshold), size=size,
                               allow_extrapolation=allow_extrapolation, distinct=distinct,
                               seed=seed)
     imgs = images[0] if len(images) == 1 else list(images)

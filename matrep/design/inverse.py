@@ -54,6 +54,11 @@ class DesignSettings:
         :func:`~matrep.design.search.secant_steps`); 0: search rounds only
     tolerance : float, default 0.02 — relative error that scales the search objective
     quantile : float, default 0.99 — prior mass of the search ball
+    max_quantile : float, default 0.9999 — the ball widens, one step a round (prior mass
+        0.999, then 0.9999, up to this), while fewer than ``n`` checked candidates are within
+        ``tolerance`` of the targets and the best of them sits on the ball's rim: a target
+        the decoder cannot reach from typical latents is sought in less typical ones. Equal
+        to ``quantile``: never widen.
     n_starts : int, default 8 — search starts per round
     min_latent_distance : float, default 1.0 — candidates of one target kept this far apart
     threshold : "otsu" or float — segmentation of designed images
@@ -71,6 +76,7 @@ class DesignSettings:
     refine: int = 6
     tolerance: float = 0.02
     quantile: float = 0.99
+    max_quantile: float = 0.9999
     n_starts: int = 8
     min_latent_distance: float = 1.0
     threshold: object = "otsu"
@@ -89,6 +95,9 @@ class DesignSettings:
                               f"give --budget >= {self.n} (or fewer -n)")
         if not 0 < self.quantile < 1:
             raise DesignError(f"--quantile: expected a prior mass in (0, 1), got {self.quantile}")
+        if not self.quantile <= self.max_quantile < 1:
+            raise DesignError(f"--max-quantile: expected a prior mass in [--quantile, 1), got "
+                              f"{self.max_quantile} (--quantile {self.quantile})")
         if self.tolerance <= 0:
             raise DesignError(f"--tolerance: expected a positive relative error, got {self.tolerance}")
 
@@ -129,6 +138,7 @@ class TargetResult:
     budget: int
     seconds: float
     style_distances: np.ndarray | None = None   # pairwise, of the designs
+    search_quantile: float | None = None        # prior mass of the search ball at the end
     large: list = field(default_factory=list)   # per design: dict(image, mask, physics) or None
 
     def design_errors(self, prop: str) -> np.ndarray:
@@ -295,6 +305,7 @@ class Designer:
         pool = self.data.latents[:, self.active]
         t0 = time.perf_counter()
         cands, calls, rnd = [], 0, 0
+        quantile, radius = S.quantile, self.radius
         if self.solver is not None:
             while calls < S.budget:
                 k = min(S.batch, S.budget - calls)
@@ -303,11 +314,11 @@ class Designer:
                 if len(targets) == 1 and calls >= S.budget - S.refine and cands:
                     (p0, t0_), = targets.items()
                     err = np.array([c.physics.values[p0] - t0_ for c in cands])
-                    Za = secant_steps(done, err, k, self.radius,
+                    Za = secant_steps(done, err, k, radius,
                                       min_distance=S.min_latent_distance)
                 how = ["secant"] * len(Za)
                 if len(Za) < k:
-                    Zs, _ = propose(sur, targets, scales, pool=pool, radius=self.radius,
+                    Zs, _ = propose(sur, targets, scales, pool=pool, radius=radius,
                                     n=k - len(Za), n_starts=S.n_starts,
                                     min_distance=S.min_latent_distance, exclude=done, rng=self.rng)
                     Za = np.concatenate([Za, Zs])
@@ -324,6 +335,12 @@ class Designer:
                 self.log(f"  round {rnd}: {calls}/{S.budget} solver calls, best error so far "
                          f"{100 * best:.2f} %")
                 rnd += 1
+                good = sum(c.worst_error(targets) <= S.tolerance for c in cands)
+                if good < n and quantile < S.max_quantile and self._at_rim(cands, targets,
+                                                                          radius):
+                    quantile, radius = self._widen(quantile)
+                    self.log(f"  {good} of {n} designs within {100 * S.tolerance:g} %: the "
+                             f"search ball widens to prior mass {quantile:g}")
         else:
             Za, _ = propose(sur, targets, scales, pool=pool, radius=self.radius, n=3 * n,
                             n_starts=max(S.n_starts, 3 * n), min_distance=S.min_latent_distance,
@@ -335,7 +352,22 @@ class Designer:
         return TargetResult(targets=targets, extrapolation=flags, method="designed",
                             designs=designs, distinct=distinct, candidates=cands,
                             solver_calls=calls, budget=S.budget if self.solver else 0,
-                            seconds=time.perf_counter() - t0, style_distances=sd, large=large)
+                            seconds=time.perf_counter() - t0, style_distances=sd, large=large,
+                            search_quantile=quantile)
+
+    def _at_rim(self, cands, targets, radius):
+        """Whether the best checked candidate sits on the rim of the search ball (its active
+        latent at least 0.95 radius long): the search is pressing outwards."""
+        best = min(cands, key=lambda c: c.worst_error(targets))
+        return float(np.linalg.norm(best.latent[self.active])) >= 0.95 * radius
+
+    def _widen(self, quantile):
+        """The next search ball: one more 9 in the prior mass (0.99 -> 0.999 -> ...), at most
+        ``max_quantile``; returns (quantile, radius)."""
+        from .search import prior_radius
+
+        q = min(self.settings.max_quantile, 1.0 - (1.0 - quantile) / 10.0)
+        return q, prior_radius(len(self.active), q)
 
     def baseline(self, targets: dict, *, n=None, large: bool = False) -> TargetResult:
         """Best ``n`` distinct of ``budget`` random prior draws, by physics error."""

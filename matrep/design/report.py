@@ -39,6 +39,8 @@ def target_dict(r, prefix: str) -> dict:
     out = {"targets": r.targets, "extrapolation": r.extrapolation, "method": r.method,
            "solver_calls": int(r.solver_calls), "budget_per_target": int(r.budget),
            "seconds": round(r.seconds, 2), "designs": []}
+    if r.search_quantile is not None:
+        out["search_prior_mass"] = float(r.search_quantile)  # the (widened) search ball
     for k, c in enumerate(r.designs):
         d = _cand_dict(c, r.targets)
         d["image"] = f"{prefix}_{k:02d}.png"

@@ -182,7 +182,9 @@ def secant_steps(Z, errors, k: int, radius: float, *, min_distance: float = 1.0)
 
     .. math::  z = z_a + \\frac{e_a}{e_a - e_b}\\,(z_b - z_a).
 
-    Anchors without a partner are skipped. The physics value along a short segment of the
+    Anchors without a partner are skipped, and so are steps that land within
+    ``0.05 * min_distance`` of a checked latent (an anchor already on target) or of an earlier
+    step (two anchors sharing a partner). The physics value along a short segment of the
     latent space is close to linear, so each step lands much nearer the target than either end.
 
     Parameters
@@ -214,4 +216,15 @@ def secant_steps(Z, errors, k: int, radius: float, *, min_distance: float = 1.0)
         b = opp[np.argmin(np.linalg.norm(Z[opp] - Z[a], axis=1))]
         s = e[a] / (e[a] - e[b])
         out.append(Z[a] + s * (Z[b] - Z[a]))
-    return project_to_ball(np.array(out), radius) if out else np.zeros((0, Z.shape[1]))
+    if not out:
+        return np.zeros((0, Z.shape[1]))
+    out = project_to_ball(np.array(out), radius)
+    # a step that lands on a checked latent (an anchor already on target) would spend a
+    # solver call on a design already checked: leave it to the search
+    tol = 0.05 * min_distance
+    keep = []
+    for i, z in enumerate(out):
+        if (np.linalg.norm(Z - z, axis=1).min() > tol
+                and all(np.linalg.norm(z - out[j]) > tol for j in keep)):
+            keep.append(i)
+    return out[keep]
