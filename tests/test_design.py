@@ -406,3 +406,21 @@ def test_secant_steps_skip_checked_and_repeated_points():
     assert len(steps) == 0
     steps = secant_steps(Z, np.array([0.5, -0.5, -0.5]), 3, 10.0)
     assert len(steps) == 2 and np.allclose(steps, [[0.5, 0.0], [0.0, 0.5]])
+
+
+def test_select_distinct_does_not_take_a_poor_design_for_looking_different():
+    from matrep.design.distinct import select_distinct
+
+    errors = np.array([0.001, 0.004, 0.30])      # 0 and 1 alike, 2 different but 30 % off
+    D = np.full((3, 3), 10.0)
+    np.fill_diagonal(D, 0.0)
+    D[0, 1] = D[1, 0] = 1.0
+    idx, flags = select_distinct(errors, D, 2, 5.0)
+    assert idx.tolist() == [0, 2] and flags.tolist() == [True, True]
+    idx, flags = select_distinct(errors, D, 2, 5.0, max_error=0.05)
+    assert idx.tolist() == [0, 1] and flags.tolist() == [True, False]
+    # nothing within max_error: the bound follows the best error (2x)
+    idx, flags = select_distinct(np.array([0.20, 0.21, 0.30]), D, 2, 5.0, max_error=0.05)
+    assert idx.tolist() == [0, 2] and flags.tolist() == [True, True]
+    idx, flags = select_distinct(np.array([0.20, 0.21, 0.50]), D, 2, 5.0, max_error=0.05)
+    assert idx.tolist() == [0, 1] and flags.tolist() == [True, False]

@@ -111,11 +111,15 @@ def within_micrograph_distances(metric: StyleDistance, patches, micrograph_ids, 
     return np.concatenate(out) if out else np.zeros(0)
 
 
-def select_distinct(errors, D, k: int, min_distance: float) -> tuple[np.ndarray, np.ndarray]:
+def select_distinct(errors, D, k: int, min_distance: float,
+                    max_error: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Up to ``k`` items, smallest error first, each at least ``min_distance`` from those taken.
 
     When fewer than ``k`` items are far enough apart, the best remaining ones by error fill
-    the list and are marked as not distinct.
+    the list and are marked as not distinct. With ``max_error``, an item is taken for being
+    distinct only if its error is at most ``max(max_error, 2 x the smallest error)``: a poor
+    design is not returned just because it looks different (the bound follows the best error
+    when no item reaches ``max_error``).
 
     Parameters
     ----------
@@ -131,9 +135,12 @@ def select_distinct(errors, D, k: int, min_distance: float) -> tuple[np.ndarray,
     """
     errors = np.where(np.isfinite(errors), errors, np.inf)
     order = np.argsort(errors, kind="stable")
+    bound = np.inf
+    if max_error is not None and len(errors):
+        bound = max(float(max_error), 2.0 * float(errors[order[0]]))
     chosen, flags = [], []
     for i in order:
-        if len(chosen) >= k:
+        if len(chosen) >= k or errors[i] > bound:
             break
         if all(D[i, j] >= min_distance for j in chosen):
             chosen.append(int(i))

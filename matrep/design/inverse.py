@@ -9,12 +9,15 @@ The loop, per target (all of it in :class:`Designer`):
 2. **Search.** :func:`~matrep.design.search.propose`: several starts, gradient search of the
    expected squared error inside the prior's ball, a batch of candidates kept apart.
 3. **Physics.** The batch is decoded, segmented and solved; the values go into the
-   correction GP; repeat until ``budget`` solver calls for this target are spent. The last
-   ``refine`` calls (one target property) are secant steps between checked candidates on
+   correction GP; repeat until ``budget`` solver calls for this target are spent. While fewer
+   than ``n`` checked candidates are within ``tolerance`` and the best sits on the rim of the
+   search ball, the ball widens one step a round (prior mass 0.999, 0.9999:
+   ``max_quantile``). The last ``refine`` calls (one target property) are secant steps between checked candidates on
    both sides of the target (:func:`~matrep.design.search.secant_steps`).
 4. **Designs.** Of the checked candidates, the ``n`` with the smallest physics error that are
    distinct (pairwise style distance at least the median distance between two patches of one
-   micrograph; :mod:`matrep.design.distinct`); each reported with the surrogate's prediction
+   micrograph; :mod:`matrep.design.distinct`), a design more than 2.5 tolerances off never
+   taken for being distinct unless nothing is closer; each reported with the surrogate's prediction
    made *before* its check (mean +- std), its physics value, error and solver residual.
 5. **Large designs.** Each design made ``size x size`` and checked by physics too: decoded
    whole when the model's decoder is stationary (``decodes_any_size``: one seamless, periodic
@@ -260,7 +263,10 @@ class Designer:
         if D is not None and self.reference_distance is not None:
             from .distinct import select_distinct
 
-            idx, flags = select_distinct(err, D, n, self.reference_distance)
+            # physics errors: a design more than 2.5 tolerances off is not taken for being
+            # distinct (unless nothing is closer); surrogate scores: no such bound
+            bound = 2.5 * self.settings.tolerance if self.solver is not None else None
+            idx, flags = select_distinct(err, D, n, self.reference_distance, max_error=bound)
         else:
             idx = np.argsort(np.where(np.isfinite(err), err, np.inf), kind="stable")[:n]
             flags = np.ones(len(idx), dtype=bool) if D is None else np.zeros(len(idx), bool)
