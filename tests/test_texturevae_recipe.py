@@ -426,24 +426,26 @@ def test_spectrum_loss_measures_the_length_scale_not_the_placement():
         radial_log_spectrum(torch.rand(1, 1, 16, 32))
 
 
-def test_spectrum_weight_trains_and_is_validated():
+@pytest.mark.parametrize("name, weight", [("spectrum_weight", 10.0), ("phase_weight", 1000.0)])
+def test_grey_term_weight_trains_and_is_validated(name, weight):
     from matrep.errors import BadInputError
 
-    from matrep.plugins.texturevae.model import _radial_bins
+    from matrep.plugins.texturevae.model import _lag_bins, _radial_bins
 
     _radial_bins.cache_clear()  # first made in the cache's inference mode, then trained with
+    _lag_bins.cache_clear()
     X = _patches(8, 32)
     kw = dict(TINY, decoder_input="modulated", decoder_padding="circular", val_split="patch",
               val_fraction=0.25)
-    with_term = TextureVAEEncoder(**kw, spectrum_weight=10.0).fit(X)
+    with_term = TextureVAEEncoder(**kw, **{name: weight}).fit(X)
     without = TextureVAEEncoder(**kw).fit(X)
     # same seed, same first batch: the logged loss of the first epoch carries the term
     h, h0 = with_term.history_[1], without.history_[1]
     assert np.isfinite(h["train_loss"])
     assert h["train_loss"] - h["train_style"] > h0["train_loss"] - h0["train_style"] + 1.0
-    for bad in (-1.0, float("inf"), "x"):
-        with pytest.raises(BadInputError, match="spectrum_weight"):
-            TextureVAEEncoder(**TINY, spectrum_weight=bad).fit(X)
+    for bad in (-1.0, float("inf"), float("nan"), "x"):
+        with pytest.raises(BadInputError, match=name):
+            TextureVAEEncoder(**TINY, **{name: bad}).fit(X)
 
 
 def _discs(n_side, radius, P=64):
@@ -487,28 +489,30 @@ def test_phase_correlation_measures_particle_size_not_amount_or_placement():
     assert float(phase_loss(flat, (torch.tensor([float("nan")]), c_big))) == 0.0
 
 
-def test_phase_weight_trains_and_is_validated():
+def _decoder_option_round_trips(tmp_path, name, value, bad):
+    """A modulated periodic decoder with ``name=value``: ``bad`` is refused with a message
+    naming the option; the fitted model saves it and loads back with the same
+    reconstructions. Returns the fitted encoder."""
+    import matrep
     from matrep.errors import BadInputError
 
     X = _patches(8, 32)
     kw = dict(TINY, decoder_input="modulated", decoder_padding="circular", val_split="patch",
-              val_fraction=0.25)
-    with_term = TextureVAEEncoder(**kw, phase_weight=1000.0).fit(X)
-    without = TextureVAEEncoder(**kw).fit(X)
-    h, h0 = with_term.history_[1], without.history_[1]
-    assert np.isfinite(h["train_loss"])
-    assert h["train_loss"] - h["train_style"] > h0["train_loss"] - h0["train_style"] + 1.0
-    for bad in (-1.0, float("nan"), "x"):
-        with pytest.raises(BadInputError, match="phase_weight"):
-            TextureVAEEncoder(**TINY, phase_weight=bad).fit(X)
+              val_fraction=0.25, **{name: value})
+    with pytest.raises(BadInputError, match=name):
+        TextureVAEEncoder(**{**kw, name: bad}).fit(X)
+    enc = TextureVAEEncoder(**kw)
+    enc.fit(X, context=FitContext(run_dir=tmp_path / "run"))
+    back = matrep.load_model(tmp_path / "run")
+    assert getattr(back, name) == value
+    np.testing.assert_allclose(back.reconstruct(X[:2]), enc.reconstruct(X[:2]), atol=1e-6)
+    return enc
 
 
 def test_bilinear_upsampling_is_periodic_and_round_trips(tmp_path):
     """``decoder_upsample="bilinear"``: a shift of the map by one cell shifts the upsampled map
     by two pixels (no edge clamping: the decoder stays stationary); inside the map it is
     torch's bilinear upsampling; the option is validated and saved with the model."""
-    import matrep
-    from matrep.errors import BadInputError
     from matrep.plugins.texturevae.model import Decoder, _PeriodicBilinear
 
     h = torch.randn(2, 3, 8, 8)
@@ -520,25 +524,14 @@ def test_bilinear_upsampling_is_periodic_and_round_trips(tmp_path):
     torch.testing.assert_close(up(h)[..., 2:-2, 2:-2], plain[..., 2:-2, 2:-2])
     with pytest.raises(ValueError, match="upsampling"):
         Decoder(3, 32, upsample="cubic")
-    X = _patches(8, 32)
-    kw = dict(TINY, decoder_input="modulated", decoder_padding="circular",
-              decoder_upsample="bilinear", val_split="patch", val_fraction=0.25)
-    with pytest.raises(BadInputError, match="decoder_upsample"):
-        TextureVAEEncoder(**{**kw, "decoder_upsample": "cubic"}).fit(X)
-    enc = TextureVAEEncoder(**kw)
-    enc.fit(X, context=FitContext(run_dir=tmp_path / "run"))
+    enc = _decoder_option_round_trips(tmp_path, "decoder_upsample", "bilinear", "cubic")
     assert isinstance(enc.model_.decoder.blocks[1], _PeriodicBilinear)
-    back = matrep.load_model(tmp_path / "run")
-    assert back.decoder_upsample == "bilinear"
-    np.testing.assert_allclose(back.reconstruct(X[:2]), enc.reconstruct(X[:2]), atol=1e-6)
 
 
 def test_smooth_noise_keeps_unit_variance_and_round_trips(tmp_path):
     """``decoder_noise="smooth"``: each noise channel smoothed periodically at its own width
     (wider: more correlated neighbours), unit variance kept, the white channels untouched;
     validated; saved with the model."""
-    import matrep
-    from matrep.errors import BadInputError
     from matrep.plugins.texturevae.model import SMOOTH_NOISE_SIGMAS, Decoder, smooth_noise
 
     g = torch.Generator().manual_seed(0)
@@ -556,17 +549,8 @@ def test_smooth_noise_keeps_unit_variance_and_round_trips(tmp_path):
                                torch.roll(sm, 5, dims=2), atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="noise"):
         Decoder(3, 32, input="modulated", noise="pink")
-    X = _patches(8, 32)
-    kw = dict(TINY, decoder_input="modulated", decoder_padding="circular",
-              decoder_noise="smooth", val_split="patch", val_fraction=0.25)
-    with pytest.raises(BadInputError, match="decoder_noise"):
-        TextureVAEEncoder(**{**kw, "decoder_noise": "pink"}).fit(X)
-    enc = TextureVAEEncoder(**kw)
-    enc.fit(X, context=FitContext(run_dir=tmp_path / "run"))
+    enc = _decoder_option_round_trips(tmp_path, "decoder_noise", "smooth", "pink")
     assert enc.model_.decoder.noise_kind == "smooth"
-    back = matrep.load_model(tmp_path / "run")
-    assert back.decoder_noise == "smooth"
-    np.testing.assert_allclose(back.reconstruct(X[:2]), enc.reconstruct(X[:2]), atol=1e-6)
 
 
 def test_noise_start_places_particles_on_a_finer_grid_and_round_trips(tmp_path):
