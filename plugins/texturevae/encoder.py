@@ -358,11 +358,7 @@ class TextureVAEEncoder(ParamsMixin, NetworkMixin, GenerativeMixin, PersistenceM
             log("balanced style-layer weights: " + ", ".join(
                 f"{t} {w:.3g}" for t, w in zip(style_taps, self.layer_weights_)))
         torch.manual_seed(int(self.seed))
-        model = TextureVAE(pooled_size(encoder_taps, self.pooling), int(self.latent_dim), Hm,
-                           tuple(self.decoder_channels), self._logvar_bounds(),
-                           str(self.decoder_input), str(self.decoder_padding),
-                           str(self.decoder_upsample), int(self.decoder_noise_start),
-                           str(self.decoder_noise))
+        model = TextureVAE(*self._model_args(pooled_size(encoder_taps, self.pooling), Hm))
         pooled = torch.from_numpy(train_cache.pooled)
         model.feat_mean.copy_(pooled.mean(0))
         # z-score; a feature that hardly varies over the training patches is not blown up

@@ -59,6 +59,16 @@ class PersistenceMixin:
             meta["distributed"] = self.distributed_
         return arrays, meta
 
+    def _model_args(self, in_features: int, patch_size: int) -> tuple:
+        """The arguments of :class:`~matrep.plugins.texturevae.model.TextureVAE` for these
+        parameters (``fit`` builds the model with them and loading rebuilds it)."""
+        return (int(in_features), int(self.latent_dim), int(patch_size),
+                tuple(self.decoder_channels), self._logvar_bounds(),
+                str(self.decoder_input), str(self.decoder_padding),
+                str(getattr(self, "decoder_upsample", "nearest")),
+                int(getattr(self, "decoder_noise_start", 0)),
+                str(getattr(self, "decoder_noise", "white")))
+
     def _set_state(self, arrays, meta):
         import torch
 
@@ -68,13 +78,8 @@ class PersistenceMixin:
         if not isinstance(meta.get("weights_info") or {}, dict):
             raise EncoderContractError("saved texture-VAE config: meta.weights_info must be an object")
         try:
-            args = (int(meta["in_features"]), int(self.latent_dim),
-                    int(meta.get("model_patch_size") or meta["patch_size"]),
-                    tuple(self.decoder_channels), self._logvar_bounds(),
-                    str(self.decoder_input), str(self.decoder_padding),
-                    str(getattr(self, "decoder_upsample", "nearest")),
-                    int(getattr(self, "decoder_noise_start", 0)),
-                    str(getattr(self, "decoder_noise", "white")))
+            args = self._model_args(int(meta["in_features"]),
+                                    int(meta.get("model_patch_size") or meta["patch_size"]))
             with torch.device("meta"):  # shapes first: a config must not make us allocate more
                 want = {k: tuple(v.shape) for k, v in TextureVAE(*args).state_dict().items()}
             got = {k[len("model."):]: tuple(v.shape) for k, v in arrays.items()
