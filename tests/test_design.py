@@ -424,3 +424,14 @@ def test_select_distinct_does_not_take_a_poor_design_for_looking_different():
     assert idx.tolist() == [0, 2] and flags.tolist() == [True, True]
     idx, flags = select_distinct(np.array([0.20, 0.21, 0.50]), D, 2, 5.0, max_error=0.05)
     assert idx.tolist() == [0, 1] and flags.tolist() == [True, False]
+
+
+def test_baseline_draws_do_not_depend_on_the_design_loop(designer):
+    t = {"youngs_modulus_gpa": float(np.median(designer.data.values["youngs_modulus_gpa"]))}
+    first = designer.baseline(t)
+    designer.design(t)                                  # uses the search's generator
+    again = designer.baseline(t)
+    np.testing.assert_array_equal(np.stack([c.latent for c in first.candidates]),
+                                  np.stack([c.latent for c in again.candidates]))
+    other = designer.baseline({"youngs_modulus_gpa": t["youngs_modulus_gpa"] + 1.0})
+    assert not np.array_equal(first.candidates[0].latent, other.candidates[0].latent)

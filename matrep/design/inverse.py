@@ -385,7 +385,11 @@ class Designer:
         flags = self.check_targets(targets)
         targets = {p: float(t) for p, t in targets.items()}
         t0 = time.perf_counter()
-        Z = self.rng.standard_normal((S.budget, self.latent_dim)).astype(np.float32)
+        # its own generator, from the seed and the targets: the baseline's draws do not depend
+        # on how much of the search's generator the design loop used before it
+        key = np.array([targets[p] for p in sorted(targets)], dtype=np.float64)
+        rng = np.random.default_rng([int(S.seed), 2, array_seed(key)])
+        Z = rng.standard_normal((S.budget, self.latent_dim)).astype(np.float32)
         cands = self._check(Z, self.predict(Z), 0, "prior")
         designs, distinct, sd = self._choose(cands, targets, n)
         big = self._large(designs, S.seed * 1000 + 29) if large else []
