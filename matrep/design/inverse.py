@@ -12,13 +12,15 @@ The loop, per target (all of it in :class:`Designer`):
    correction GP; repeat until ``budget`` solver calls for this target are spent. While fewer
    than ``n`` checked candidates are within ``tolerance`` and the best sits on the rim of the
    search ball, the ball widens one step a round (prior mass 0.999, 0.9999:
-   ``max_quantile``). The last ``refine`` calls (one target property) are secant steps between checked candidates on
-   both sides of the target (:func:`~matrep.design.search.secant_steps`).
+   ``max_quantile``). The last ``refine`` calls (one target property) are secant steps
+   between checked candidates on both sides of the target
+   (:func:`~matrep.design.search.secant_steps`).
 4. **Designs.** Of the checked candidates, the ``n`` with the smallest physics error that are
    distinct (pairwise style distance at least the median distance between two patches of one
    micrograph; :mod:`matrep.design.distinct`), a design more than 2.5 tolerances off never
-   taken for being distinct unless nothing is closer; each reported with the surrogate's prediction
-   made *before* its check (mean +- std), its physics value, error and solver residual.
+   taken for being distinct unless nothing is closer; each reported with the surrogate's
+   prediction made *before* its check (mean +- std), its physics value, error and solver
+   residual.
 5. **Large designs.** Each design made ``size x size`` and checked by physics too: decoded
    whole when the model's decoder is stationary (``decodes_any_size``: one seamless, periodic
    image from the design's latent and seed), otherwise tiled with blended seams
