@@ -435,3 +435,11 @@ def test_baseline_draws_do_not_depend_on_the_design_loop(designer):
                                   np.stack([c.latent for c in again.candidates]))
     other = designer.baseline({"youngs_modulus_gpa": t["youngs_modulus_gpa"] + 1.0})
     assert not np.array_equal(first.candidates[0].latent, other.candidates[0].latent)
+
+
+def test_cli_max_quantile_below_quantile_is_refused(cli):
+    res = cli("--target", "youngs_modulus_gpa=150", "--quantile", "0.999",
+              "--max-quantile", "0.99")
+    assert res.exit_code == 1
+    assert "--max-quantile" in res.output and "0.999" in res.output
+    assert "Traceback" not in res.output

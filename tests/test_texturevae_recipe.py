@@ -589,3 +589,18 @@ def test_noise_start_places_particles_on_a_finer_grid_and_round_trips(tmp_path):
     back = matrep.load_model(tmp_path / "run")
     assert back.decoder_noise_start == 1
     np.testing.assert_allclose(back.reconstruct(X[:2]), enc.reconstruct(X[:2]), atol=1e-6)
+
+
+def test_phase_correlation_is_the_twopoint_plugins_statistic():
+    """The loss's differentiable S2 is the same statistic the ``twopoint`` encoder computes
+    (non-periodic, radially averaged over round(|r|) = k), normalised by S2(0)."""
+    from matrep.plugins.texturevae.model import phase_correlation, phase_max_lag
+    from matrep.plugins.twopoint.stats import radial_average, two_point_stats
+
+    g = torch.Generator().manual_seed(0)
+    m = torch.rand(3, 32, 32, generator=g)
+    R = phase_max_lag(32)
+    ref = radial_average(two_point_stats(m.numpy(), m.numpy(), periodic_boundary=False,
+                                         cutoff=R))
+    want = ref[:, 1:] / (ref[:, :1] + 1e-4)
+    np.testing.assert_allclose(phase_correlation(m).numpy(), want, rtol=1e-4, atol=1e-6)

@@ -75,15 +75,17 @@ def _threshold(value):
               help="Relative error that scales the search objective.")
 @click.option("--quantile", default=0.99, type=click.FloatRange(0, 1, min_open=True, max_open=True),
               help="Prior mass of the ball the search stays in (chi-squared quantile).")
-@click.option("--max-quantile", default=0.9999, show_default=True,
+@click.option("--max-quantile", default=None,
               type=click.FloatRange(0, 1, min_open=True, max_open=True),
               help="While fewer than -n checked designs are within --tolerance and the best "
                    "sits on the ball's rim, the ball widens one step a round (prior mass "
-                   "0.999, 0.9999, ...) up to this; equal to --quantile: never.")
+                   "0.999, 0.9999, ...) up to this; equal to --quantile: never.  [default: "
+                   "0.9999, or --quantile when that is higher]")
 @click.option("--distinct/--no-distinct", default=True,
               help="Pick designs pairwise apart by VGG19 style distance (at least the median "
-                   "distance between two patches of one micrograph); --no-distinct skips the "
-                   "style distances.")
+                   "distance between two patches of one micrograph); a design more than 2.5 x "
+                   "--tolerance off (or twice the best error, if none is that close) is never "
+                   "taken for being distinct. --no-distinct skips the style distances.")
 @click.option("--threshold", default="otsu",
               help="Segmentation of designed images: 'otsu' (per image) or a grey level.")
 @click.option("--masks", default=None, type=click.Path(exists=True, file_okay=False),
@@ -133,7 +135,9 @@ def design_cmd(model, images, labels, targets, n, out, budget, batch, refine, si
     log = (lambda s: None) if quiet else (lambda s: click.echo(s, err=True))
     tg = _parse_targets(targets, study)
     settings = DesignSettings(n=n, budget=budget, batch=batch, refine=refine, tolerance=tolerance,
-                              quantile=quantile, max_quantile=max(quantile, max_quantile),
+                              quantile=quantile,
+                              max_quantile=(max(quantile, 0.9999) if max_quantile is None
+                                            else max_quantile),
                               threshold=_threshold(threshold), size=size,
                               allow_extrapolation=allow_extrapolation, distinct=distinct,
                               seed=seed)

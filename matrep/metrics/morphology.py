@@ -94,7 +94,7 @@ def dark_phase_threshold(image, *, min_contrast: float = MIN_CONTRAST):
 
     img = np.asarray(image, dtype=np.float64)
     if img.ndim != 2:
-        raise ValueError("segment_dark_phase: expected one grey image (H, W), got shape "
+        raise ValueError("graphite segmentation: expected one grey image (H, W), got shape "
                          f"{img.shape}")
     if not np.isfinite(img).all() or np.ptp(img) == 0:
         return None

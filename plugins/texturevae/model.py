@@ -527,7 +527,9 @@ def phase_correlation(m):
     point ``r`` away from a graphite point is graphite too. It falls from 1 to the area
     fraction over about one particle diameter, so it carries the particles' size and spacing
     independently of how much graphite there is; like the Gram matrices it ignores where the
-    particles sit. Differentiable.
+    particles sit. Differentiable torch; the same statistic as the ``twopoint`` encoder's
+    non-periodic :func:`matrep.plugins.twopoint.stats.two_point_stats` + ``radial_average``
+    (numpy), which a test checks it against.
     """
     B, H, W = m.shape
     if H != W:
