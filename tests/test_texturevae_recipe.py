@@ -553,6 +553,41 @@ def test_smooth_noise_keeps_unit_variance_and_round_trips(tmp_path):
     assert enc.model_.decoder.noise_kind == "smooth"
 
 
+def test_up_conv_block_convolves_at_output_resolution_and_round_trips(tmp_path):
+    """``decoder_block="up_conv"``: every block upsamples before its convolution, so each
+    convolution (and its noise maps) works at the block's output resolution; the decoder stays
+    stationary with periodic padding; validated; saved with the model."""
+    from matrep.plugins.texturevae.model import Decoder
+
+    torch.manual_seed(0)
+    sizes = {}
+    for block in ("conv_up", "up_conv"):
+        dec = Decoder(3, 32, (8, 8, 8, 8, 8), input="modulated", noise_channels=2,
+                      padding="circular", block=block).eval()
+        convs = [m for m in dec.blocks if isinstance(m, torch.nn.Conv2d)]
+        seen = []
+        hooks = [c.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[-1]))
+                 for c in convs]
+        z = torch.randn(1, 3)
+        assert dec(z, seeds=[4]).shape == (1, 1, 32, 32)
+        for h in hooks:
+            h.remove()
+        sizes[block] = seen
+        assert [n.shape[-1] for n in dec._noise(1, z.device, z.dtype, [4])] == seen
+        if block == "up_conv":  # one cell of the first noise grid (4 x 4) is 8 output pixels
+            noises = dec._noise(1, z.device, z.dtype, [5])
+            b = Decoder.forward(dec, z, [5]).detach()
+            dec._noise = lambda *a, **k: [torch.roll(n, 2 ** i, dims=3)
+                                          for i, n in enumerate(noises)]
+            torch.testing.assert_close(Decoder.forward(dec, z, [5]).detach(),
+                                       torch.roll(b, 8, dims=3), atol=1e-5, rtol=0)
+    assert sizes == {"conv_up": [2, 4, 8, 16], "up_conv": [4, 8, 16, 32]}
+    with pytest.raises(ValueError, match="block"):
+        Decoder(3, 32, block="conv_conv")
+    enc = _decoder_option_round_trips(tmp_path, "decoder_block", "up_conv", "conv_conv")
+    assert isinstance(enc.model_.decoder.blocks[0], torch.nn.Upsample)
+
+
 def test_noise_start_places_particles_on_a_finer_grid_and_round_trips(tmp_path):
     """``decoder_noise_start=k``: the blocks before k get zeros for noise, so with a modulated
     circular decoder their output is the same at every position (placement starts at block

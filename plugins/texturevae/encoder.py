@@ -93,6 +93,10 @@ class TextureVAEEncoder(ParamsMixin, NetworkMixin, GenerativeMixin, PersistenceM
         channels smoothed by a Gaussian of its own width (0.5-3 block pixels, two left white;
         :func:`matrep.plugins.texturevae.model.smooth_noise`). Measured on the quick preset:
         no better (docs/texturevae.md, runs 27-28).
+    decoder_block : {"conv_up", "up_conv"}, default "conv_up"
+        The order inside each decoder block: the paper's 3x3 convolution then 2x upsampling,
+        or upsampling then convolution, so every convolution works at its block's output
+        resolution (:class:`matrep.plugins.texturevae.model.Decoder`).
     decoder_noise_start : int, default 0
         The first decoder block (0-3) that gets noise maps; earlier blocks get zeros, so with
         ``decoder_input="modulated"`` and circular padding particles are placed on the finer
@@ -192,7 +196,8 @@ class TextureVAEEncoder(ParamsMixin, NetworkMixin, GenerativeMixin, PersistenceM
                  lr_scaling="none", decoder_input="dense", decoder_padding="zeros", downsample=1, logvar_bounds=(-10.0, 4.0), grad_clip=10.0,
                  kl_warmup=0, lr_schedule="constant", lr_warmup=0, keep_best=True,
                  histogram_weight=0.0, spectrum_weight=0.0, decoder_upsample="nearest",
-                 decoder_noise_start=0, phase_weight=0.0, decoder_noise="white"):
+                 decoder_noise_start=0, phase_weight=0.0, decoder_noise="white",
+                 decoder_block="conv_up"):
         self.latent_dim = latent_dim
         self.pooling = pooling
         self.encoder_taps = encoder_taps
@@ -231,6 +236,7 @@ class TextureVAEEncoder(ParamsMixin, NetworkMixin, GenerativeMixin, PersistenceM
         self.decoder_noise_start = decoder_noise_start
         self.phase_weight = phase_weight
         self.decoder_noise = decoder_noise
+        self.decoder_block = decoder_block
 
     # ---------------------------------------------------------------------------------
     # fit
@@ -395,6 +401,8 @@ class TextureVAEEncoder(ParamsMixin, NetworkMixin, GenerativeMixin, PersistenceM
             params.pop("decoder_upsample")  # the paper's decoder; older checkpoints resume
         if params.get("decoder_noise") == "white":
             params.pop("decoder_noise")  # white noise maps; older checkpoints resume
+        if params.get("decoder_block") == "conv_up":
+            params.pop("decoder_block")  # the paper's block; older checkpoints resume
         if not int(params.get("decoder_noise_start", 0)):
             params.pop("decoder_noise_start", None)  # noise at every block; older checkpoints
         fingerprint = {"data": fingerprint_arrays(X[train_idx], X[val_idx]),

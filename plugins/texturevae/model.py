@@ -119,6 +119,10 @@ DECODER_INPUTS = ("dense", "noise", "modulated")
 DECODER_UPSAMPLING = ("nearest", "bilinear")
 #: The decoder's noise maps (``decoder_noise``): white, or smoothed to several length scales.
 DECODER_NOISES = ("white", "smooth")
+#: The order inside each decoder block (``decoder_block``): the paper's convolution then 2x
+#: upsampling, or upsampling then convolution (each convolution works at its output's
+#: resolution).
+DECODER_BLOCKS = ("conv_up", "up_conv")
 #: Gaussian widths (in each block's own pixels) of the 8 noise channels of ``"smooth"`` noise;
 #: 0 = white. The last channel is the one also added to every block's output.
 SMOOTH_NOISE_SIGMAS = (3.0, 2.0, 1.5, 1.0, 0.7, 0.5, 0.0, 0.0)
@@ -219,6 +223,14 @@ class Decoder(nn.Module):
         The 2x upsampling of every block: ``"nearest"`` (the paper's) repeats each value in a
         2x2 block; ``"bilinear"`` interpolates (periodically with circular padding, so the
         decoder stays stationary).
+    block : {"conv_up", "up_conv"}
+        The order inside each block. ``"conv_up"`` (the paper's): 3x3 convolution, 2x
+        upsampling, LeakyReLU, so each convolution works at half its block's output resolution
+        and the last 2x upsampling is undone by the output convolution alone: with nearest
+        upsampling the quick preset drew 2x2-pixel steps, square nodules and axis-aligned bars.
+        ``"up_conv"``: 2x upsampling, 3x3 convolution, LeakyReLU: every convolution works at
+        the block's output resolution (4x the arithmetic), so the one after each upsampling can
+        smooth it; the noise maps then come at that resolution too.
     padding : {"zeros", "circular"}
         Padding of the 3x3 convolutions. With zero padding a convolution stack can tell how far
         each pixel is from the border and paint a fixed layout even from a position-free input
@@ -231,7 +243,8 @@ class Decoder(nn.Module):
 
     def __init__(self, latent_dim: int, patch_size: int, channels=(256, 256, 128, 64, 32),
                  input: str = "dense", noise_channels: int = 8, padding: str = "zeros",
-                 upsample: str = "nearest", noise_start: int = 0, noise: str = "white"):
+                 upsample: str = "nearest", noise_start: int = 0, noise: str = "white",
+                 block: str = "conv_up"):
         super().__init__()
         channels = tuple(int(c) for c in channels)
         if len(channels) != 5:
@@ -251,6 +264,9 @@ class Decoder(nn.Module):
             raise ValueError(f"decoder noise_start must be a block index 0-3, got {noise_start!r}")
         if noise not in DECODER_NOISES:
             raise ValueError(f"decoder noise must be one of {DECODER_NOISES}, got {noise!r}")
+        if block not in DECODER_BLOCKS:
+            raise ValueError(f"decoder block must be one of {DECODER_BLOCKS}, got {block!r}")
+        self.block = block
         self.noise_kind = noise
         self.noise_start = int(noise_start)
         self.upsample = upsample
@@ -272,10 +288,9 @@ class Decoder(nn.Module):
             self.project = nn.Linear(latent_dim, channels[0] * per)
         blocks = []
         for cin, cout in zip(channels[:-1], channels[1:]):
-            blocks += [nn.Conv2d(cin + self.noise_channels, cout, 3, padding=1,
-                                 padding_mode=padding),
-                       _upsampler(upsample),
-                       nn.LeakyReLU(LEAKY_SLOPE)]
+            conv = nn.Conv2d(cin + self.noise_channels, cout, 3, padding=1, padding_mode=padding)
+            pair = [conv, _upsampler(upsample)] if block == "conv_up" else [_upsampler(upsample), conv]
+            blocks += [*pair, nn.LeakyReLU(LEAKY_SLOPE)]
         self.blocks = nn.Sequential(*blocks)
         self.out = nn.Conv2d(channels[-1], 1, 3, padding=1, padding_mode=padding)
         self.act = nn.LeakyReLU(LEAKY_SLOPE)
@@ -349,7 +364,8 @@ class Decoder(nn.Module):
         return maps
 
     def _noise_maps(self, B, device, dtype, seeds, start=None):
-        sizes = [(start or self.start) * 2 ** i for i in range(4)]
+        first = (start or self.start) * (2 if self.block == "up_conv" else 1)
+        sizes = [first * 2 ** i for i in range(4)]  # each block's convolution input
         if self.training:  # fresh noise from the global generator (seeded, checkpointed)
             return [torch.randn((B, self.noise_channels, n, n), device=device, dtype=dtype)
                     for n in sizes]
@@ -375,14 +391,15 @@ class TextureVAE(nn.Module):
     def __init__(self, in_features: int, latent_dim: int, patch_size: int,
                  decoder_channels=(256, 256, 128, 64, 32), logvar_bounds=None,
                  decoder_input="dense", decoder_padding="zeros", decoder_upsample="nearest",
-                 decoder_noise_start=0, decoder_noise="white"):
+                 decoder_noise_start=0, decoder_noise="white", decoder_block="conv_up"):
         super().__init__()
         self.register_buffer("feat_mean", torch.zeros(in_features))
         self.register_buffer("feat_std", torch.ones(in_features))
         self.head = LatentHead(in_features, latent_dim, logvar_bounds)
         self.decoder = Decoder(latent_dim, patch_size, decoder_channels, decoder_input,
                                padding=decoder_padding, upsample=decoder_upsample,
-                               noise_start=decoder_noise_start, noise=decoder_noise)
+                               noise_start=decoder_noise_start, noise=decoder_noise,
+                               block=decoder_block)
         self.latent_dim = latent_dim
         self.patch_size = patch_size
 

@@ -72,6 +72,11 @@ class ParamsMixin:
         if getattr(self, "decoder_noise", "white") not in DECODER_NOISES:
             raise BadInputError(None, f"decoder_noise must be one of {DECODER_NOISES}, got "
                                       f"{self.decoder_noise!r}")
+        from .model import DECODER_BLOCKS
+
+        if getattr(self, "decoder_block", "conv_up") not in DECODER_BLOCKS:
+            raise BadInputError(None, f"decoder_block must be one of {DECODER_BLOCKS}, got "
+                                      f"{self.decoder_block!r}")
         ns = getattr(self, "decoder_noise_start", 0)
         if isinstance(ns, bool) or not isinstance(ns, (int, np.integer)) or not 0 <= ns <= 3:
             raise BadInputError(None, f"decoder_noise_start must be a block index 0-3, got {ns!r}")

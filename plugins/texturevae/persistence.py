@@ -67,7 +67,8 @@ class PersistenceMixin:
                 str(self.decoder_input), str(self.decoder_padding),
                 str(getattr(self, "decoder_upsample", "nearest")),
                 int(getattr(self, "decoder_noise_start", 0)),
-                str(getattr(self, "decoder_noise", "white")))
+                str(getattr(self, "decoder_noise", "white")),
+                str(getattr(self, "decoder_block", "conv_up")))
 
     def _set_state(self, arrays, meta):
         import torch
