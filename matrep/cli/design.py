@@ -53,7 +53,7 @@ def _threshold(value):
 @n_option(8, "Designs per target.")
 @out_option("Folder for designs.json, designs.png, target_vs_achieved_*.png, designs.md and "
             "the design images.", default="designs")
-@click.option("--budget", default=24, type=click.IntRange(1),
+@click.option("--budget", default=48, type=click.IntRange(1),
               help="Solver calls per target (physics in the loop); the baseline gets the same.")
 @click.option("--batch", default=6, type=click.IntRange(1), help="Candidates checked per round.")
 @click.option("--refine", default=6, type=click.IntRange(0),

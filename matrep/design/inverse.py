@@ -52,7 +52,7 @@ class DesignSettings:
     Attributes
     ----------
     n : int, default 8 — designs per target
-    budget : int, default 24 — solver calls per target (physics in the loop)
+    budget : int, default 48 — solver calls per target (physics in the loop)
     batch : int, default 6 — candidates checked per round
     refine : int, default 6 — solver calls at the end of the budget spent on secant steps
         between checked candidates on both sides of the target (one target property only;
@@ -76,7 +76,7 @@ class DesignSettings:
     """
 
     n: int = 8
-    budget: int = 24
+    budget: int = 48
     batch: int = 6
     refine: int = 6
     tolerance: float = 0.02
