@@ -217,7 +217,8 @@ class Decoder(nn.Module):
         The first block (0-3) that gets noise; the blocks before it get zeros in place of their
         noise maps (``"noise"`` and ``"modulated"`` inputs). With ``"modulated"`` and circular
         padding the blocks before it are then constant in space, so placement starts at block
-        ``noise_start``'s resolution (``P/16 * 2**noise_start``): a finer grid of places where
+        ``noise_start``'s convolution (``P/16 * 2**noise_start``, twice that with
+        ``block="up_conv"``): a finer grid of places where
         a particle can sit, instead of one motif per cell of the ``P/16`` start grid.
     upsample : {"nearest", "bilinear"}
         The 2x upsampling of every block: ``"nearest"`` (the paper's) repeats each value in a
@@ -226,7 +227,7 @@ class Decoder(nn.Module):
     block : {"conv_up", "up_conv"}
         The order inside each block. ``"conv_up"`` (the paper's): 3x3 convolution, 2x
         upsampling, LeakyReLU, so each convolution works at half its block's output resolution
-        and the last 2x upsampling is undone by the output convolution alone: with nearest
+        and the last 2x upsampling is smoothed by the output convolution alone: with nearest
         upsampling the quick preset drew 2x2-pixel steps, square nodules and axis-aligned bars.
         ``"up_conv"``: 2x upsampling, 3x3 convolution, LeakyReLU: every convolution works at
         the block's output resolution (4x the arithmetic), so the one after each upsampling can
