@@ -44,6 +44,11 @@ from matrep.seeds import array_seed
 
 from .errors import DesignError
 
+#: a checked design more than this many tolerances off its targets is never taken for being
+#: distinct (unless nothing is closer); ``--distinct``'s help states the number, literally: the
+#: CLI imports matrep.design only when the command runs
+DISTINCT_MAX_ERROR = 2.5
+
 
 @dataclass
 class DesignSettings:
@@ -265,9 +270,9 @@ class Designer:
         if D is not None and self.reference_distance is not None:
             from .distinct import select_distinct
 
-            # physics errors: a design more than 2.5 tolerances off is not taken for being
-            # distinct (unless nothing is closer); surrogate scores: no such bound
-            bound = 2.5 * self.settings.tolerance if self.solver is not None else None
+            # physics errors are bounded (DISTINCT_MAX_ERROR); surrogate scores are not
+            bound = (DISTINCT_MAX_ERROR * self.settings.tolerance if self.solver is not None
+                     else None)
             idx, flags = select_distinct(err, D, n, self.reference_distance, max_error=bound)
         else:
             idx = np.argsort(np.where(np.isfinite(err), err, np.inf), kind="stable")[:n]

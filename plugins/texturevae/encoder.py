@@ -274,7 +274,7 @@ class TextureVAEEncoder(ParamsMixin, NetworkMixin, GenerativeMixin, PersistenceM
         import torch
 
         from .cache import FeatureCache
-        from .model import TextureVAE, pooled_size
+        from .model import DECODER_CHOICES, TextureVAE, pooled_size
         from .train import (CHECKPOINT_DIR, TrainSettings, fingerprint_arrays,
                             resolve_precision, split_patches, train)
 
@@ -399,12 +399,9 @@ class TextureVAEEncoder(ParamsMixin, NetworkMixin, GenerativeMixin, PersistenceM
         for name in ("histogram_weight", "spectrum_weight", "phase_weight"):
             if not float(params.get(name, 0.0)):
                 params.pop(name, None)  # the paper's loss; older checkpoints resume
-        if params.get("decoder_upsample") == "nearest":
-            params.pop("decoder_upsample")  # the paper's decoder; older checkpoints resume
-        if params.get("decoder_noise") == "white":
-            params.pop("decoder_noise")  # white noise maps; older checkpoints resume
-        if params.get("decoder_block") == "conv_up":
-            params.pop("decoder_block")  # the paper's block; older checkpoints resume
+        for name, (_, paper) in DECODER_CHOICES.items():
+            if params.get(name) == paper:
+                params.pop(name)  # the paper's decoder; older checkpoints resume
         if not int(params.get("decoder_noise_start", 0)):
             params.pop("decoder_noise_start", None)  # noise at every block; older checkpoints
         fingerprint = {"data": fingerprint_arrays(X[train_idx], X[val_idx]),

@@ -123,6 +123,11 @@ DECODER_NOISES = ("white", "smooth")
 #: upsampling, or upsampling then convolution (each convolution works at its output's
 #: resolution).
 DECODER_BLOCKS = ("conv_up", "up_conv")
+#: The decoder's choice options as encoder parameters: name -> (allowed values, the paper's
+#: value, which is the default and what a model saved before the option existed used).
+DECODER_CHOICES = {"decoder_upsample": (DECODER_UPSAMPLING, "nearest"),
+                   "decoder_noise": (DECODER_NOISES, "white"),
+                   "decoder_block": (DECODER_BLOCKS, "conv_up")}
 #: Gaussian widths (in each block's own pixels) of the 8 noise channels of ``"smooth"`` noise;
 #: 0 = white. The last channel is the one also added to every block's output.
 SMOOTH_NOISE_SIGMAS = (3.0, 2.0, 1.5, 1.0, 0.7, 0.5, 0.0, 0.0)

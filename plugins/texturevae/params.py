@@ -62,21 +62,12 @@ class ParamsMixin:
         if self.decoder_input not in DECODER_INPUTS:
             raise BadInputError(None, f"decoder_input must be one of {DECODER_INPUTS}, got "
                                       f"{self.decoder_input!r}")
-        from .model import DECODER_UPSAMPLING
+        from .model import DECODER_CHOICES
 
-        if getattr(self, "decoder_upsample", "nearest") not in DECODER_UPSAMPLING:
-            raise BadInputError(None, f"decoder_upsample must be one of {DECODER_UPSAMPLING}, "
-                                      f"got {self.decoder_upsample!r}")
-        from .model import DECODER_NOISES
-
-        if getattr(self, "decoder_noise", "white") not in DECODER_NOISES:
-            raise BadInputError(None, f"decoder_noise must be one of {DECODER_NOISES}, got "
-                                      f"{self.decoder_noise!r}")
-        from .model import DECODER_BLOCKS
-
-        if getattr(self, "decoder_block", "conv_up") not in DECODER_BLOCKS:
-            raise BadInputError(None, f"decoder_block must be one of {DECODER_BLOCKS}, got "
-                                      f"{self.decoder_block!r}")
+        for name, (allowed, paper) in DECODER_CHOICES.items():
+            if getattr(self, name, paper) not in allowed:
+                raise BadInputError(None, f"{name} must be one of {allowed}, got "
+                                          f"{getattr(self, name)!r}")
         ns = getattr(self, "decoder_noise_start", 0)
         if isinstance(ns, bool) or not isinstance(ns, (int, np.integer)) or not 0 <= ns <= 3:
             raise BadInputError(None, f"decoder_noise_start must be a block index 0-3, got {ns!r}")

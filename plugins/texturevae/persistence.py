@@ -65,10 +65,15 @@ class PersistenceMixin:
         return (int(in_features), int(self.latent_dim), int(patch_size),
                 tuple(self.decoder_channels), self._logvar_bounds(),
                 str(self.decoder_input), str(self.decoder_padding),
-                str(getattr(self, "decoder_upsample", "nearest")),
+                self._decoder_choice("decoder_upsample"),
                 int(getattr(self, "decoder_noise_start", 0)),
-                str(getattr(self, "decoder_noise", "white")),
-                str(getattr(self, "decoder_block", "conv_up")))
+                self._decoder_choice("decoder_noise"), self._decoder_choice("decoder_block"))
+
+    def _decoder_choice(self, name: str) -> str:
+        """A decoder choice option, or the paper's value for a model saved before it existed."""
+        from .model import DECODER_CHOICES
+
+        return str(getattr(self, name, DECODER_CHOICES[name][1]))
 
     def _set_state(self, arrays, meta):
         import torch
