@@ -21,6 +21,7 @@ from matrep.design.search import (optimise, prior_radius, project_to_ball, propo
                                   secant_steps, select_diverse)
 from matrep.design.surrogate import CorrectedSurrogate, LatentGP
 from matrep.errors import LabelsError
+from matrep.seeds import array_seed
 
 P = 32
 
@@ -293,6 +294,10 @@ def test_report_files(designer, tmp_path, fake_data):
     d0 = js["targets"][0]["designs"][0]
     assert len(d0["latent"]) == 4 and {"mean", "std"} <= set(d0["predicted"]["youngs_modulus_gpa"])
     assert "solver_residual" in d0 and "physics" in d0 and "large" in d0
+    # the latent and noise seed in the JSON decode to the design's image again
+    z = np.asarray(d0["latent"], np.float32)
+    assert d0["noise_seed"] == array_seed(z)
+    np.testing.assert_array_equal(z, res.results[0].designs[0].latent)
     assert js["budget"]["designed"] == 9 and js["budget"]["baseline"] == 9
     assert (tmp_path / "out" / "designs.png").stat().st_size > 0
     assert (tmp_path / "out" / "target_vs_achieved_youngs_modulus_gpa.png").is_file()
@@ -424,6 +429,36 @@ def test_select_distinct_does_not_take_a_poor_design_for_looking_different():
     assert idx.tolist() == [0, 2] and flags.tolist() == [True, True]
     idx, flags = select_distinct(np.array([0.20, 0.21, 0.50]), D, 2, 5.0, max_error=0.05)
     assert idx.tolist() == [0, 1] and flags.tolist() == [True, False]
+
+
+def test_select_distinct_finds_the_set_that_greedy_choice_blocks():
+    """The best item is close to two good ones that are far from each other: taking it first
+    leaves two distinct designs, the exact search finds three; of several sets of the largest
+    size it takes the one whose worst error is smallest."""
+    import matrep.design.distinct as dm
+
+    errors = np.array([0.001, 0.002, 0.003, 0.004, 0.009])
+    D = np.full((5, 5), 10.0)
+    np.fill_diagonal(D, 0.0)
+    for a, b in ((0, 1), (0, 2), (3, 4)):
+        D[a, b] = D[b, a] = 1.0
+    idx, flags = dm.select_distinct(errors, D, 3, 5.0)
+    # {1, 2, 3} and {1, 2, 4} are both apart; {1, 2, 3} has the smaller worst error
+    assert idx.tolist() == [1, 2, 3] and flags.tolist() == [True] * 3
+    idx, flags = dm.select_distinct(errors, D, 4, 5.0)
+    assert idx.tolist() == [1, 2, 3, 0] and flags.tolist() == [True, True, True, False]
+    # the error bound still applies: item 3 is 2.5 x the bound away, so {1, 2} and a fill
+    idx, flags = dm.select_distinct(np.array([0.001, 0.002, 0.003, 0.3, 0.4]), D, 3, 5.0,
+                                    max_error=0.05)
+    assert idx.tolist() == [1, 2, 0] and flags.tolist() == [True, True, False]
+    # past the node budget: the greedy choice, never an error
+    old = dm.SEARCH_NODES
+    try:
+        dm.SEARCH_NODES = 1
+        idx, flags = dm.select_distinct(errors, D, 3, 5.0)
+        assert idx.tolist() == [0, 3, 1] and flags.tolist() == [True, True, False]
+    finally:
+        dm.SEARCH_NODES = old
 
 
 def test_baseline_draws_do_not_depend_on_the_design_loop(designer):

@@ -111,15 +111,25 @@ def within_micrograph_distances(metric: StyleDistance, patches, micrograph_ids, 
     return np.concatenate(out) if out else np.zeros(0)
 
 
+#: nodes the exact search of :func:`select_distinct` may visit before it settles for the
+#: greedy choice (a few hundred candidates and n = 4 take far fewer)
+SEARCH_NODES = 200_000
+
+
 def select_distinct(errors, D, k: int, min_distance: float,
                     max_error: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Up to ``k`` items, smallest error first, each at least ``min_distance`` from those taken.
+    """Up to ``k`` items pairwise at least ``min_distance`` apart, as many as can be, and of
+    those sets the one whose worst error is smallest.
 
-    When fewer than ``k`` items are far enough apart, the best remaining ones by error fill
-    the list and are marked as not distinct. With ``max_error``, an item is taken for being
-    distinct only if its error is at most ``max(max_error, 2 x the smallest error)``: a poor
-    design is not returned just because it looks different (the bound follows the best error
-    when no item reaches ``max_error``).
+    The distinct set is found exactly (a largest clique of the "far enough apart" graph over the
+    items ordered by error; among the largest, the one with the smallest largest error, ties to
+    the smaller errors) instead of greedily: taking the best item first can block a set of
+    ``k`` that are all apart. When fewer than ``k`` items are far enough apart, the best
+    remaining ones by error fill the list and are marked as not distinct. With ``max_error``,
+    an item is taken for being distinct only if its error is at most ``max(max_error, 2 x the
+    smallest error)``: a poor design is not returned just because it looks different (the bound
+    follows the best error when no item reaches ``max_error``). Past :data:`SEARCH_NODES` the
+    search keeps the greedy choice (smallest error first, each apart from those taken).
 
     Parameters
     ----------
@@ -130,7 +140,7 @@ def select_distinct(errors, D, k: int, min_distance: float,
 
     Returns
     -------
-    chosen : int ndarray of shape (min(k, n),)
+    chosen : int ndarray of shape (min(k, n),): the distinct ones, then the fill; each by error
     distinct : bool ndarray, whether each chosen item met the distance rule
     """
     errors = np.where(np.isfinite(errors), errors, np.inf)
@@ -138,13 +148,15 @@ def select_distinct(errors, D, k: int, min_distance: float,
     bound = np.inf
     if max_error is not None and len(errors):
         bound = max(float(max_error), 2.0 * float(errors[order[0]]))
-    chosen, flags = [], []
-    for i in order:
-        if len(chosen) >= k or errors[i] > bound:
-            break
-        if all(D[i, j] >= min_distance for j in chosen):
-            chosen.append(int(i))
-            flags.append(True)
+    pool = [int(i) for i in order if errors[i] <= bound]
+    far = np.asarray(D) >= min_distance
+    chosen = _largest_apart(pool, far, k)
+    if chosen is None:  # search budget spent: the greedy choice
+        chosen = []
+        for i in pool:
+            if len(chosen) < k and all(far[i, j] for j in chosen):
+                chosen.append(i)
+    flags = [True] * len(chosen)
     for i in order:
         if len(chosen) >= k:
             break
@@ -152,3 +164,33 @@ def select_distinct(errors, D, k: int, min_distance: float,
             chosen.append(int(i))
             flags.append(False)
     return np.array(chosen, dtype=np.int64), np.array(flags, dtype=bool)
+
+
+def _largest_apart(pool: list, far: np.ndarray, k: int) -> list | None:
+    """The largest set (at most ``k``) of ``pool``'s items pairwise ``far`` apart whose last
+    item (``pool`` is ordered best first) comes earliest; ``None`` when the search exceeds
+    :data:`SEARCH_NODES`."""
+    budget = [SEARCH_NODES]
+
+    def extend(taken, cand, need):  # ``need`` more from ``cand``, each far from all taken
+        if need == 0:
+            return taken
+        for p in range(len(cand) - need + 1):
+            budget[0] -= 1
+            if budget[0] < 0:
+                return None
+            i = cand[p]
+            found = extend(taken + [i], [j for j in cand[p + 1:] if far[i, j]], need - 1)
+            if found:
+                return found
+        return None
+
+    for size in range(min(k, len(pool)), 0, -1):
+        for m in range(size - 1, len(pool)):  # the set's worst item is pool[m]
+            last = pool[m]
+            found = extend([], [j for j in pool[:m] if far[j, last]], size - 1)
+            if budget[0] < 0:
+                return None
+            if found is not None:
+                return sorted(found, key=pool.index) + [last]
+    return []

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import atomic_path, atomic_write_text
+from ..seeds import array_seed
 
 
 def _f(v, nd=4):
@@ -20,7 +21,9 @@ def _f(v, nd=4):
 
 
 def _cand_dict(c, targets, active=None) -> dict:
-    d = {"latent": [round(float(x), 5) for x in c.latent],
+    # the latent as stored (float32, exact) and the decoder's noise seed: decoding them with
+    # ``model.decode([latent], seeds=[noise_seed])`` gives the design's image again
+    d = {"latent": [float(x) for x in c.latent], "noise_seed": int(array_seed(c.latent)),
          "predicted": {p: {"mean": _f(m), "std": _f(s)} for p, (m, s) in c.predicted.items()
                        if p in targets},
          "round": int(c.round), "source": c.source}
