@@ -83,7 +83,8 @@ def _threshold(value):
                    "0.9999, or --quantile when that is higher]")
 @click.option("--distinct/--no-distinct", default=True,
               help="Pick designs pairwise apart by VGG19 style distance (at least the median "
-                   "distance between two patches of one micrograph); a design more than 2.5 x "
+                   "distance between two patches of one micrograph): as many as can be, and of "
+                   "those sets the one with the smallest worst error; a design more than 2.5 x "
                    "--tolerance off (or twice the best error, if none is that close) is never "
                    "taken for being distinct. --no-distinct skips the style distances.")
 @click.option("--threshold", default="otsu",
