@@ -588,6 +588,50 @@ def test_up_conv_block_convolves_at_output_resolution_and_round_trips(tmp_path):
     assert isinstance(enc.model_.decoder.blocks[0], torch.nn.Upsample)
 
 
+def test_decoder_convs_adds_noise_free_convolutions_at_output_resolution(tmp_path):
+    """``decoder_convs=2``: each block gets a second 3x3 convolution at its output resolution
+    that takes no noise and (modulated input) its own scale and shift from z; the decoder stays
+    stationary; the dense decoder runs too; validated; saved with the model."""
+    from matrep.plugins.texturevae.model import Decoder, _RefineConv
+
+    torch.manual_seed(0)
+    one = Decoder(3, 32, (8, 8, 8, 8, 8), input="modulated", noise_channels=2,
+                  padding="circular", block="up_conv").eval()
+    two = Decoder(3, 32, (8, 8, 8, 8, 8), input="modulated", noise_channels=2,
+                  padding="circular", block="up_conv", convs=2).eval()
+    refine = [m for m in two.blocks if isinstance(m, _RefineConv)]
+    first = [m for m in two.blocks if type(m) is torch.nn.Conv2d]
+    assert len(refine) == len(first) == 4
+    assert all(m.in_channels == 8 for m in refine) and all(m.in_channels == 10 for m in first)
+    assert two.project.out_features == 2 * one.project.out_features
+    seen = []
+    hooks = [c.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[-1])) for c in refine]
+    z = torch.randn(2, 3)
+    with torch.no_grad():
+        out = two(z, seeds=[1, 2])
+    for h in hooks:
+        h.remove()
+    assert out.shape == (2, 1, 32, 32) and seen == [4, 8, 16, 32]
+    # every z moves the refine layers' modulation: a change of their scales changes the output
+    with torch.no_grad():
+        two.project.bias[-1] += 5.0
+        assert float((two(z, seeds=[1, 2]) - out).abs().max()) > 1e-4
+    # stationary: rolling every noise map by one cell of its grid rolls the output
+    noises = two._noise(1, z.device, z.dtype, [3])
+    b = Decoder.forward(two, z[:1], [3]).detach()
+    two._noise = lambda *a, **k: [torch.roll(n, 2 ** i, dims=2) for i, n in enumerate(noises)]
+    torch.testing.assert_close(Decoder.forward(two, z[:1], [3]).detach(),
+                               torch.roll(b, 8, dims=2), atol=1e-5, rtol=0)
+    dense = Decoder(3, 32, (8, 8, 8, 8, 8), convs=3)
+    assert dense(z).shape == (2, 1, 32, 32)
+    assert sum(isinstance(m, _RefineConv) for m in dense.blocks) == 8
+    for bad in (0, 4, 1.5, True):
+        with pytest.raises(ValueError, match="convs"):
+            Decoder(3, 32, convs=bad)
+    enc = _decoder_option_round_trips(tmp_path, "decoder_convs", 2, 4)
+    assert sum(isinstance(m, _RefineConv) for m in enc.model_.decoder.blocks) == 4
+
+
 def test_noise_start_places_particles_on_a_finer_grid_and_round_trips(tmp_path):
     """``decoder_noise_start=k``: the blocks before k get zeros for noise, so with a modulated
     circular decoder their output is the same at every position (placement starts at block

@@ -97,6 +97,10 @@ class TextureVAEEncoder(ParamsMixin, NetworkMixin, GenerativeMixin, PersistenceM
         The order inside each decoder block: the paper's 3x3 convolution then 2x upsampling,
         or upsampling then convolution, so every convolution works at its block's output
         resolution (:class:`matrep.plugins.texturevae.model.Decoder`).
+    decoder_convs : int, default 1
+        3x3 convolutions per decoder block: the paper's one, or 2-3 (the further ones at the
+        block's output resolution, without noise; with ``"modulated"`` input each gets its own
+        scale and shift from z). See :class:`matrep.plugins.texturevae.model.Decoder`.
     decoder_noise_start : int, default 0
         The first decoder block (0-3) that gets noise maps; earlier blocks get zeros, so with
         ``decoder_input="modulated"`` and circular padding particles are placed on the finer
@@ -199,7 +203,7 @@ class TextureVAEEncoder(ParamsMixin, NetworkMixin, GenerativeMixin, PersistenceM
                  kl_warmup=0, lr_schedule="constant", lr_warmup=0, keep_best=True,
                  histogram_weight=0.0, spectrum_weight=0.0, decoder_upsample="nearest",
                  decoder_noise_start=0, phase_weight=0.0, decoder_noise="white",
-                 decoder_block="conv_up"):
+                 decoder_block="conv_up", decoder_convs=1):
         self.latent_dim = latent_dim
         self.pooling = pooling
         self.encoder_taps = encoder_taps
@@ -239,6 +243,7 @@ class TextureVAEEncoder(ParamsMixin, NetworkMixin, GenerativeMixin, PersistenceM
         self.phase_weight = phase_weight
         self.decoder_noise = decoder_noise
         self.decoder_block = decoder_block
+        self.decoder_convs = decoder_convs
 
     # ---------------------------------------------------------------------------------
     # fit
@@ -402,6 +407,8 @@ class TextureVAEEncoder(ParamsMixin, NetworkMixin, GenerativeMixin, PersistenceM
         for name, (_, paper) in DECODER_CHOICES.items():
             if params.get(name) == paper:
                 params.pop(name)  # the paper's decoder; older checkpoints resume
+        if int(params.get("decoder_convs", 1)) == 1:
+            params.pop("decoder_convs", None)  # the paper's one convolution; older checkpoints
         if not int(params.get("decoder_noise_start", 0)):
             params.pop("decoder_noise_start", None)  # noise at every block; older checkpoints
         fingerprint = {"data": fingerprint_arrays(X[train_idx], X[val_idx]),

@@ -182,6 +182,10 @@ def _upsampler(mode):
             else _PeriodicBilinear())
 
 
+class _RefineConv(nn.Conv2d):
+    """A decoder block's further 3x3 convolution (``convs`` > 1): no noise input."""
+
+
 class Decoder(nn.Module):
     """z -> grey patch: input projection, four (3x3 conv, nearest 2x up, LeakyReLU 0.3) blocks,
     3x3 output conv + sigmoid.
@@ -237,6 +241,13 @@ class Decoder(nn.Module):
         ``"up_conv"``: 2x upsampling, 3x3 convolution, LeakyReLU: every convolution works at
         the block's output resolution (4x the arithmetic), so the one after each upsampling can
         smooth it; the noise maps then come at that resolution too.
+    convs : int, default 1
+        3x3 convolutions per block: the paper's one, or up to 3. The further ones
+        (:class:`_RefineConv`) work at the block's output resolution after its first, each
+        followed by LeakyReLU (and, with ``"modulated"`` input, by instance normalisation and
+        its own per-channel scale and shift from z); they take no noise. More nonlinear
+        steps per scale for drawing a particle's outline (StyleGAN's synthesis blocks have
+        two convolutions per resolution).
     padding : {"zeros", "circular"}
         Padding of the 3x3 convolutions. With zero padding a convolution stack can tell how far
         each pixel is from the border and paint a fixed layout even from a position-free input
@@ -250,7 +261,7 @@ class Decoder(nn.Module):
     def __init__(self, latent_dim: int, patch_size: int, channels=(256, 256, 128, 64, 32),
                  input: str = "dense", noise_channels: int = 8, padding: str = "zeros",
                  upsample: str = "nearest", noise_start: int = 0, noise: str = "white",
-                 block: str = "conv_up"):
+                 block: str = "conv_up", convs: int = 1):
         super().__init__()
         channels = tuple(int(c) for c in channels)
         if len(channels) != 5:
@@ -272,6 +283,9 @@ class Decoder(nn.Module):
             raise ValueError(f"decoder noise must be one of {DECODER_NOISES}, got {noise!r}")
         if block not in DECODER_BLOCKS:
             raise ValueError(f"decoder block must be one of {DECODER_BLOCKS}, got {block!r}")
+        if isinstance(convs, bool) or int(convs) != convs or not 1 <= int(convs) <= 3:
+            raise ValueError(f"decoder convs must be 1, 2 or 3 per block, got {convs!r}")
+        self.convs = int(convs)
         self.block = block
         self.noise_kind = noise
         self.noise_start = int(noise_start)
@@ -286,7 +300,7 @@ class Decoder(nn.Module):
             self.const = nn.Parameter(torch.randn(1, channels[0], 1, 1))
             self.noise_gain = nn.ParameterList(
                 [nn.Parameter(torch.ones(1, c, 1, 1)) for c in channels[1:]])
-            self.project = nn.Linear(latent_dim, 2 * sum(channels[1:]))
+            self.project = nn.Linear(latent_dim, 2 * self.convs * sum(channels[1:]))
             nn.init.normal_(self.project.weight, std=0.1 / math.sqrt(latent_dim))
             nn.init.zeros_(self.project.bias)
         else:
@@ -297,6 +311,9 @@ class Decoder(nn.Module):
             conv = nn.Conv2d(cin + self.noise_channels, cout, 3, padding=1, padding_mode=padding)
             pair = [conv, _upsampler(upsample)] if block == "conv_up" else [_upsampler(upsample), conv]
             blocks += [*pair, nn.LeakyReLU(LEAKY_SLOPE)]
+            for _ in range(self.convs - 1):
+                blocks += [_RefineConv(cout, cout, 3, padding=1, padding_mode=padding),
+                           nn.LeakyReLU(LEAKY_SLOPE)]
         self.blocks = nn.Sequential(*blocks)
         self.out = nn.Conv2d(channels[-1], 1, 3, padding=1, padding_mode=padding)
         self.act = nn.LeakyReLU(LEAKY_SLOPE)
@@ -320,7 +337,7 @@ class Decoder(nn.Module):
         noises = self._noise(B, h.device, h.dtype, seeds)
         k = 0
         for m in self.blocks:
-            if isinstance(m, nn.Conv2d):
+            if type(m) is nn.Conv2d:  # a block's first convolution takes the noise
                 h = torch.cat([h, noises[k]], dim=1)
                 k += 1
             h = m(h)
@@ -336,13 +353,16 @@ class Decoder(nn.Module):
         k = off = 0
         for m in self.blocks:
             if isinstance(m, nn.Conv2d):
-                h = m(torch.cat([h, noises[k]], dim=1))
-                h = h + noises[k][:, -1:] * self.noise_gain[k]
+                if type(m) is nn.Conv2d:  # a block's first convolution takes the noise
+                    h = m(torch.cat([h, noises[k]], dim=1))
+                    h = h + noises[k][:, -1:] * self.noise_gain[k]
+                    k += 1
+                else:
+                    h = m(h)
                 c = m.out_channels
                 gamma = film[:, off:off + c, None, None]
                 beta = film[:, off + c:off + 2 * c, None, None]
                 off += 2 * c
-                k += 1
                 h = nn.functional.instance_norm(h) * (1.0 + gamma) + beta
             else:
                 h = m(h)
@@ -397,7 +417,8 @@ class TextureVAE(nn.Module):
     def __init__(self, in_features: int, latent_dim: int, patch_size: int,
                  decoder_channels=(256, 256, 128, 64, 32), logvar_bounds=None,
                  decoder_input="dense", decoder_padding="zeros", decoder_upsample="nearest",
-                 decoder_noise_start=0, decoder_noise="white", decoder_block="conv_up"):
+                 decoder_noise_start=0, decoder_noise="white", decoder_block="conv_up",
+                 decoder_convs=1):
         super().__init__()
         self.register_buffer("feat_mean", torch.zeros(in_features))
         self.register_buffer("feat_std", torch.ones(in_features))
@@ -405,7 +426,7 @@ class TextureVAE(nn.Module):
         self.decoder = Decoder(latent_dim, patch_size, decoder_channels, decoder_input,
                                padding=decoder_padding, upsample=decoder_upsample,
                                noise_start=decoder_noise_start, noise=decoder_noise,
-                               block=decoder_block)
+                               block=decoder_block, convs=decoder_convs)
         self.latent_dim = latent_dim
         self.patch_size = patch_size
 

@@ -71,6 +71,10 @@ class ParamsMixin:
         ns = getattr(self, "decoder_noise_start", 0)
         if isinstance(ns, bool) or not isinstance(ns, (int, np.integer)) or not 0 <= ns <= 3:
             raise BadInputError(None, f"decoder_noise_start must be a block index 0-3, got {ns!r}")
+        nc = getattr(self, "decoder_convs", 1)
+        if isinstance(nc, bool) or not isinstance(nc, (int, np.integer)) or not 1 <= nc <= 3:
+            raise BadInputError(None, f"decoder_convs must be 1, 2 or 3 (convolutions per "
+                                      f"block), got {nc!r}")
         if self.decoder_padding not in ("zeros", "circular"):
             raise BadInputError(None, "decoder_padding must be 'zeros' or 'circular', got "
                                       f"{self.decoder_padding!r}")

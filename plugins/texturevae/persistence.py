@@ -67,7 +67,8 @@ class PersistenceMixin:
                 str(self.decoder_input), str(self.decoder_padding),
                 self._decoder_choice("decoder_upsample"),
                 int(getattr(self, "decoder_noise_start", 0)),
-                self._decoder_choice("decoder_noise"), self._decoder_choice("decoder_block"))
+                self._decoder_choice("decoder_noise"), self._decoder_choice("decoder_block"),
+                int(getattr(self, "decoder_convs", 1)))
 
     def _decoder_choice(self, name: str) -> str:
         """A decoder choice option, or the paper's value for a model saved before it existed."""
