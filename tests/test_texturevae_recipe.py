@@ -426,7 +426,8 @@ def test_spectrum_loss_measures_the_length_scale_not_the_placement():
         radial_log_spectrum(torch.rand(1, 1, 16, 32))
 
 
-@pytest.mark.parametrize("name, weight", [("spectrum_weight", 10.0), ("phase_weight", 1000.0)])
+@pytest.mark.parametrize("name, weight", [("spectrum_weight", 10.0), ("phase_weight", 1000.0),
+                                          ("lineal_weight", 1000.0)])
 def test_grey_term_weight_trains_and_is_validated(name, weight):
     from matrep.errors import BadInputError
 
@@ -683,3 +684,43 @@ def test_phase_correlation_is_the_twopoint_plugins_statistic():
                                          cutoff=R))
     want = ref[:, 1:] / (ref[:, :1] + 1e-4)
     np.testing.assert_allclose(phase_correlation(m).numpy(), want, rtol=1e-4, atol=1e-6)
+
+
+def test_lineal_path_counts_segments_inside_and_tells_fragments_from_a_disc():
+    """``lineal_path`` of a hard indicator is the brute-force share of horizontal and vertical
+    segments inside the phase; a disc and the same disc cut by thin gaps have nearly the same
+    two-point curve at short lags but a lineal path that falls much faster; the lineal term is
+    differentiable and leaves graphite-free inputs out."""
+    from matrep.plugins.texturevae.model import (lineal_loss, lineal_path, phase_correlation,
+                                                 phase_max_lag)
+
+    rng = np.random.default_rng(0)
+    m = (rng.random((32, 32)) < 0.7).astype(np.float32)
+    want = []
+    for r in range(1, phase_max_lag(32) + 1):
+        h = np.mean([m[:, x:x + r + 1].all(1).mean() for x in range(32 - r)])
+        v = np.mean([m[y:y + r + 1, :].all(0).mean() for y in range(32 - r)])
+        want.append(0.5 * (h + v) / (m.mean() + 1e-4))
+    np.testing.assert_allclose(lineal_path(torch.from_numpy(m)[None])[0].numpy(), want,
+                               atol=1e-5)
+    yy, xx = np.mgrid[0:64, 0:64]
+    disc = ((yy - 32) ** 2 + (xx - 32) ** 2 < 15 ** 2).astype(np.float32)
+    cut = disc.copy()
+    cut[:, 24] = cut[:, 40] = cut[24, :] = cut[40, :] = 0  # the disc in 9 pieces
+    L = lineal_path(torch.from_numpy(np.stack([disc, cut])))
+    S = phase_correlation(torch.from_numpy(np.stack([disc, cut])))
+    assert float(L[0, 9]) > 0.5 and float(L[1, 9]) < 0.5 * float(L[0, 9])
+    assert float(S[1, 9]) > 0.8 * float(S[0, 9])
+    # the loss: zero for the input itself, differentiable, NaN thresholds left out
+    x = torch.from_numpy(0.8 - 0.6 * disc)[None, None]
+    thr = torch.tensor([0.5])
+    from matrep.plugins.texturevae.model import soft_dark_phase
+
+    target = (thr, lineal_path(soft_dark_phase(x, thr)))
+    assert float(lineal_loss(x, target)) < 1e-10
+    y = torch.from_numpy(0.8 - 0.6 * cut)[None, None].requires_grad_(True)
+    loss = lineal_loss(y, target)
+    assert float(loss.detach()) > 0.01
+    loss.backward()
+    assert float(y.grad.abs().sum()) > 0
+    assert float(lineal_loss(y.detach(), (torch.tensor([float("nan")]), target[1]))) == 0.0

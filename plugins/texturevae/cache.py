@@ -12,7 +12,8 @@ What is stored per patch (float32):
 * the patch's grey-level quantiles (256 values; the targets of the histogram term) and its
   log radial power spectrum (P/2 values; the targets of the spectrum term); its graphite
   threshold and the normalised two-point autocorrelation of its soft graphite indicator
-  (1 + P/4 values; the targets of the phase term);
+  (P/4 values; the targets of the phase term) and its normalised lineal-path function
+  (P/4 values; the targets of the lineal term);
 * per style layer, whichever is smaller of the target Gram matrix (C x C) and the target
   feature map (C x M): for 128 x 128 patches the Grams of conv1_1, pool1, pool2 and pool3
   (64², 64², 128², 256² values) and the *feature map* of pool4 (512 x 64 values, where its
@@ -38,8 +39,8 @@ import torch
 
 from matrep.kernels import gram_matrix
 
-from .model import (N_QUANTILES, intensity_quantiles, phase_correlation, phase_max_lag,
-                    pool_features, radial_log_spectrum, soft_dark_phase)
+from .model import (N_QUANTILES, intensity_quantiles, lineal_path, phase_correlation,
+                    phase_max_lag, pool_features, radial_log_spectrum, soft_dark_phase)
 
 
 @dataclass(frozen=True)
@@ -112,14 +113,16 @@ class FeatureCache:
                     self.spectra = np.empty((n, P // 2), np.float32)
                     self.thresholds = np.empty(n, np.float32)
                     self.phase = np.empty((n, phase_max_lag(P)), np.float32)
+                    self.lineal = np.empty((n, phase_max_lag(P)), np.float32)
                     self.targets = self._allocate(n, self.row_size, memory_budget, directory)
                 self.pooled[s:s + len(x)] = pooled
                 self.quantiles[s:s + len(x)] = intensity_quantiles(x).cpu().numpy()
                 self.spectra[s:s + len(x)] = radial_log_spectrum(x).cpu().numpy()
                 thr = dark_thresholds(x)
                 self.thresholds[s:s + len(x)] = thr
-                self.phase[s:s + len(x)] = phase_correlation(
-                    soft_dark_phase(x, torch.from_numpy(np.nan_to_num(thr)).to(device))).cpu().numpy()
+                soft = soft_dark_phase(x, torch.from_numpy(np.nan_to_num(thr)).to(device))
+                self.phase[s:s + len(x)] = phase_correlation(soft).cpu().numpy()
+                self.lineal[s:s + len(x)] = lineal_path(soft).cpu().numpy()
                 rows = []
                 for sl in self.layout:
                     f = feats[sl.tap].float()
@@ -146,7 +149,7 @@ class FeatureCache:
     def nbytes(self) -> int:
         """Bytes of cached data (RAM or disk)."""
         return int(self.pooled.nbytes + self.quantiles.nbytes + self.spectra.nbytes
-                   + self.thresholds.nbytes + self.phase.nbytes
+                   + self.thresholds.nbytes + self.phase.nbytes + self.lineal.nbytes
                    + self.n * self.row_size * 4)
 
     def batch(self, index, device):
@@ -175,13 +178,16 @@ class FeatureCache:
     def grey_batch(self, index, device):
         """The targets of the grey-level terms for the input patches ``index``:
         ``{"histogram": (B, N_QUANTILES) quantiles, "spectrum": (B, P // 2) log spectra,
-        "phase": ((B,) graphite thresholds, NaN where none, (B, R) phase correlations)}``
+        "phase": ((B,) graphite thresholds, NaN where none, (B, R) phase correlations),
+        "lineal": (the same thresholds, (B, R) lineal-path functions)}``
         (:data:`~matrep.plugins.texturevae.step.GREY_TERMS`)."""
         index = np.asarray(index)
         return {"histogram": torch.from_numpy(self.quantiles[index]).to(device),
                 "spectrum": torch.from_numpy(self.spectra[index]).to(device),
                 "phase": (torch.from_numpy(self.thresholds[index]).to(device),
-                          torch.from_numpy(self.phase[index]).to(device))}
+                          torch.from_numpy(self.phase[index]).to(device)),
+                "lineal": (torch.from_numpy(self.thresholds[index]).to(device),
+                           torch.from_numpy(self.lineal[index]).to(device))}
 
     def close(self):
         """Delete the spill file, if any."""

@@ -151,6 +151,13 @@ class TextureVAEEncoder(ParamsMixin, NetworkMixin, GenerativeMixin, PersistenceM
         patch (:func:`matrep.plugins.texturevae.model.phase_loss`). It fixes particle size and
         spacing on the phase itself, where the spectrum term sees grey levels. 0 is the
         paper's loss; the quick preset sets 300 (docs/texturevae.md, runs 25-32).
+    lineal_weight : float, default 0.0
+        Weight of a lineal-path term on the graphite phase: as ``phase_weight``, with the
+        normalised lineal-path function (the chance that a horizontal or vertical segment
+        from a graphite point stays in graphite, up to a quarter of the patch;
+        :func:`matrep.plugins.texturevae.model.lineal_path`) in place of the two-point
+        autocorrelation. It separates what the two-point term cannot: fragments, ragged
+        outlines and merged particles from convex ones of the same size. 0 is the paper's loss.
     lr_scaling : {"none", "linear"}, default "none"
         Under torchrun with W processes: ``"none"`` — ``batch_size`` is the global batch of
         one step (split over the processes) and ``lr`` is used as given, so the run equals
@@ -203,6 +210,7 @@ class TextureVAEEncoder(ParamsMixin, NetworkMixin, GenerativeMixin, PersistenceM
                  kl_warmup=0, lr_schedule="constant", lr_warmup=0, keep_best=True,
                  histogram_weight=0.0, spectrum_weight=0.0, decoder_upsample="nearest",
                  decoder_noise_start=0, phase_weight=0.0, decoder_noise="white",
+                 lineal_weight=0.0,
                  decoder_block="conv_up", decoder_convs=1):
         self.latent_dim = latent_dim
         self.pooling = pooling
@@ -241,6 +249,7 @@ class TextureVAEEncoder(ParamsMixin, NetworkMixin, GenerativeMixin, PersistenceM
         self.decoder_upsample = decoder_upsample
         self.decoder_noise_start = decoder_noise_start
         self.phase_weight = phase_weight
+        self.lineal_weight = lineal_weight
         self.decoder_noise = decoder_noise
         self.decoder_block = decoder_block
         self.decoder_convs = decoder_convs
@@ -392,6 +401,7 @@ class TextureVAEEncoder(ParamsMixin, NetworkMixin, GenerativeMixin, PersistenceM
                                  histogram_weight=float(self.histogram_weight),
                                  spectrum_weight=float(self.spectrum_weight),
                                  phase_weight=float(self.phase_weight),
+                                 lineal_weight=float(getattr(self, "lineal_weight", 0.0)),
                                  extra={"lr_scaling": str(self.lr_scaling)})
         params = _jsonable(self.get_params(deep=False))
         for k in ("epochs", "checkpoint_every", "device", "cache_memory_gb", "output",
@@ -401,7 +411,7 @@ class TextureVAEEncoder(ParamsMixin, NetworkMixin, GenerativeMixin, PersistenceM
             # the default rule: the run does not depend on the number of processes (and a
             # checkpoint written before the option existed still resumes)
             params.pop("lr_scaling")
-        for name in ("histogram_weight", "spectrum_weight", "phase_weight"):
+        for name in ("histogram_weight", "spectrum_weight", "phase_weight", "lineal_weight"):
             if not float(params.get(name, 0.0)):
                 params.pop(name, None)  # the paper's loss; older checkpoints resume
         for name, (_, paper) in DECODER_CHOICES.items():

@@ -23,7 +23,7 @@ class ParamsMixin:
                            ("kl_warmup", int), ("lr_warmup", int), ("lr", float),
                            ("kl_weight", float), ("val_fraction", float),
                            ("histogram_weight", float), ("spectrum_weight", float),
-                           ("phase_weight", float),
+                           ("phase_weight", float), ("lineal_weight", float),
                            ("cache_memory_gb", float), ("max_patches", int),
                            ("max_val_patches", int), ("checkpoint_every", int)):
             value = getattr(self, name, None)
@@ -48,7 +48,7 @@ class ParamsMixin:
             raise BadInputError(None, f"layer_weights must be finite and >= 0, got {lw}")
         if not (0 <= float(self.val_fraction) < 1):
             raise BadInputError(None, f"val_fraction must be in [0, 1), got {self.val_fraction!r}")
-        for name in ("histogram_weight", "spectrum_weight", "phase_weight"):
+        for name in ("histogram_weight", "spectrum_weight", "phase_weight", "lineal_weight"):
             w = float(getattr(self, name))
             if not (np.isfinite(w) and w >= 0):
                 raise BadInputError(None, f"{name} must be a finite number >= 0, got "

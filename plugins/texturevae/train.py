@@ -152,7 +152,7 @@ def train(model, backbone, train_cache, val_cache, *, settings: TrainSettings, s
     autocast_dtype = torch.bfloat16 if s.precision == "bf16" else None
     lw = tuple(float(w) for w in s.layer_weights)
     gw = {"histogram": float(s.histogram_weight), "spectrum": float(s.spectrum_weight),
-          "phase": float(s.phase_weight)}
+          "phase": float(s.phase_weight), "lineal": float(s.lineal_weight)}
     use_grey = any(gw.values())
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=rule.lr)
     generator = torch.Generator(device=device)
