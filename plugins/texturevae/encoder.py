@@ -184,9 +184,10 @@ class TextureVAEEncoder(ParamsMixin, NetworkMixin, GenerativeMixin, PersistenceM
             "description": "trains in <= 20 min on 2 CPU cores (docs/texturevae.md): 128² "
                            "patches worked at 64² (downsample 2), a stationary decoder (z "
                            "modulates the feature maps, noise places the particles, periodic "
-                           "padding, each block upsampling before its convolution), a "
-                           "grey-level histogram term, a power-spectrum term and a two-point "
-                           "term on the graphite phase, pool4 style weight 0.1, latent 8, "
+                           "padding, each block upsampling before two convolutions), a "
+                           "grey-level histogram term, a power-spectrum term, and two-point "
+                           "and lineal-path terms on the graphite phase, pool4 style weight "
+                           "0.1, latent 8, "
                            "12 epochs of 1,500 patches, cosine learning rate, KL warm-up",
             "params": {"downsample": 2, "decoder_input": "modulated",
                        "decoder_padding": "circular", "histogram_weight": 4000.0,
@@ -194,7 +195,8 @@ class TextureVAEEncoder(ParamsMixin, NetworkMixin, GenerativeMixin, PersistenceM
                        "layer_weights": [1.0, 1.0, 1.0, 1.0, 0.1],
                        "latent_dim": 8, "kl_weight": 0.05, "batch_size": 8,
                        "lr": 2e-3, "lr_schedule": "cosine", "lr_warmup": 50, "kl_warmup": 200,
-                       "decoder_block": "up_conv",
+                       "decoder_block": "up_conv", "decoder_convs": 2,
+                       "lineal_weight": 300.0,
                        "max_patches": 1500, "epochs": 12, "max_val_patches": 96},
             "patching": {"patch": 128, "stride": 64},
         },
