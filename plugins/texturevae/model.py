@@ -613,11 +613,18 @@ def phase_loss(x, targets):
     leaves that patch out. The histogram term fixes how much is dark; this one fixes how big
     the dark particles are and how far apart.
     """
+    return _phase_curve_loss(x, targets, phase_correlation)
+
+
+def _phase_curve_loss(x, targets, statistic):
+    """Mean squared difference between ``statistic`` (a curve per patch) of the soft graphite
+    indicators of ``x`` at the inputs' thresholds and the inputs' own curves; patches with a
+    NaN threshold (no graphite) are left out. The body of the phase and lineal terms."""
     thresholds, curves = targets
     ok = torch.isfinite(thresholds)
     if not bool(ok.any()):
         return x.float().sum() * 0.0
-    c = phase_correlation(soft_dark_phase(x[ok], thresholds[ok]))
+    c = statistic(soft_dark_phase(x[ok], thresholds[ok]))
     return (c - curves[ok].float()).square().mean()
 
 
@@ -652,12 +659,7 @@ def lineal_loss(x, targets):
     of the soft graphite indicators of ``x`` (B, 1, P, P) and of its inputs, both thresholded
     at the input's own graphite threshold; ``targets = (thresholds (B,), curves (B, R))``, a
     NaN threshold leaves that patch out (as :func:`phase_loss`)."""
-    thresholds, curves = targets
-    ok = torch.isfinite(thresholds)
-    if not bool(ok.any()):
-        return x.float().sum() * 0.0
-    c = lineal_path(soft_dark_phase(x[ok], thresholds[ok]))
-    return (c - curves[ok].float()).square().mean()
+    return _phase_curve_loss(x, targets, lineal_path)
 
 
 def kl_divergence(mu, logvar):
