@@ -413,7 +413,9 @@ class TextureVAEEncoder(ParamsMixin, NetworkMixin, GenerativeMixin, PersistenceM
             # the default rule: the run does not depend on the number of processes (and a
             # checkpoint written before the option existed still resumes)
             params.pop("lr_scaling")
-        for name in ("histogram_weight", "spectrum_weight", "phase_weight", "lineal_weight"):
+        from .step import GREY_TERMS
+
+        for name in (f"{t}_weight" for t in GREY_TERMS):
             if not float(params.get(name, 0.0)):
                 params.pop(name, None)  # the paper's loss; older checkpoints resume
         for name, (_, paper) in DECODER_CHOICES.items():

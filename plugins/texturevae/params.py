@@ -48,7 +48,9 @@ class ParamsMixin:
             raise BadInputError(None, f"layer_weights must be finite and >= 0, got {lw}")
         if not (0 <= float(self.val_fraction) < 1):
             raise BadInputError(None, f"val_fraction must be in [0, 1), got {self.val_fraction!r}")
-        for name in ("histogram_weight", "spectrum_weight", "phase_weight", "lineal_weight"):
+        from .step import GREY_TERMS
+
+        for name in (f"{t}_weight" for t in GREY_TERMS):
             w = float(getattr(self, name))
             if not (np.isfinite(w) and w >= 0):
                 raise BadInputError(None, f"{name} must be a finite number >= 0, got "

@@ -52,7 +52,7 @@ from .checkpoint import (CHECKPOINT_DIR, CHECKPOINT_FORMAT, CHECKPOINT_JSON,  # 
                          restore_checkpoint, save_checkpoint, write_log)
 from .settings import (SPIKE_FACTOR, SPIKE_MIN_STEPS, SPIKE_WINDOW, SpikeMonitor,  # noqa: F401
                        TrainSettings, fingerprint_arrays, resolve_precision, split_patches)
-from .step import (VAEForward, _clip, _grey_term, balanced_layer_weights,  # noqa: F401
+from .step import (GREY_TERMS, VAEForward, _clip, _grey_term, balanced_layer_weights,  # noqa: F401
                    distributed_train_step, evaluate, forward_losses, style_loss_grams,
                    train_step)
 
@@ -151,8 +151,7 @@ def train(model, backbone, train_cache, val_cache, *, settings: TrainSettings, s
     rule = scaling_rule(s.batch_size, s.lr, W, s.extra.get("lr_scaling", "none"))
     autocast_dtype = torch.bfloat16 if s.precision == "bf16" else None
     lw = tuple(float(w) for w in s.layer_weights)
-    gw = {"histogram": float(s.histogram_weight), "spectrum": float(s.spectrum_weight),
-          "phase": float(s.phase_weight), "lineal": float(s.lineal_weight)}
+    gw = {t: float(getattr(s, f"{t}_weight")) for t in GREY_TERMS}
     use_grey = any(gw.values())
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=rule.lr)
     generator = torch.Generator(device=device)
