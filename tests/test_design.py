@@ -17,6 +17,7 @@ from PIL import Image
 
 from matrep.design import DesignError, DesignSettings, design, make_designer, write_design
 from matrep.design import physics as ph
+from matrep.design.distinct import StyleDistance
 from matrep.design.search import (optimise, prior_radius, project_to_ball, propose,
                                   secant_steps, select_diverse)
 from matrep.design.surrogate import CorrectedSurrogate, LatentGP
@@ -372,29 +373,31 @@ def test_search_ball_widens_only_for_a_target_out_of_reach(designer):
     from dataclasses import replace
 
     from matrep.design.inverse import Designer
-    from matrep.design.search import prior_radius
+    from matrep.design.search import SearchSpace, prior_radius
 
     lo, hi = designer.data.range("youngs_modulus_gpa")
     d = Designer.__new__(Designer)
     d.__dict__.update(designer.__dict__)
     msgs = []
     d.log = msgs.append
-    # beyond the data's range: the search presses on the rim and the ball widens
-    d.settings = replace(designer.settings, allow_extrapolation=True)
+    # beyond the data's range: the search presses on the rim and the ball widens (in the
+    # prior's ball: the fake decoder saturates inside the data's own ellipsoid)
+    d.settings = replace(designer.settings, allow_extrapolation=True, region="prior")
+    d.space = SearchSpace.prior(len(d.active))
     far = hi + 0.3 * (hi - lo)
     r = d.design({"youngs_modulus_gpa": far})
     assert r.search_quantile > d.settings.quantile
-    assert any("widens to prior mass 0.999" in m for m in msgs)
-    assert max(np.linalg.norm(c.latent[d.active]) for c in r.candidates) > d.radius
-    assert all(np.linalg.norm(c.latent[d.active]) <= prior_radius(len(d.active), 0.9999) + 1e-4
-               for c in r.candidates)
+    assert any("widens to mass 0.999" in m for m in msgs)
+    length = np.linalg.norm(d._coords(r.candidates), axis=1)   # in search coordinates
+    assert length.max() > d.radius
+    assert np.all(length <= prior_radius(len(d.active), 0.9999) + 1e-4)
     # never with --max-quantile equal to --quantile
-    d.settings = replace(designer.settings, allow_extrapolation=True,
+    d.settings = replace(designer.settings, allow_extrapolation=True, region="prior",
                          max_quantile=designer.settings.quantile)
     r = d.design({"youngs_modulus_gpa": far})
     assert r.search_quantile == d.settings.quantile
     # a target in the middle is met inside the ball: no widening
-    d.settings = designer.settings
+    d.settings, d.space = designer.settings, designer.space
     r = d.design({"youngs_modulus_gpa": float(np.median(designer.data.values["youngs_modulus_gpa"]))})
     assert r.search_quantile == d.settings.quantile
     with pytest.raises(DesignError, match="max-quantile"):
@@ -478,3 +481,101 @@ def test_cli_max_quantile_below_quantile_is_refused(cli):
     assert res.exit_code == 1
     assert "--max-quantile" in res.output and "0.999" in res.output
     assert "Traceback" not in res.output
+
+
+def test_search_space_whitens_the_training_latents_and_carries_gradients():
+    """``SearchSpace.fit``: the training latents come out with mean 0 and identity covariance,
+    the map back is exact, and a wrapped surrogate's gradient in search coordinates matches
+    finite differences (chain rule through the whitening)."""
+    from matrep.design.search import SearchSpace
+
+    rng = np.random.default_rng(3)
+    A = np.array([[3.0, 0.0, 0.0], [1.0, 0.5, 0.0], [0.0, -1.0, 2.0]])
+    Z = rng.normal(size=(400, 3)) @ A.T + np.array([1.0, -2.0, 0.5])
+    sp = SearchSpace.fit(Z)
+    U = sp.to_search(Z)
+    np.testing.assert_allclose(U.mean(0), 0, atol=1e-9)
+    np.testing.assert_allclose(np.cov(U.T), np.eye(3), atol=1e-4)
+    np.testing.assert_allclose(sp.to_latent(U), Z, atol=1e-9)
+    prior = SearchSpace.prior(3)
+    np.testing.assert_allclose(prior.to_search(Z), Z)
+    gp = LatentGP(seed=0).fit(Z, np.sin(Z[:, 0] / 3) + 0.2 * Z[:, 1] * Z[:, 2])
+    w = sp.wrap(CorrectedSurrogate(gp))
+    u = np.array([3.5, -3.0, 3.2])        # off the data, where the variance varies
+    m, v, gm, gv = w.predict_grad(u)
+    assert np.isclose(m, w.predict(u[None])[0])
+    assert np.abs(gv).max() > 1e-4
+    eps = 1e-3   # the prediction far off the data is a difference of large terms
+    for i in range(3):
+        e = np.eye(3)[i] * eps
+        mp, vp, _, _ = w.predict_grad(u + e)
+        mm, vm, _, _ = w.predict_grad(u - e)
+        assert np.isclose(gm[i], (mp - mm) / (2 * eps), rtol=1e-4, atol=1e-7)
+        assert np.isclose(gv[i], (vp - vm) / (2 * eps), rtol=1e-3, atol=1e-7)
+    with pytest.raises(ValueError, match="more latents"):
+        SearchSpace.fit(Z[:3])
+
+
+def test_design_region_data_reaches_the_training_latents_region(designer):
+    """The default search ball is the training latents' own ellipsoid: its search
+    coordinates are whitened training latents; ``region="prior"`` searches N(0, I)'s ball."""
+    from dataclasses import replace
+
+    from matrep.design.inverse import Designer
+
+    U = designer.space.to_search(designer.data.latents[:, designer.active])
+    np.testing.assert_allclose(np.cov(U.T), np.eye(U.shape[1]), atol=1e-4)
+    s = replace(designer.settings, region="prior")
+    d = Designer(designer.model, designer.data, ["youngs_modulus_gpa"], settings=s)
+    np.testing.assert_allclose(d.space.to_search(designer.data.latents[:, d.active]),
+                               designer.data.latents[:, d.active], atol=1e-6)
+    with pytest.raises(DesignError, match="--region"):
+        Designer(designer.model, designer.data, ["youngs_modulus_gpa"],
+                 settings=replace(s, region="posterior"))
+
+
+class _MeanStyle(StyleDistance):
+    """A style distance for tests: (50 x the difference of mean grey levels)² / 4."""
+
+    def grams(self, patches):
+        m = 50.0 * np.asarray(patches, dtype=np.float64).reshape(len(patches), -1).mean(1)
+        return [m[:, None, None]]
+
+
+def test_novelty_screen_prefers_proposals_that_look_new(designer):
+    """When checked candidates on target are too few apart, proposals are screened by their
+    decoded images before any solver call: eligible ones apart from the distinct set found so
+    far (and from each other) come first, then the best by score."""
+    from matrep.design.inverse import Candidate, Designer
+
+    d = Designer.__new__(Designer)
+    d.__dict__.update(designer.__dict__)
+    d.style, d.reference_distance = _MeanStyle(), 1.0
+    targets = {"youngs_modulus_gpa": 100.0}
+    mk = lambda z0, v: Candidate(latent=d.full(np.array([[z0, 0.0]]))[0].astype(np.float32),  # noqa: E731
+                                 predicted={}, image=d.model.decode([[z0, 0, 0, 0]])[0],
+                                 physics=ph.PhysicsResult(values={"youngs_modulus_gpa": v},
+                                                          residual=0.0, converged=True,
+                                                          iterations=1, fraction=0.1))
+    # two on target that look alike (z0 0 and 0.05), one on target that looks different
+    same = [mk(0.0, 100.5), mk(0.05, 100.2)]
+    assert len(d._distinct_so_far(same, targets, 2)) == 1
+    assert d._distinct_so_far(same + [mk(4.0, 99.9)], targets, 2) is None  # two apart already
+    assert d._distinct_so_far([mk(4.0, 150.0)], targets, 2) is None        # none on target yet
+    # proposals: two near the one found (best scores), one far from it (worse score)
+    U = d.space.to_search(np.array([[0.02, 0.0], [0.01, 0.0], [-4.0, 0.0]]))
+    scores = np.array([0.1, 0.2, 1.0])
+    apart = d._distinct_so_far(same, targets, 2)
+    picked, n_novel = d._screen_novel(U, scores, np.ones(3, bool), 2, apart)
+    assert n_novel == 1
+    np.testing.assert_allclose(picked, U[[2, 0]])
+    # a new look the surrogate expects off target is not taken for its looks
+    picked, n_novel = d._screen_novel(U, scores, np.array([True, True, False]), 2, apart)
+    assert n_novel == 0
+    np.testing.assert_allclose(picked, U[[0, 1]])
+    # eligibility: the surrogate mean within NOVEL_MAX_OFFSET tolerances of the target
+    sur = {"youngs_modulus_gpa": d.space.wrap(d.surrogates["youngs_modulus_gpa"])}
+    t = float(np.median(d.data.values["youngs_modulus_gpa"]))
+    off = d._offsets(sur, {"youngs_modulus_gpa": t}, {"youngs_modulus_gpa": 0.02 * t}, U)
+    m = sur["youngs_modulus_gpa"].predict(U)
+    np.testing.assert_allclose(off, np.abs(m - t) / (0.02 * t))

@@ -73,12 +73,17 @@ def _threshold(value):
               help="Accept targets outside the data's patch-level range (flagged in the output).")
 @click.option("--tolerance", default=0.02, type=click.FloatRange(0, min_open=True),
               help="Relative error that scales the search objective.")
+@click.option("--region", default="data", show_default=True, type=click.Choice(["data", "prior"]),
+              help="Where the search looks: inside the high-density ellipsoid of a Gaussian "
+                   "fitted to the training patches' latents (data: where the decoder met real "
+                   "patches), or inside the prior N(0, I)'s ball (prior).")
 @click.option("--quantile", default=0.99, type=click.FloatRange(0, 1, min_open=True, max_open=True),
-              help="Prior mass of the ball the search stays in (chi-squared quantile).")
+              help="Mass of the --region Gaussian inside the ball the search stays in "
+                   "(chi-squared quantile).")
 @click.option("--max-quantile", default=None,
               type=click.FloatRange(0, 1, min_open=True, max_open=True),
               help="While fewer than -n checked designs are within --tolerance and the best "
-                   "sits on the ball's rim, the ball widens one step a round (prior mass "
+                   "sits on the ball's rim, the ball widens one step a round (mass "
                    "0.999, 0.9999, ...) up to this; equal to --quantile: never.  [default: "
                    "0.9999, or --quantile when that is higher]")
 @click.option("--distinct/--no-distinct", default=True,
@@ -108,7 +113,7 @@ def _threshold(value):
 @quiet_option
 @handle_errors
 def design_cmd(model, images, labels, targets, n, out, budget, batch, refine, size, material, physics,
-               baseline, allow_extrapolation, tolerance, quantile, max_quantile, distinct, threshold,
+               baseline, allow_extrapolation, tolerance, region, quantile, max_quantile, distinct, threshold,
                masks, file_column,
                stride, crop, crop_bottom, max_patches, study, jobs, cache, seed, quiet, scale):
     """Design microstructures with target properties, verified by physics.
@@ -136,7 +141,7 @@ def design_cmd(model, images, labels, targets, n, out, budget, batch, refine, si
     log = (lambda s: None) if quiet else (lambda s: click.echo(s, err=True))
     tg = _parse_targets(targets, study)
     settings = DesignSettings(n=n, budget=budget, batch=batch, refine=refine, tolerance=tolerance,
-                              quantile=quantile,
+                              region=region, quantile=quantile,
                               max_quantile=(max(quantile, 0.9999) if max_quantile is None
                                             else max_quantile),
                               threshold=_threshold(threshold), size=size,

@@ -9,7 +9,7 @@ The library call behind ``matrep design``::
 
 Modules, one idea each: :mod:`~matrep.design.training` (latents and patch-level properties),
 :mod:`~matrep.design.surrogate` (Gaussian processes with gradients),
-:mod:`~matrep.design.search` (search inside the prior's ball),
+:mod:`~matrep.design.search` (search inside the training latents' high-density ellipsoid),
 :mod:`~matrep.design.physics` (solver registry, segmentation),
 :mod:`~matrep.design.distinct` (style distances), :mod:`~matrep.design.tiling` (large
 designs), :mod:`~matrep.design.inverse` (the loop and the baseline),

@@ -81,8 +81,12 @@ class StyleDistance:
 
     def pairwise(self, patches) -> np.ndarray:
         """Symmetric distance matrix of shape (n, n) of ``patches`` (n, H, W)."""
-        g = self.grams(patches)
-        D = self.between(g, g)
+        return self.square(self.grams(patches))
+
+    @classmethod
+    def square(cls, g) -> np.ndarray:
+        """Symmetric distance matrix of shape (n, n) of one set of Gram matrices."""
+        D = cls.between(g, g)
         np.fill_diagonal(D, 0.0)
         return 0.5 * (D + D.T)
 

@@ -7,11 +7,14 @@ The loop, per target (all of it in :class:`Designer`):
    :class:`~matrep.design.surrogate.CorrectedSurrogate` that learns, from every physics check,
    what decoding and segmentation change.
 2. **Search.** :func:`~matrep.design.search.propose`: several starts, gradient search of the
-   expected squared error inside the prior's ball, a batch of candidates kept apart.
+   expected squared error inside a ball of the search coordinates
+   (:class:`~matrep.design.search.SearchSpace`: the training latents whitened, so the ball
+   is the high-density ellipsoid of their Gaussian; ``region="prior"``: the prior's ball), a
+   batch of candidates kept apart.
 3. **Physics.** The batch is decoded, segmented and solved; the values go into the
    correction GP; repeat until ``budget`` solver calls for this target are spent. While fewer
    than ``n`` checked candidates are within ``tolerance`` and the best sits on the rim of the
-   search ball, the ball widens one step a round (prior mass 0.999, 0.9999:
+   search ball, the ball widens one step a round (mass 0.999, 0.9999:
    ``max_quantile``). The last ``refine`` calls (one target property) are secant steps
    between checked candidates on both sides of the target
    (:func:`~matrep.design.search.secant_steps`).
@@ -44,6 +47,12 @@ from matrep.seeds import array_seed
 
 from .errors import DesignError
 
+#: a proposal screened for novelty (:meth:`Designer._screen_novel`) must have a surrogate mean
+#: within this many tolerances of every target (the mean only: the surrogate's uncertainty,
+#: about 3 % of the modulus on the built-in data, is alike for all proposals and larger than
+#: the tolerance itself)
+NOVEL_MAX_OFFSET = 1.5
+
 #: a checked design more than this many tolerances off its targets is never taken for being
 #: distinct (unless nothing is closer); ``--distinct``'s help states the number, literally: the
 #: CLI imports matrep.design only when the command runs
@@ -63,8 +72,11 @@ class DesignSettings:
         between checked candidates on both sides of the target (one target property only;
         :func:`~matrep.design.search.secant_steps`); 0: search rounds only
     tolerance : float, default 0.02 — relative error that scales the search objective
-    quantile : float, default 0.99 — prior mass of the search ball
-    max_quantile : float, default 0.9999 — the ball widens, one step a round (prior mass
+    region : "data" or "prior", default "data" — the search ball's Gaussian
+        (:class:`~matrep.design.search.SearchSpace`): ``"data"`` fitted to the training
+        latents (where the decoder met real patches), ``"prior"`` N(0, I)
+    quantile : float, default 0.99 — mass of the search ball under that Gaussian
+    max_quantile : float, default 0.9999 — the ball widens, one step a round (mass
         0.999, then 0.9999, up to this), while fewer than ``n`` checked candidates are within
         ``tolerance`` of the targets and the best of them sits on the ball's rim: a target
         the decoder cannot reach from typical latents is sought in less typical ones. Equal
@@ -85,6 +97,7 @@ class DesignSettings:
     batch: int = 6
     refine: int = 6
     tolerance: float = 0.02
+    region: str = "data"
     quantile: float = 0.99
     max_quantile: float = 0.9999
     n_starts: int = 8
@@ -103,10 +116,12 @@ class DesignSettings:
         if physics and self.budget < self.n:
             raise DesignError(f"--budget {self.budget} solver calls cannot check {self.n} designs; "
                               f"give --budget >= {self.n} (or fewer -n)")
+        if self.region not in ("data", "prior"):
+            raise DesignError(f"--region: expected 'data' or 'prior', got {self.region!r}")
         if not 0 < self.quantile < 1:
-            raise DesignError(f"--quantile: expected a prior mass in (0, 1), got {self.quantile}")
+            raise DesignError(f"--quantile: expected a probability mass in (0, 1), got {self.quantile}")
         if not self.quantile <= self.max_quantile < 1:
-            raise DesignError(f"--max-quantile: expected a prior mass in [--quantile, 1), got "
+            raise DesignError(f"--max-quantile: expected a probability mass in [--quantile, 1), got "
                               f"{self.max_quantile} (--quantile {self.quantile})")
         if self.tolerance <= 0:
             raise DesignError(f"--tolerance: expected a positive relative error, got {self.tolerance}")
@@ -122,6 +137,7 @@ class Candidate:
     physics: object = None                   # PhysicsResult or None
     round: int = 0
     source: str = "search"
+    grams: list = field(default=None, repr=False)   # style Gram matrices, once computed
 
     def errors(self, targets) -> dict:
         if self.physics is None:
@@ -148,7 +164,7 @@ class TargetResult:
     budget: int
     seconds: float
     style_distances: np.ndarray | None = None   # pairwise, of the designs
-    search_quantile: float | None = None        # prior mass of the search ball at the end
+    search_quantile: float | None = None        # mass of the search ball at the end
     large: list = field(default_factory=list)   # per design: dict(image, mask, physics) or None
 
     def design_errors(self, prop: str) -> np.ndarray:
@@ -171,7 +187,7 @@ class Designer:
 
     def __init__(self, model, data, properties, *, solver=None, settings=None, style=None,
                  log=None):
-        from .search import prior_radius
+        from .search import SearchSpace, prior_radius
         from .surrogate import CorrectedSurrogate, LatentGP
 
         self.model = model
@@ -188,6 +204,8 @@ class Designer:
         self.radius = prior_radius(len(self.active), self.settings.quantile)
         t0 = time.perf_counter()
         Za = data.latents[:, self.active]
+        self.space = (SearchSpace.fit(Za) if self.settings.region == "data"
+                      else SearchSpace.prior(len(self.active)))
         self.surrogates = {}
         for p in self.properties:
             gp = LatentGP(seed=self.settings.seed).fit(Za, data.values[p])
@@ -266,7 +284,7 @@ class Designer:
                                 for p, t in targets.items()) for c in cands])
         D = None
         if self.style is not None:
-            D = self.style.pairwise(np.stack([c.image for c in cands]))
+            D = self.style.square(self._grams(cands))
         if D is not None and self.reference_distance is not None:
             from .distinct import select_distinct
 
@@ -279,6 +297,76 @@ class Designer:
             flags = np.ones(len(idx), dtype=bool) if D is None else np.zeros(len(idx), bool)
         sd = D[np.ix_(idx, idx)] if D is not None else None
         return [cands[i] for i in idx], flags, sd
+
+    def _grams(self, cands) -> list:
+        """Style Gram matrices of candidates, one array per layer (each computed once)."""
+        todo = [c for c in cands if c.grams is None]
+        if todo:
+            g = self.style.grams(np.stack([c.image for c in todo]))
+            for i, c in enumerate(todo):
+                c.grams = [x[i:i + 1] for x in g]
+        return [np.concatenate([c.grams[j] for c in cands]) for j in range(len(cands[0].grams))]
+
+    def _distinct_so_far(self, cands, targets, n):
+        """The checked candidates within ``tolerance`` that are pairwise apart (the largest such
+        set, at most ``n``), or ``None`` when ``n`` of them already are, when none is within
+        ``tolerance`` yet, or when designs need not be distinct."""
+        if self.style is None or self.reference_distance is None or not self.settings.distinct:
+            return None
+        good = [c for c in cands if c.worst_error(targets) <= self.settings.tolerance]
+        if not good:
+            return None
+        from .distinct import select_distinct
+
+        err = np.array([c.worst_error(targets) for c in good])
+        idx, flags = select_distinct(err, self.style.square(self._grams(good)), n,
+                                     self.reference_distance)
+        chosen = [good[i] for i, f in zip(idx, flags) if f]
+        return None if len(chosen) >= n else chosen
+
+    @staticmethod
+    def _offsets(sur, targets, scales, U) -> np.ndarray:
+        """Per row of ``U``: the largest |surrogate mean - target| / scale over the targets."""
+        return np.max([np.abs(sur[p].predict(U) - t) / scales[p] for p, t in targets.items()],
+                      axis=0)
+
+    def _pool_on_target(self, pool, sur, targets, scales, done, limit: int = 64):
+        """Up to ``limit`` training latents (search coordinates) whose surrogate mean is within
+        :data:`NOVEL_MAX_OFFSET` tolerances of the targets, best score first, none within
+        ``min_latent_distance`` of a checked one: real patches near the target differ in look
+        more than the search's minima, which gather in a few basins. Returns them and their
+        scores."""
+        from .search import score
+
+        sp = score(sur, targets, scales, pool)
+        keep = np.flatnonzero(self._offsets(sur, targets, scales, pool) <= NOVEL_MAX_OFFSET)
+        if done is not None and len(keep):
+            dist = np.linalg.norm(pool[keep][:, None] - np.asarray(done)[None], axis=2)
+            keep = keep[dist.min(1) >= self.settings.min_latent_distance]
+        keep = keep[np.argsort(sp[keep], kind="stable")][:limit]
+        return pool[keep], sp[keep]
+
+    def _screen_novel(self, U, scores, eligible, k, apart_from):
+        """``k`` of the proposals ``U`` (search coordinates), screened by their decoded images
+        before any solver call: first the ``eligible`` ones (surrogate mean near the targets)
+        whose images are at least the reference style distance from every candidate of
+        ``apart_from`` and from each other, best score first; then the best remaining by
+        score."""
+        Z = self.full(self.space.to_latent(U))
+        imgs = np.asarray(self.model.decode(Z, seeds=[array_seed(z) for z in Z]),
+                          dtype=np.float32)
+        g = self.style.grams(imgs)
+        far_s = (self.style.between(g, self._grams(apart_from)) >= self.reference_distance).all(1)
+        far = self.style.square(g) >= self.reference_distance
+        order = np.argsort(scores, kind="stable")
+        take = []
+        for i in order:
+            if len(take) < k and eligible[i] and far_s[i] \
+                    and all(far[i, j] for j in take):
+                take.append(int(i))
+        n_novel = len(take)
+        take += [int(i) for i in order if int(i) not in take][:k - len(take)]
+        return U[take], n_novel
 
     def _large(self, designs, rnd_seed):
         from .physics import segment, solve_mask
@@ -313,36 +401,55 @@ class Designer:
         n = S.n if n is None else int(n)
         flags = self.check_targets(targets)
         targets = {p: float(t) for p, t in targets.items()}
-        sur = {p: self.surrogates[p] for p in targets}
+        # the search runs in the search space's coordinates (SearchSpace); latents are decoded
+        sur = {p: self.space.wrap(self.surrogates[p]) for p in targets}
         scales = self._scales(targets)
-        pool = self.data.latents[:, self.active]
+        pool = self.space.to_search(self.data.latents[:, self.active])
         t0 = time.perf_counter()
         cands, calls, rnd = [], 0, 0
         quantile, radius = S.quantile, self.radius
         if self.solver is not None:
             while calls < S.budget:
                 k = min(S.batch, S.budget - calls)
-                done = np.array([c.latent[self.active] for c in cands]) if cands else None
-                Za = np.zeros((0, len(self.active)))
+                done = self._coords(cands) if cands else None
+                U = np.zeros((0, len(self.active)))
                 if len(targets) == 1 and calls >= S.budget - S.refine and cands:
                     (p0, t0_), = targets.items()
                     err = np.array([c.physics.values[p0] - t0_ for c in cands])
-                    Za = secant_steps(done, err, k, radius,
+                    U = secant_steps(done, err, k, radius,
                                       min_distance=S.min_latent_distance)
-                how = ["secant"] * len(Za)
-                if len(Za) < k:
-                    Zs, _ = propose(sur, targets, scales, pool=pool, radius=radius,
-                                    n=k - len(Za), n_starts=S.n_starts,
-                                    min_distance=S.min_latent_distance, exclude=done, rng=self.rng)
-                    Za = np.concatenate([Za, Zs])
-                    how += ["search"] * len(Zs)
-                if len(Za) == 0:
+                how = ["secant"] * len(U)
+                if len(U) < k:
+                    # candidates on target but too few of them apart: propose three times as
+                    # many, add the training latents expected on target, and screen their
+                    # decoded images for new looks
+                    apart = self._distinct_so_far(cands, targets, n)
+                    more = 1 if apart is None else 3
+                    Us, sc = propose(sur, targets, scales, pool=pool, radius=radius,
+                                     n=more * (k - len(U)), n_starts=more * S.n_starts,
+                                     min_distance=S.min_latent_distance, exclude=done,
+                                     rng=self.rng)
+                    n_novel = None
+                    if apart is not None:  # the training latents expected on target too
+                        Up, sp = self._pool_on_target(pool, sur, targets, scales, done)
+                        Uc = np.concatenate([Us, Up])
+                        Us, n_novel = self._screen_novel(
+                            Uc, np.concatenate([sc, sp]),
+                            self._offsets(sur, targets, scales, Uc) <= NOVEL_MAX_OFFSET,
+                            k - len(U), apart)
+                    U = np.concatenate([U, Us])
+                    how += ["search"] * len(Us) if n_novel is None else \
+                        ["novel"] * n_novel + ["search"] * (len(Us) - n_novel)
+                    if n_novel is not None:
+                        self.log(f"  {len(apart)} of {n} designs on target and apart so far: "
+                                 f"{n_novel} of the next {len(Us)} picked for new looks")
+                if len(U) == 0:
                     break
-                Z = self.full(Za)
+                Z = self.full(self.space.to_latent(U))
                 new = self._check(Z, self.predict(Z), rnd, how)
                 calls += len(new)
                 for p in sur:
-                    sur[p].add(Za, [c.physics.values[p] for c in new])
+                    sur[p].add(U, [c.physics.values[p] for c in new])
                 cands += new
                 best = min(c.worst_error(targets) for c in cands)
                 self.log(f"  round {rnd}: {calls}/{S.budget} solver calls, best error so far "
@@ -353,12 +460,12 @@ class Designer:
                                                                           radius):
                     quantile, radius = self._widen(quantile)
                     self.log(f"  {good} of {n} designs within {100 * S.tolerance:g} %: the "
-                             f"search ball widens to prior mass {quantile:g}")
+                             f"search ball widens to mass {quantile:g}")
         else:
-            Za, _ = propose(sur, targets, scales, pool=pool, radius=self.radius, n=3 * n,
+            U, _ = propose(sur, targets, scales, pool=pool, radius=self.radius, n=3 * n,
                             n_starts=max(S.n_starts, 3 * n), min_distance=S.min_latent_distance,
                             rng=self.rng)
-            Z = self.full(Za)
+            Z = self.full(self.space.to_latent(U))
             cands = self._check(Z, self.predict(Z), 0, "search")
         designs, distinct, sd = self._choose(cands, targets, n)
         large = self._large(designs, S.seed * 1000 + 17)
@@ -368,14 +475,18 @@ class Designer:
                             seconds=time.perf_counter() - t0, style_distances=sd, large=large,
                             search_quantile=quantile)
 
+    def _coords(self, cands) -> np.ndarray:
+        """Search coordinates of candidates' latents."""
+        return self.space.to_search(np.array([c.latent[self.active] for c in cands]))
+
     def _at_rim(self, cands, targets, radius):
-        """Whether the best checked candidate sits on the rim of the search ball (its active
-        latent at least 0.95 radius long): the search is pressing outwards."""
+        """Whether the best checked candidate sits on the rim of the search ball (its search
+        coordinates at least 0.95 radius long): the search is pressing outwards."""
         best = min(cands, key=lambda c: c.worst_error(targets))
-        return float(np.linalg.norm(best.latent[self.active])) >= 0.95 * radius
+        return float(np.linalg.norm(self._coords([best])[0])) >= 0.95 * radius
 
     def _widen(self, quantile):
-        """The next search ball: one more 9 in the prior mass (0.99 -> 0.999 -> ...), at most
+        """The next search ball: one more 9 in the mass (0.99 -> 0.999 -> ...), at most
         ``max_quantile``; returns (quantile, radius)."""
         from .search import prior_radius
 
@@ -511,7 +622,8 @@ def design(model, images, labels, targets: dict, *, baseline: bool = True, desig
     info = {"model": str(model) if not hasattr(model, "decode") else getattr(model, "name", "model"),
             "images": str(images), "labels": str(labels),
             "latent_dim": des.latent_dim, "active_dims": [int(i) for i in des.active],
-            "prior_radius": des.radius, "n_training_patches": len(des.data.latents),
+            "search_region": des.settings.region, "search_radius": des.radius,
+            "n_training_patches": len(des.data.latents),
             "training_ranges": {p: des.data.range(p) for p in props},
             "solver": None if des.solver is None else {"material": des.solver.material,
                                                         "description": des.solver.description},

@@ -43,7 +43,7 @@ def target_dict(r, prefix: str) -> dict:
            "solver_calls": int(r.solver_calls), "budget_per_target": int(r.budget),
            "seconds": round(r.seconds, 2), "designs": []}
     if r.search_quantile is not None:
-        out["search_prior_mass"] = float(r.search_quantile)  # the (widened) search ball
+        out["search_mass"] = float(r.search_quantile)  # the (widened) search ball's mass
     for k, c in enumerate(r.designs):
         d = _cand_dict(c, r.targets)
         d["image"] = f"{prefix}_{k:02d}.png"
