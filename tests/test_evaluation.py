@@ -227,6 +227,8 @@ def test_interpret_measured(dataset):
     assert rep.factors[0] == "graphite_fraction"
     assert rep.ranking["graphite_fraction"][0]["dim"] == 0
     assert rep.ranking["graphite_fraction"][0]["rho"] > 0.9
+    spread = [n for n in rep.notes if "posterior means of these patches spread" in n]
+    assert len(spread) == 1 and "z0 " in spread[0]
     with pytest.raises(LabelsError):
         interpret_model(FakeModel(), dataset / "images", factors=["x"], stride=32)
 

@@ -248,6 +248,13 @@ def interpret_model(model, images, *, labels=None, file_column: str = "file", fa
         report.traversal = traversal_effects(model, bases, reference_descriptors=ref,
                                              values=values, dims=range(int(ld)),
                                              min_diameter_px=min_diameter_px, log=log)
+        sd = Z.std(axis=0)
+        report.notes.append(
+            "the traversal's steps are absolute latent values in the prior's units (N(0, 1)); "
+            "the posterior means of these patches spread with standard deviation "
+            + ", ".join(f"z{j} {v:.2f}" for j, v in enumerate(sd))
+            + " per dimension, so a dimension spread wider than 1 is traversed over less than "
+              "the data's own range of it")
     elif traversal_bases:
         report.notes.append("no traversal ranking: the model cannot decode")
     if out_dir is not None:
