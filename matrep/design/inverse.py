@@ -331,6 +331,31 @@ class Designer:
         chosen = [good[i] for i, f in zip(idx, flags) if f]
         return None if len(chosen) >= n else chosen
 
+    def _search_batch(self, sur, targets, scales, pool, radius, k, done, cands, n):
+        """``k`` latents (search coordinates) from the surrogate search, and their sources.
+
+        When candidates are on target but too few of them apart, three times as many are
+        proposed, the training latents expected on target join them, and their decoded images
+        are screened for new looks (:meth:`_screen_novel`)."""
+        from .search import propose
+
+        S = self.settings
+        apart = self._distinct_so_far(cands, targets, n)
+        more = 1 if apart is None else 3
+        U, sc = propose(sur, targets, scales, pool=pool, radius=radius, n=more * k,
+                        n_starts=more * S.n_starts, min_distance=S.min_latent_distance,
+                        exclude=done, rng=self.rng)
+        if apart is None:
+            return U, ["search"] * len(U)
+        Up, sp = self._pool_on_target(pool, sur, targets, scales, done)
+        Uc = np.concatenate([U, Up])
+        U, n_novel = self._screen_novel(
+            Uc, np.concatenate([sc, sp]),
+            self._offsets(sur, targets, scales, Uc) <= NOVEL_MAX_OFFSET, k, apart)
+        self.log(f"  {len(apart)} of {n} designs on target and apart so far: {n_novel} of the "
+                 f"next {len(U)} picked for new looks")
+        return U, ["novel"] * n_novel + ["search"] * (len(U) - n_novel)
+
     @staticmethod
     def _offsets(sur, targets, scales, U) -> np.ndarray:
         """Per row of ``U``: the largest |surrogate mean - target| / scale over the targets."""
@@ -427,29 +452,10 @@ class Designer:
                                       min_distance=S.min_latent_distance)
                 how = ["secant"] * len(U)
                 if len(U) < k:
-                    # candidates on target but too few of them apart: propose three times as
-                    # many, add the training latents expected on target, and screen their
-                    # decoded images for new looks
-                    apart = self._distinct_so_far(cands, targets, n)
-                    more = 1 if apart is None else 3
-                    Us, sc = propose(sur, targets, scales, pool=pool, radius=radius,
-                                     n=more * (k - len(U)), n_starts=more * S.n_starts,
-                                     min_distance=S.min_latent_distance, exclude=done,
-                                     rng=self.rng)
-                    n_novel = None
-                    if apart is not None:  # the training latents expected on target too
-                        Up, sp = self._pool_on_target(pool, sur, targets, scales, done)
-                        Uc = np.concatenate([Us, Up])
-                        Us, n_novel = self._screen_novel(
-                            Uc, np.concatenate([sc, sp]),
-                            self._offsets(sur, targets, scales, Uc) <= NOVEL_MAX_OFFSET,
-                            k - len(U), apart)
+                    Us, src = self._search_batch(sur, targets, scales, pool, radius, k - len(U),
+                                                 done, cands, n)
                     U = np.concatenate([U, Us])
-                    how += ["search"] * len(Us) if n_novel is None else \
-                        ["novel"] * n_novel + ["search"] * (len(Us) - n_novel)
-                    if n_novel is not None:
-                        self.log(f"  {len(apart)} of {n} designs on target and apart so far: "
-                                 f"{n_novel} of the next {len(Us)} picked for new looks")
+                    how += src
                 if len(U) == 0:
                     break
                 Z = self.full(self.space.to_latent(U))
