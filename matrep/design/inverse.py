@@ -448,8 +448,7 @@ class Designer:
                 if len(targets) == 1 and calls >= S.budget - S.refine and cands:
                     (p0, t0_), = targets.items()
                     err = np.array([c.physics.values[p0] - t0_ for c in cands])
-                    U = secant_steps(done, err, k, radius,
-                                      min_distance=S.min_latent_distance)
+                    U = secant_steps(done, err, k, radius, min_distance=S.min_latent_distance)
                 how = ["secant"] * len(U)
                 if len(U) < k:
                     Us, src = self._search_batch(sur, targets, scales, pool, radius, k - len(U),
@@ -476,8 +475,8 @@ class Designer:
                              f"search ball widens to mass {quantile:g}")
         else:
             U, _ = propose(sur, targets, scales, pool=pool, radius=self.radius, n=3 * n,
-                            n_starts=max(S.n_starts, 3 * n), min_distance=S.min_latent_distance,
-                            rng=self.rng)
+                           n_starts=max(S.n_starts, 3 * n), min_distance=S.min_latent_distance,
+                           rng=self.rng)
             Z = self.full(self.space.to_latent(U))
             cands = self._check(Z, self.predict(Z), 0, "search")
         designs, distinct, sd = self._choose(cands, targets, n)
