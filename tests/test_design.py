@@ -551,6 +551,7 @@ def test_novelty_screen_prefers_proposals_that_look_new(designer):
     d = Designer.__new__(Designer)
     d.__dict__.update(designer.__dict__)
     d.style, d.reference_distance = _MeanStyle(), 1.0
+    d._screened = {}
     targets = {"youngs_modulus_gpa": 100.0}
     mk = lambda z0, v: Candidate(latent=d.full(np.array([[z0, 0.0]]))[0].astype(np.float32),  # noqa: E731
                                  predicted={}, image=d.model.decode([[z0, 0, 0, 0]])[0],
@@ -569,6 +570,21 @@ def test_novelty_screen_prefers_proposals_that_look_new(designer):
     picked, n_novel = d._screen_novel(U, scores, np.ones(3, bool), 2, apart)
     assert n_novel == 1
     np.testing.assert_allclose(picked, U[[2, 0]])
+    # the screen's images and Gram matrices go to the check: nothing is decoded twice
+    assert len(d._screened) == 2
+    screened = [d._screened.pop(u.tobytes()) for u in picked]
+    Z = np.stack([s[0] for s in screened])
+    calls = []
+    d.model = type("Counting", (), {"decode": lambda self, Z, seeds=None: calls.append(len(Z))
+                                    or designer.model.decode(Z)})()
+    new = d._check(Z, d.predict(Z), 0, "novel", screened)
+    assert calls == []
+    np.testing.assert_array_equal(new[0].image, screened[0][1])
+    assert new[0].grams is screened[0][2]
+    new = d._check(Z, d.predict(Z), 0, "search")        # without: decoded, same images
+    assert calls == [2]
+    np.testing.assert_allclose(new[0].image, screened[0][1])
+    d.model = designer.model
     # a new look the surrogate expects off target is not taken for its looks
     picked, n_novel = d._screen_novel(U, scores, np.array([True, True, False]), 2, apart)
     assert n_novel == 0

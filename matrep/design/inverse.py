@@ -199,6 +199,7 @@ class Designer:
         self.style = style
         self.log = log or (lambda s: None)
         self.rng = np.random.default_rng(self.settings.seed)
+        self._screened = {}  # search coordinates' bytes -> (latent, image, grams), see _check
         self.active = data.active_dims()
         self.latent_dim = int(data.latents.shape[1])
         self.radius = prior_radius(len(self.active), self.settings.quantile)
@@ -258,22 +259,33 @@ class Designer:
             out[p] = s if s > 0 else self.settings.tolerance * float(np.std(self.data.values[p]) or 1.0)
         return out
 
-    def _check(self, Z, predicted, rnd, source) -> list:
-        """Decode, segment and solve ``Z``; ``source`` is one label or one per row."""
+    def _check(self, Z, predicted, rnd, source, screened=None) -> list:
+        """Decode, segment and solve ``Z``; ``source`` is one label or one per row;
+        ``screened``: per row, ``None`` or the ``(latent, image, grams)`` the novelty screen
+        already made for it (:meth:`_screen_novel`), reused instead of decoding again."""
         from .physics import check_designs
 
         Z = np.asarray(Z, np.float32)
-        # each candidate's noise seed comes from its latent: a decoder with noise places its
-        # particles anew for every candidate (designs differ by layout too), reproducibly
-        imgs = np.asarray(self.model.decode(Z, seeds=[array_seed(z) for z in Z]),
-                          dtype=np.float32)
+        screened = screened or [None] * len(Z)
+        imgs = [None if s is None else s[1] for s in screened]
+        todo = [i for i, s in enumerate(screened) if s is None]
+        if todo:
+            # each candidate's noise seed comes from its latent: a decoder with noise places
+            # its particles anew for every candidate (designs differ by layout too),
+            # reproducibly
+            dec = np.asarray(self.model.decode(Z[todo], seeds=[array_seed(z) for z in Z[todo]]),
+                             dtype=np.float32)
+            for j, i in enumerate(todo):
+                imgs[i] = dec[j]
+        imgs = np.stack(imgs)
         res = [None] * len(Z)
         if self.solver is not None:
             res, _ = check_designs(imgs, self.solver, threshold=self.settings.threshold)
         return [Candidate(latent=np.asarray(Z[i], np.float32),
                           predicted={p: (float(m[i]), float(s[i])) for p, (m, s) in predicted.items()},
                           image=imgs[i], physics=res[i], round=rnd,
-                          source=source if isinstance(source, str) else source[i])
+                          source=source if isinstance(source, str) else source[i],
+                          grams=None if screened[i] is None else screened[i][2])
                 for i in range(len(Z))]
 
     def _choose(self, cands, targets, n):
@@ -398,6 +410,8 @@ class Designer:
                 take.append(int(i))
         n_novel = len(take)
         take += [int(i) for i in order if int(i) not in take][:k - len(take)]
+        for i in take:  # the design loop hands these to _check instead of decoding again
+            self._screened[U[i].tobytes()] = (Z[i], imgs[i], [x[i:i + 1] for x in g])
         return U[take], n_novel
 
     def _large(self, designs, rnd_seed):
@@ -457,8 +471,12 @@ class Designer:
                     how += src
                 if len(U) == 0:
                     break
+                screened = [self._screened.pop(u.tobytes(), None) for u in U]
                 Z = self.full(self.space.to_latent(U))
-                new = self._check(Z, self.predict(Z), rnd, how)
+                for i, s in enumerate(screened):
+                    if s is not None:  # the very latent the screen decoded
+                        Z[i] = s[0]
+                new = self._check(Z, self.predict(Z), rnd, how, screened)
                 calls += len(new)
                 for p in sur:
                     sur[p].add(U, [c.physics.values[p] for c in new])
