@@ -724,3 +724,16 @@ def test_lineal_path_counts_segments_inside_and_tells_fragments_from_a_disc():
     loss.backward()
     assert float(y.grad.abs().sum()) > 0
     assert float(lineal_loss(y.detach(), (torch.tensor([float("nan")]), target[1]))) == 0.0
+
+
+def test_fit_summary_names_the_saved_epoch_when_it_is_not_the_last():
+    """`matrep fit`'s last line gives the held-out loss of the model it saved: the best
+    epoch's when that is not the last one."""
+    from matrep.cli.fit import training_summary
+
+    hist = [{"epoch": e, "val_style": v} for e, v in enumerate([49.49, 20.0, 17.18, 17.21])]
+    line = training_summary(hist, best=2)
+    assert "49.49 before training -> 17.18 at epoch 2, the saved model" in line
+    assert "17.21" in line
+    assert training_summary(hist, best=3).endswith("-> 17.21 after 3 epochs")
+    assert training_summary(hist).endswith("-> 17.21 after 3 epochs")

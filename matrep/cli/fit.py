@@ -234,10 +234,21 @@ def _fit(method, preset, images, patch, stride, crop, crop_bottom, skip_bad, out
         return
     hist = getattr(enc, "history_", None)
     if hist:
-        first, last = hist[0].get("val_style"), hist[-1].get("val_style")
-        click.echo(f"held-out style loss: {first:.4g} before training -> {last:.4g} after "
-                   f"{hist[-1].get('epoch')} epochs", err=True)
+        click.echo(training_summary(hist, getattr(enc, "best_epoch_", None)), err=True)
     click.echo(f"model saved to {out} (load it with --model {out})")
+
+
+def training_summary(history, best=None) -> str:
+    """One line on the held-out style loss: before training and of the saved model; ``best``
+    is the saved model's epoch when the encoder keeps its best epoch (``best_epoch_``)."""
+    first, last = history[0].get("val_style"), history[-1].get("val_style")
+    n = history[-1].get("epoch")
+    kept = [h for h in history if best is not None and h.get("epoch") == best]
+    if kept and best != n:
+        return (f"held-out style loss: {first:.4g} before training -> "
+                f"{kept[0].get('val_style'):.4g} at epoch {best}, the saved model (epoch {n}, "
+                f"the last: {last:.4g})")
+    return f"held-out style loss: {first:.4g} before training -> {last:.4g} after {n} epochs"
 
 
 def _apply_preset(cls, method, preset, patch, stride, given):
