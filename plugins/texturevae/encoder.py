@@ -193,7 +193,7 @@ class TextureVAEEncoder(ParamsMixin, NetworkMixin, GenerativeMixin, PersistenceM
                        "decoder_padding": "circular", "histogram_weight": 4000.0,
                        "spectrum_weight": 40.0, "phase_weight": 300.0,
                        "layer_weights": [1.0, 1.0, 1.0, 1.0, 0.1],
-                       "latent_dim": 8, "kl_weight": 0.05, "batch_size": 8,
+                       "latent_dim": 8, "kl_weight": 0.3, "batch_size": 8,
                        "lr": 2e-3, "lr_schedule": "cosine", "lr_warmup": 50, "kl_warmup": 200,
                        "decoder_block": "up_conv", "decoder_convs": 2,
                        "lineal_weight": 300.0,
