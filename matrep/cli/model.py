@@ -117,10 +117,10 @@ def generate_cmd(model, n, seed, out, quiet):
                    "scale (default: the centre patch).")
 @click.option("--dims", required=True, metavar="D1,D2,...|auto",
               help="Latent dimensions, one row each; or 'auto': for each descriptor (area "
-                   "fraction, particle density, mean diameter, nodularity) the dimension whose "
-                   "traversal moves it most in the decoded image, each row labelled by what it "
-                   "moves (ranked as `matrep interpret` does, on --auto-bases patches of "
-                   "--image).")
+                   "fraction, particle density, mean diameter, nodularity) the top-ranked "
+                   "dimension: those whose traversal changes it monotonically in the decoded "
+                   "image first, by how far; each row labelled by what it moves (ranked as "
+                   "`matrep interpret` does, on --auto-bases patches of --image).")
 @click.option("--auto-bases", default=8, type=click.IntRange(1), show_default=True,
               help="With --dims auto: patches of the image (the shown one first, on a "
                    "non-overlapping grid) whose latents are traversed from -3 to 3 to rank the "
@@ -179,8 +179,9 @@ def traverse_cmd(model, image, at, dims, auto_bases, vrange, steps, out, quiet, 
             raise click.ClickException(f"{model}: no latent dimension changes a measured "
                                        f"descriptor of the decoded image of {Path(image).name}; "
                                        "pick them with --dims D1,D2,...")
-        how = (f" Rows: for each descriptor the dimension whose traversal (-3..3, "
-               f"{ranking.n_bases} patches of the image) moves it most.")
+        how = (f" Rows: for each descriptor the top-ranked dimension (traversal -3..3, "
+               f"{ranking.n_bases} patches of the image; monotone ones first, by how far they "
+               f"move it).")
         for lab in labels:
             _echo(quiet)(lab)
     else:
