@@ -532,6 +532,14 @@ def test_design_region_data_reaches_the_training_latents_region(designer):
     with pytest.raises(DesignError, match="--region"):
         Designer(designer.model, designer.data, ["youngs_modulus_gpa"],
                  settings=replace(s, region="posterior"))
+    # too few training patches for the data's Gaussian: one line that says what to do
+    import copy
+
+    few = copy.copy(designer.data)
+    few.latents = designer.data.latents[:2]
+    with pytest.raises(DesignError, match="--region data: .*more latents .*--region prior"):
+        Designer(designer.model, few, ["youngs_modulus_gpa"],
+                 settings=replace(s, region="data"))
 
 
 class _MeanStyle(StyleDistance):
@@ -551,7 +559,6 @@ def test_novelty_screen_prefers_proposals_that_look_new(designer):
     d = Designer.__new__(Designer)
     d.__dict__.update(designer.__dict__)
     d.style, d.reference_distance = _MeanStyle(), 1.0
-    d._screened = {}
     targets = {"youngs_modulus_gpa": 100.0}
     mk = lambda z0, v: Candidate(latent=d.full(np.array([[z0, 0.0]]))[0].astype(np.float32),  # noqa: E731
                                  predicted={}, image=d.model.decode([[z0, 0, 0, 0]])[0],
@@ -567,13 +574,13 @@ def test_novelty_screen_prefers_proposals_that_look_new(designer):
     U = d.space.to_search(np.array([[0.02, 0.0], [0.01, 0.0], [-4.0, 0.0]]))
     scores = np.array([0.1, 0.2, 1.0])
     apart = d._distinct_so_far(same, targets, 2)
-    picked, n_novel = d._screen_novel(U, scores, np.ones(3, bool), 2, apart)
+    picked, n_novel, screened = d._screen_novel(U, scores, np.ones(3, bool), 2, apart)
     assert n_novel == 1
     np.testing.assert_allclose(picked, U[[2, 0]])
     # the screen's images and Gram matrices go to the check: nothing is decoded twice
-    assert len(d._screened) == 2
-    screened = [d._screened.pop(u.tobytes()) for u in picked]
+    assert len(screened) == 2
     Z = np.stack([s[0] for s in screened])
+    np.testing.assert_allclose(Z, d.full(d.space.to_latent(picked)))
     calls = []
     d.model = type("Counting", (), {"decode": lambda self, Z, seeds=None: calls.append(len(Z))
                                     or designer.model.decode(Z)})()
@@ -586,7 +593,7 @@ def test_novelty_screen_prefers_proposals_that_look_new(designer):
     np.testing.assert_allclose(new[0].image, screened[0][1])
     d.model = designer.model
     # a new look the surrogate expects off target is not taken for its looks
-    picked, n_novel = d._screen_novel(U, scores, np.array([True, True, False]), 2, apart)
+    picked, n_novel, _ = d._screen_novel(U, scores, np.array([True, True, False]), 2, apart)
     assert n_novel == 0
     np.testing.assert_allclose(picked, U[[0, 1]])
     # eligibility: the surrogate mean within NOVEL_MAX_OFFSET tolerances of the target

@@ -199,14 +199,17 @@ class Designer:
         self.style = style
         self.log = log or (lambda s: None)
         self.rng = np.random.default_rng(self.settings.seed)
-        self._screened = {}  # search coordinates' bytes -> (latent, image, grams), see _check
         self.active = data.active_dims()
         self.latent_dim = int(data.latents.shape[1])
         self.radius = prior_radius(len(self.active), self.settings.quantile)
         t0 = time.perf_counter()
         Za = data.latents[:, self.active]
-        self.space = (SearchSpace.fit(Za) if self.settings.region == "data"
-                      else SearchSpace.prior(len(self.active)))
+        try:
+            self.space = (SearchSpace.fit(Za) if self.settings.region == "data"
+                          else SearchSpace.prior(len(self.active)))
+        except ValueError as exc:  # too few training patches for the data's Gaussian
+            raise DesignError(f"--region data: {exc}; give more images or a smaller --stride, "
+                              "or search the prior's ball with --region prior") from None
         self.surrogates = {}
         for p in self.properties:
             gp = LatentGP(seed=self.settings.seed).fit(Za, data.values[p])
@@ -344,7 +347,8 @@ class Designer:
         return None if len(chosen) >= n else chosen
 
     def _search_batch(self, sur, targets, scales, pool, radius, k, done, cands, n):
-        """``k`` latents (search coordinates) from the surrogate search, and their sources.
+        """``k`` latents (search coordinates) from the surrogate search, their sources, and per
+        row ``None`` or what the novelty screen made of it (for :meth:`_check`).
 
         When candidates are on target but too few of them apart, three times as many are
         proposed, the training latents expected on target join them, and their decoded images
@@ -358,15 +362,15 @@ class Designer:
                         n_starts=more * S.n_starts, min_distance=S.min_latent_distance,
                         exclude=done, rng=self.rng)
         if apart is None:
-            return U, ["search"] * len(U)
+            return U, ["search"] * len(U), [None] * len(U)
         Up, sp = self._pool_on_target(pool, sur, targets, scales, done)
         Uc = np.concatenate([U, Up])
-        U, n_novel = self._screen_novel(
+        U, n_novel, screened = self._screen_novel(
             Uc, np.concatenate([sc, sp]),
             self._offsets(sur, targets, scales, Uc) <= NOVEL_MAX_OFFSET, k, apart)
         self.log(f"  {len(apart)} of {n} designs on target and apart so far: {n_novel} of the "
                  f"next {len(U)} picked for new looks")
-        return U, ["novel"] * n_novel + ["search"] * (len(U) - n_novel)
+        return U, ["novel"] * n_novel + ["search"] * (len(U) - n_novel), screened
 
     @staticmethod
     def _offsets(sur, targets, scales, U) -> np.ndarray:
@@ -395,7 +399,8 @@ class Designer:
         before any solver call: first the ``eligible`` ones (surrogate mean near the targets)
         whose images are at least the reference style distance from every candidate of
         ``apart_from`` and from each other, best score first; then the best remaining by
-        score."""
+        score. Returns them, how many were picked for new looks, and per pick its
+        ``(latent, image, grams)``, which :meth:`_check` uses instead of decoding again."""
         Z = self.full(self.space.to_latent(U))
         imgs = np.asarray(self.model.decode(Z, seeds=[array_seed(z) for z in Z]),
                           dtype=np.float32)
@@ -410,9 +415,7 @@ class Designer:
                 take.append(int(i))
         n_novel = len(take)
         take += [int(i) for i in order if int(i) not in take][:k - len(take)]
-        for i in take:  # the design loop hands these to _check instead of decoding again
-            self._screened[U[i].tobytes()] = (Z[i], imgs[i], [x[i:i + 1] for x in g])
-        return U[take], n_novel
+        return U[take], n_novel, [(Z[i], imgs[i], [x[i:i + 1] for x in g]) for i in take]
 
     def _large(self, designs, rnd_seed):
         from .physics import segment, solve_mask
@@ -464,14 +467,15 @@ class Designer:
                     err = np.array([c.physics.values[p0] - t0_ for c in cands])
                     U = secant_steps(done, err, k, radius, min_distance=S.min_latent_distance)
                 how = ["secant"] * len(U)
+                screened = [None] * len(U)
                 if len(U) < k:
-                    Us, src = self._search_batch(sur, targets, scales, pool, radius, k - len(U),
-                                                 done, cands, n)
+                    Us, src, pre = self._search_batch(sur, targets, scales, pool, radius,
+                                                      k - len(U), done, cands, n)
                     U = np.concatenate([U, Us])
                     how += src
+                    screened += pre
                 if len(U) == 0:
                     break
-                screened = [self._screened.pop(u.tobytes(), None) for u in U]
                 Z = self.full(self.space.to_latent(U))
                 for i, s in enumerate(screened):
                     if s is not None:  # the very latent the screen decoded
