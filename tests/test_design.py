@@ -286,6 +286,67 @@ def test_large_designs_are_decoded_whole_by_a_stationary_decoder(designer):
     assert len(set(flat)) == len(flat)                         # different latents, seeds
 
 
+class SeededFake(FakeModel):
+    """A fake whose noise seed matters: each seed draws the ellipse a little wider or
+    narrower, as the texture-VAE's seeded noise places and shapes its particles."""
+
+    def decode(self, Z, seeds=None):
+        Z = np.atleast_2d(np.asarray(Z, dtype=np.float64)).copy()
+        if seeds is not None:
+            Z[:, 0] += np.array([0.15 * (int(s) % 7 - 3) for s in seeds])
+        return super().decode(Z)
+
+
+def test_other_draws_check_each_design_latent_with_other_seeds(designer):
+    import dataclasses
+
+    from matrep.design.inverse import Designer
+    from matrep.design.report import summary_rows, target_dict
+    from matrep.design.study import _accuracy
+
+    d = Designer.__new__(Designer)
+    d.__dict__.update(designer.__dict__)
+    d.model = SeededFake()
+    d.rng = np.random.default_rng(5)          # its own: later tests draw from the fixture's
+    d.settings = dataclasses.replace(designer.settings, draws=5)
+    prop = "youngs_modulus_gpa"
+    t = float(np.median(designer.data.values[prop]))
+    r = d.design({prop: t})
+    values = []
+    for c in r.designs:
+        assert len(c.draws) == 5 and len(set(c.draw_seeds)) == 5
+        assert array_seed(c.latent) not in c.draw_seeds      # other draws than the design's own
+        imgs = d.model.decode(np.repeat(c.latent[None], 5, axis=0), seeds=c.draw_seeds)
+        again, _ = ph.check_designs(imgs, d.solver)
+        np.testing.assert_allclose(c.draw_values(prop), [x.values[prop] for x in again])
+        values += list(c.draw_values(prop))
+    assert np.ptp(values) > 0                                 # the seeds change the property
+    acc = _accuracy([r], prop, draws=True)
+    assert acc["n"] == len(r.designs)
+    v = r.designs[0].draw_values(prop)
+    assert acc["max_abs_rel_error"] >= abs(v.mean() - t) / t - 1e-12
+    od = target_dict(r, "design_t0")["designs"][0]["other_draws"]
+    assert od["noise_seeds"] == r.designs[0].draw_seeds
+    assert od["physics"][prop]["mean"] == pytest.approx(v.mean(), abs=1e-6)
+    assert od["physics"][prop]["error_relative_of_mean"] == pytest.approx((v.mean() - t) / t,
+                                                                          abs=1e-6)
+    # the baseline's designs get the same check
+    b = d.baseline({prop: t})
+    assert all(len(c.draws) == 5 for c in b.designs)
+    # --draws 0: none, and the report says n/a
+    d.settings = dataclasses.replace(designer.settings, draws=0)
+    r0 = d.design({prop: t})
+    assert all(c.draws is None for c in r0.designs)
+    assert "other_draws" not in target_dict(r0, "design_t0")["designs"][0]
+    assert _accuracy([r0], prop, draws=True) == {"n": 0}
+    with pytest.raises(DesignError, match="--draws"):
+        dataclasses.replace(designer.settings, draws=-1).check(physics=True)
+
+    class _Res:
+        results, baselines = [r0], []
+    assert summary_rows(_Res)[0][-1] == "n/a"
+
+
 def test_report_files(designer, tmp_path, fake_data):
     res = design(FakeModel(), fake_data / "images", fake_data / "labels.csv",
                  {"youngs_modulus_gpa": float(np.median(designer.data.values["youngs_modulus_gpa"]))},
@@ -294,7 +355,7 @@ def test_report_files(designer, tmp_path, fake_data):
     js = json.loads(paths["json"].read_text())
     d0 = js["targets"][0]["designs"][0]
     assert len(d0["latent"]) == 4 and {"mean", "std"} <= set(d0["predicted"]["youngs_modulus_gpa"])
-    assert "solver_residual" in d0 and "physics" in d0 and "large" in d0
+    assert "solver_residual" in d0 and "physics" in d0 and "large" in d0 and "other_draws" in d0
     # the latent and noise seed in the JSON decode to the design's image again
     z = np.asarray(d0["latent"], np.float32)
     assert d0["noise_seed"] == array_seed(z)

@@ -60,8 +60,12 @@ def _threshold(value):
               help="Solver calls at the end of the budget spent on secant steps between checked "
                    "candidates on both sides of the target (one target property); 0: none.")
 @click.option("--size", default=512, type=click.IntRange(0),
-              help="Side of the large designs (tiled with blended seams, checked by physics); "
-                   "0: none.")
+              help="Side of the large designs (decoded whole by a stationary decoder, else "
+                   "tiled with blended seams; checked by physics); 0: none.")
+@click.option("--draws", default=8, show_default=True, type=click.IntRange(0),
+              help="Other noise draws of each design's latent, decoded at the patch size and "
+                   "checked by physics after the choice (outside --budget): the mean and spread "
+                   "of the latent's property from patch to patch; 0: none.")
 @click.option("--material", default="castiron",
               help="Registered physics solver (matrep.design.physics; built-in: castiron).")
 @click.option("--physics/--no-physics", default=None,
@@ -112,10 +116,10 @@ def _threshold(value):
 @seed_option("Seed of the search, the baseline and the tiles.")
 @quiet_option
 @handle_errors
-def design_cmd(model, images, labels, targets, n, out, budget, batch, refine, size, material, physics,
-               baseline, allow_extrapolation, tolerance, region, quantile, max_quantile, distinct, threshold,
-               masks, file_column,
-               stride, crop, crop_bottom, max_patches, study, jobs, cache, seed, quiet, scale):
+def design_cmd(model, images, labels, targets, n, out, budget, batch, refine, size, draws, material,
+               physics, baseline, allow_extrapolation, tolerance, region, quantile, max_quantile,
+               distinct, threshold, masks, file_column, stride, crop, crop_bottom, max_patches,
+               study, jobs, cache, seed, quiet, scale):
     """Design microstructures with target properties, verified by physics.
 
     Searches the model's latent space with a Gaussian-process surrogate trained on patch-level
@@ -144,7 +148,7 @@ def design_cmd(model, images, labels, targets, n, out, budget, batch, refine, si
                               region=region, quantile=quantile,
                               max_quantile=(max(quantile, 0.9999) if max_quantile is None
                                             else max_quantile),
-                              threshold=_threshold(threshold), size=size,
+                              threshold=_threshold(threshold), size=size, draws=draws,
                               allow_extrapolation=allow_extrapolation, distinct=distinct,
                               seed=seed)
     imgs = images[0] if len(images) == 1 else list(images)

@@ -28,6 +28,11 @@ The loop, per target (all of it in :class:`Designer`):
    whole when the model's decoder is stationary (``decodes_any_size``: one seamless, periodic
    image from the design's latent and seed), otherwise tiled with blended seams
    (:mod:`matrep.design.tiling`).
+6. **Other draws.** A latent is a texture and a design patch one draw of it (the decoder's
+   noise seed places the particles). Each design's latent is decoded again with ``draws``
+   other seeds at the patch size and each draw checked by physics (outside the budget): the
+   mean and spread of the latent's property from one patch to the next, which the chosen
+   draw, picked for being on target, does not show.
 
 The baseline (:meth:`Designer.baseline`) spends the same solver budget on random draws from the
 prior N(0, I) and keeps the best distinct ``n`` by physics error: what the loop must beat.
@@ -89,6 +94,8 @@ class DesignSettings:
     tile_jitter : float, default 0.25 — latent spread of the tiles of a large design
     allow_extrapolation : bool, default False — accept targets outside the data's range
     distinct : bool, default True — require designs to be style-distinct
+    draws : int, default 8 — other noise draws of each design's latent decoded at the patch
+        size and checked by physics after the choice, outside ``budget`` (0: none)
     seed : int, default 0
     """
 
@@ -108,6 +115,7 @@ class DesignSettings:
     tile_jitter: float = 0.25
     allow_extrapolation: bool = False
     distinct: bool = True
+    draws: int = 8
     seed: int = 0
 
     def check(self, physics: bool) -> None:
@@ -125,6 +133,8 @@ class DesignSettings:
                               f"{self.max_quantile} (--quantile {self.quantile})")
         if self.tolerance <= 0:
             raise DesignError(f"--tolerance: expected a positive relative error, got {self.tolerance}")
+        if self.draws < 0:
+            raise DesignError(f"--draws: expected 0 or more noise draws, got {self.draws}")
 
 
 @dataclass
@@ -138,6 +148,8 @@ class Candidate:
     round: int = 0
     source: str = "search"
     grams: list = field(default=None, repr=False)   # style Gram matrices, once computed
+    draws: list | None = None                # PhysicsResults of other noise draws (designs)
+    draw_seeds: list | None = None
 
     def errors(self, targets) -> dict:
         if self.physics is None:
@@ -148,6 +160,10 @@ class Candidate:
     def worst_error(self, targets) -> float:
         e = self.errors(targets)
         return max(abs(v) for v in e.values()) if e else np.nan
+
+    def draw_values(self, prop: str) -> np.ndarray:
+        """Physics values of ``prop`` over the other draws (empty when none were made)."""
+        return np.array([r.values[prop] for r in self.draws or []], dtype=np.float64)
 
 
 @dataclass
@@ -441,6 +457,22 @@ class Designer:
             out.append(rec)
         return out
 
+    def _other_draws(self, designs) -> None:
+        """Decode each design's latent with ``draws`` other noise seeds at the patch size and
+        check every draw by physics (``Candidate.draws``, ``Candidate.draw_seeds``)."""
+        from .physics import check_designs
+
+        k = int(self.settings.draws)
+        if self.solver is None or not k or not designs:
+            return
+        for c in designs:
+            own = array_seed(c.latent)
+            seeds = [(own + j) % 2 ** 63 for j in range(1, k + 1)]
+            imgs = np.asarray(self.model.decode(np.repeat(c.latent[None], k, axis=0),
+                                                seeds=seeds), dtype=np.float32)
+            c.draws, _ = check_designs(imgs, self.solver, threshold=self.settings.threshold)
+            c.draw_seeds = seeds
+
     # ------------------------------------------------------------------------- designing
     def design(self, targets: dict, *, n=None) -> TargetResult:
         """Designs for ``targets`` (property -> value): the loop of the module docstring."""
@@ -504,6 +536,7 @@ class Designer:
         designs, distinct, sd = self._choose(cands, targets, n)
         self._drop_grams(cands)
         large = self._large(designs, S.seed * 1000 + 17)
+        self._other_draws(designs)
         return TargetResult(targets=targets, extrapolation=flags, method="designed",
                             designs=designs, distinct=distinct, candidates=cands,
                             solver_calls=calls, budget=S.budget if self.solver else 0,
@@ -547,6 +580,7 @@ class Designer:
         designs, distinct, sd = self._choose(cands, targets, n)
         self._drop_grams(cands)
         big = self._large(designs, S.seed * 1000 + 29) if large else []
+        self._other_draws(designs)
         return TargetResult(targets=targets, extrapolation=flags, method="random prior (baseline)",
                             designs=designs, distinct=distinct, candidates=cands,
                             solver_calls=len(cands), budget=S.budget,

@@ -34,6 +34,14 @@ def _cand_dict(c, targets, active=None) -> dict:
         d["solver_converged"] = bool(c.physics.converged)
         d["solver_iterations"] = int(c.physics.iterations)
         d["phase_fraction"] = _f(c.physics.fraction, 5)
+    if c.draws:
+        # the same latent decoded with other noise seeds, each draw checked by physics
+        d["other_draws"] = {"noise_seeds": [int(v) for v in c.draw_seeds], "physics": {}}
+        for p, t in targets.items():
+            v = c.draw_values(p)
+            d["other_draws"]["physics"][p] = {
+                "values": [_f(x, 6) for x in v], "mean": _f(v.mean(), 6), "std": _f(v.std(), 6),
+                "error_relative_of_mean": _f((v.mean() - t) / abs(t) if t else v.mean() - t, 6)}
     return d
 
 
@@ -227,13 +235,22 @@ def summary_rows(result) -> list[list[str]]:
                                  f"{c.physics.residual:.1e}" if c.physics is not None else "n/a",
                                  "yes" if r.distinct[k] else "no",
                                  (f"{lg.values[p]:.4g} ({100 * (lg.values[p] - t) / abs(t):+.2f} %)"
-                                  if lg is not None else "n/a")])
+                                  if lg is not None else "n/a"),
+                                 _draws_cell(c.draw_values(p), t)])
     return rows
+
+
+def _draws_cell(v, t) -> str:
+    """``mean ± std (error of the mean)`` of a design's other draws, or n/a."""
+    if not len(v):
+        return "n/a"
+    return f"{v.mean():.4g} ± {v.std():.2g} ({100 * (v.mean() - t) / abs(t):+.2f} %)"
 
 
 def to_markdown(result, heading: str = "Designs") -> str:
     head = ["target", "method", "#", "predicted", "physics", "error", "residual", "distinct",
-            f"large {result.settings.size}² physics" if result.settings.size else "large"]
+            f"large {result.settings.size}² physics" if result.settings.size else "large",
+            f"{result.settings.draws} other draws: physics"]
     lines = [f"## {heading}", "", "| " + " | ".join(head) + " |",
              "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(r) + " |" for r in summary_rows(result)]
