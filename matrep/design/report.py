@@ -250,7 +250,8 @@ def _draws_cell(v, t) -> str:
 def to_markdown(result, heading: str = "Designs") -> str:
     head = ["target", "method", "#", "predicted", "physics", "error", "residual", "distinct",
             f"large {result.settings.size}² physics" if result.settings.size else "large",
-            f"{result.settings.draws} other draws: physics"]
+            f"{result.settings.draws} other draws: physics mean ± std (error)"
+            if result.settings.draws else "other draws"]
     lines = [f"## {heading}", "", "| " + " | ".join(head) + " |",
              "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(r) + " |" for r in summary_rows(result)]
