@@ -246,8 +246,8 @@ def training_summary(history, best=None) -> str:
     kept = [h for h in history if best is not None and h.get("epoch") == best]
     if kept and best != n:
         return (f"held-out style loss: {first:.4g} before training -> "
-                f"{kept[0].get('val_style'):.4g} at epoch {best}, the saved model (epoch {n}, "
-                f"the last: {last:.4g})")
+                f"{kept[0].get('val_style'):.4g} at epoch {best} (the saved model; epoch {n}, "
+                f"the last, had {last:.4g})")
     return f"held-out style loss: {first:.4g} before training -> {last:.4g} after {n} epochs"
 
 
