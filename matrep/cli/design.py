@@ -126,7 +126,8 @@ def design_cmd(model, images, labels, targets, n, out, budget, batch, refine, si
     properties (for the built-in cast iron: each training patch's own mask, homogenised),
     decodes the candidates, segments them and checks them with the material's solver, and
     returns N distinct designs per target with predicted value +- std, physics value, error and
-    solver residual, plus a large tiled design of each. Example:
+    solver residual, plus a large design of each (decoded whole by a stationary decoder, else
+    tiled) and the physics of --draws other noise draws of each design's latent. Example:
 
     \b
         matrep design --model runs/quick --images DIR/images --labels DIR/labels.csv \\
