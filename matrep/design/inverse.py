@@ -64,6 +64,18 @@ NOVEL_MAX_OFFSET = 1.5
 DISTINCT_MAX_ERROR = 2.5
 
 
+def relative_error(value, target):
+    """``(value - target) / |target|``; the plain difference for a target of 0."""
+    return (value - target) / abs(target) if target else value - target
+
+
+def draw_seeds(latent, k: int) -> list:
+    """The noise seeds of a design's ``k`` other draws: its own seed (``array_seed`` of the
+    latent) plus 1 .. k."""
+    own = array_seed(latent)
+    return [(own + j) % 2 ** 63 for j in range(1, int(k) + 1)]
+
+
 @dataclass
 class DesignSettings:
     """Settings of the design loop.
@@ -149,17 +161,21 @@ class Candidate:
     source: str = "search"
     grams: list = field(default=None, repr=False)   # style Gram matrices, once computed
     draws: list | None = None                # PhysicsResults of other noise draws (designs)
-    draw_seeds: list | None = None
 
     def errors(self, targets) -> dict:
         if self.physics is None:
             return {}
-        return {p: (self.physics.values[p] - t) / abs(t) if t else self.physics.values[p] - t
+        return {p: relative_error(self.physics.values[p], t)
                 for p, t in targets.items()}
 
     def worst_error(self, targets) -> float:
         e = self.errors(targets)
         return max(abs(v) for v in e.values()) if e else np.nan
+
+    @property
+    def draw_seeds(self) -> list:
+        """The noise seeds of :attr:`draws` (:func:`draw_seeds`)."""
+        return draw_seeds(self.latent, len(self.draws or []))
 
     def draw_values(self, prop: str) -> np.ndarray:
         """Physics values of ``prop`` over the other draws (empty when none were made)."""
@@ -458,20 +474,17 @@ class Designer:
         return out
 
     def _other_draws(self, designs) -> None:
-        """Decode each design's latent with ``draws`` other noise seeds at the patch size and
-        check every draw by physics (``Candidate.draws``, ``Candidate.draw_seeds``)."""
+        """Decode each design's latent with ``draws`` other noise seeds (:func:`draw_seeds`)
+        at the patch size and check every draw by physics (``Candidate.draws``)."""
         from .physics import check_designs
 
         k = int(self.settings.draws)
         if self.solver is None or not k or not designs:
             return
         for c in designs:
-            own = array_seed(c.latent)
-            seeds = [(own + j) % 2 ** 63 for j in range(1, k + 1)]
             imgs = np.asarray(self.model.decode(np.repeat(c.latent[None], k, axis=0),
-                                                seeds=seeds), dtype=np.float32)
+                                                seeds=draw_seeds(c.latent, k)), dtype=np.float32)
             c.draws, _ = check_designs(imgs, self.solver, threshold=self.settings.threshold)
-            c.draw_seeds = seeds
 
     # ------------------------------------------------------------------------- designing
     def design(self, targets: dict, *, n=None) -> TargetResult:

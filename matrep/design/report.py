@@ -14,6 +14,7 @@ import numpy as np
 
 from ..atomic import atomic_path, atomic_write_text
 from ..seeds import array_seed
+from .inverse import relative_error
 
 
 def _f(v, nd=4):
@@ -41,7 +42,7 @@ def _cand_dict(c, targets, active=None) -> dict:
             v = c.draw_values(p)
             d["other_draws"]["physics"][p] = {
                 "values": [_f(x, 6) for x in v], "mean": _f(v.mean(), 6), "std": _f(v.std(), 6),
-                "error_relative_of_mean": _f((v.mean() - t) / abs(t) if t else v.mean() - t, 6)}
+                "error_relative_of_mean": _f(relative_error(v.mean(), t), 6)}
     return d
 
 
@@ -65,7 +66,7 @@ def target_dict(r, prefix: str) -> dict:
                 ph = lg["physics"]
                 d["large"]["physics"] = {p: _f(ph.values[p], 6) for p in r.targets}
                 d["large"]["error_relative"] = {
-                    p: _f((ph.values[p] - t) / abs(t) if t else ph.values[p] - t, 6)
+                    p: _f(relative_error(ph.values[p], t), 6)
                     for p, t in r.targets.items()}
                 d["large"]["solver_residual"] = float(ph.residual)
         out["designs"].append(d)
@@ -234,7 +235,7 @@ def summary_rows(result) -> list[list[str]]:
                                  f"{100 * err:+.2f} %" if err is not None else "n/a",
                                  f"{c.physics.residual:.1e}" if c.physics is not None else "n/a",
                                  "yes" if r.distinct[k] else "no",
-                                 (f"{lg.values[p]:.4g} ({100 * (lg.values[p] - t) / abs(t):+.2f} %)"
+                                 (f"{lg.values[p]:.4g} ({100 * relative_error(lg.values[p], t):+.2f} %)"
                                   if lg is not None else "n/a"),
                                  _draws_cell(c.draw_values(p), t)])
     return rows
@@ -244,7 +245,7 @@ def _draws_cell(v, t) -> str:
     """``mean ± std (error of the mean)`` of a design's other draws, or n/a."""
     if not len(v):
         return "n/a"
-    return f"{v.mean():.4g} ± {v.std():.2g} ({100 * (v.mean() - t) / abs(t):+.2f} %)"
+    return f"{v.mean():.4g} ± {v.std():.2g} ({100 * relative_error(v.mean(), t):+.2f} %)"
 
 
 def to_markdown(result, heading: str = "Designs") -> str:

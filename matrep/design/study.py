@@ -19,6 +19,8 @@ import time
 
 import numpy as np
 
+from .inverse import relative_error
+
 
 def study_targets(values, n_targets: int = 6, lo: float = 5.0, hi: float = 95.0) -> np.ndarray:
     """``n_targets`` values evenly spaced between the ``lo``-th and ``hi``-th percentiles.
@@ -35,13 +37,13 @@ def _accuracy(results, prop, within=0.03, large=False, draws=False) -> dict:
     for r in results:
         if draws:
             t = r.targets[prop]
-            errs += [abs(v.mean() - t) / abs(t) for v in (c.draw_values(prop) for c in r.designs)
+            errs += [abs(relative_error(v.mean(), t)) for v in (c.draw_values(prop) for c in r.designs)
                      if len(v)]
         elif large:
             for lg in r.large:
                 if lg is not None and lg["physics"] is not None:
                     t = r.targets[prop]
-                    errs.append(abs(lg["physics"].values[prop] - t) / abs(t))
+                    errs.append(abs(relative_error(lg["physics"].values[prop], t)))
         else:
             errs += [abs(e) for e in r.design_errors(prop) if np.isfinite(e)]
     errs = np.array(errs)
