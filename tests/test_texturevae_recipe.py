@@ -427,7 +427,8 @@ def test_spectrum_loss_measures_the_length_scale_not_the_placement():
 
 
 @pytest.mark.parametrize("name, weight", [("spectrum_weight", 10.0), ("phase_weight", 1000.0),
-                                          ("lineal_weight", 1000.0)])
+                                          ("lineal_weight", 1000.0),
+                                          ("minkowski_weight", 100.0)])
 def test_grey_term_weight_trains_and_is_validated(name, weight):
     from matrep.errors import BadInputError
 
@@ -724,6 +725,51 @@ def test_lineal_path_counts_segments_inside_and_tells_fragments_from_a_disc():
     loss.backward()
     assert float(y.grad.abs().sum()) > 0
     assert float(lineal_loss(y.detach(), (torch.tensor([float("nan")]), target[1]))) == 0.0
+
+
+def test_minkowski_functionals_count_particles_and_boundary_and_tell_lobes_from_a_disc():
+    """On hard masks the Euler number is skimage's (8-connected) and the boundary length the
+    brute-force count of pixel edges; a disc and the same area as lobed or split particles
+    differ in boundary and count; the term is zero for the input itself, differentiable, and
+    leaves graphite-free inputs out."""
+    from skimage.measure import euler_number
+
+    from matrep.plugins.texturevae.model import (minkowski_functionals, minkowski_loss,
+                                                 soft_dark_phase)
+
+    rng = np.random.default_rng(0)
+    masks = [(rng.random((32, 32)) < q).astype(np.float32) for q in (0.2, 0.45, 0.7)]
+    f = minkowski_functionals(torch.from_numpy(np.stack(masks))).numpy()
+    for m, (a, b, chi) in zip(masks, f):
+        pm = np.pad(m, 1)
+        edges = (np.abs(np.diff(pm, axis=1))[1:-1].sum()
+                 + np.abs(np.diff(pm, axis=0))[:, 1:-1].sum())
+        assert np.exp(a) - 0.01 == pytest.approx(m.mean(), rel=1e-5)
+        assert (np.exp(b) - 0.01) * m.size == pytest.approx(edges, rel=1e-4)
+        want = euler_number(m.astype(bool), connectivity=2)
+        assert np.sinh(chi) == pytest.approx(want, abs=1e-3)
+    yy, xx = np.mgrid[0:64, 0:64]
+    disc = ((yy - 32) ** 2 + (xx - 32) ** 2 < 12 ** 2).astype(np.float32)
+    lobed = disc.copy()
+    for cy, cx in ((32, 47), (17, 32), (47, 32), (32, 17)):  # four lobes on the disc
+        lobed[(yy - cy) ** 2 + (xx - cx) ** 2 < 4 ** 2] = 1
+    split = disc.copy()
+    split[:, 32] = split[32, :] = 0  # the disc in four pieces
+    F = minkowski_functionals(torch.from_numpy(np.stack([disc, lobed, split]))).numpy()
+    assert np.sinh(F[:, 2]) == pytest.approx([1, 1, 4], abs=1e-3)
+    per_area = np.exp(F[:, 1]) / np.exp(F[:, 0])
+    assert per_area[1] > 1.1 * per_area[0] and per_area[2] > 1.1 * per_area[0]
+    # the loss
+    x = torch.from_numpy(0.8 - 0.6 * disc)[None, None]
+    thr = torch.tensor([0.5])
+    target = (thr, minkowski_functionals(soft_dark_phase(x, thr, 0.02)))
+    assert float(minkowski_loss(x, target)) < 1e-10
+    y = torch.from_numpy(0.8 - 0.6 * split)[None, None].requires_grad_(True)
+    loss = minkowski_loss(y, target)
+    assert float(loss.detach()) > 0.3  # asinh(4) - asinh(1) = 1.2 in one of three
+    loss.backward()
+    assert float(y.grad.abs().sum()) > 0
+    assert float(minkowski_loss(y.detach(), (torch.tensor([float("nan")]), target[1]))) == 0.0
 
 
 def test_fit_summary_names_the_saved_epoch_when_it_is_not_the_last():

@@ -13,7 +13,8 @@ What is stored per patch (float32):
   log radial power spectrum (P/2 values; the targets of the spectrum term); its graphite
   threshold and the normalised two-point autocorrelation of its soft graphite indicator
   (P/4 values; the targets of the phase term) and its normalised lineal-path function
-  (P/4 values; the targets of the lineal term);
+  (P/4 values; the targets of the lineal term) and its three Minkowski functionals (the
+  targets of the Minkowski term);
 * per style layer, whichever is smaller of the target Gram matrix (C x C) and the target
   feature map (C x M): for 128 x 128 patches the Grams of conv1_1, pool1, pool2 and pool3
   (64², 64², 128², 256² values) and the *feature map* of pool4 (512 x 64 values, where its
@@ -39,8 +40,9 @@ import torch
 
 from matrep.kernels import gram_matrix
 
-from .model import (N_QUANTILES, intensity_quantiles, lineal_path, phase_correlation,
-                    phase_max_lag, pool_features, radial_log_spectrum, soft_dark_phase)
+from .model import (MINKOWSKI_SOFTNESS, N_QUANTILES, intensity_quantiles, lineal_path,
+                    minkowski_functionals, phase_correlation, phase_max_lag, pool_features,
+                    radial_log_spectrum, soft_dark_phase)
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,7 @@ class FeatureCache:
                     self.thresholds = np.empty(n, np.float32)
                     self.phase = np.empty((n, phase_max_lag(P)), np.float32)
                     self.lineal = np.empty((n, phase_max_lag(P)), np.float32)
+                    self.minkowski = np.empty((n, 3), np.float32)
                     self.targets = self._allocate(n, self.row_size, memory_budget, directory)
                 self.pooled[s:s + len(x)] = pooled
                 self.quantiles[s:s + len(x)] = intensity_quantiles(x).cpu().numpy()
@@ -123,6 +126,9 @@ class FeatureCache:
                 soft = soft_dark_phase(x, torch.from_numpy(np.nan_to_num(thr)).to(device))
                 self.phase[s:s + len(x)] = phase_correlation(soft).cpu().numpy()
                 self.lineal[s:s + len(x)] = lineal_path(soft).cpu().numpy()
+                sharp = soft_dark_phase(x, torch.from_numpy(np.nan_to_num(thr)).to(device),
+                                        MINKOWSKI_SOFTNESS)
+                self.minkowski[s:s + len(x)] = minkowski_functionals(sharp).cpu().numpy()
                 rows = []
                 for sl in self.layout:
                     f = feats[sl.tap].float()
@@ -150,6 +156,7 @@ class FeatureCache:
         """Bytes of cached data (RAM or disk)."""
         return int(self.pooled.nbytes + self.quantiles.nbytes + self.spectra.nbytes
                    + self.thresholds.nbytes + self.phase.nbytes + self.lineal.nbytes
+                   + self.minkowski.nbytes
                    + self.n * self.row_size * 4)
 
     def batch(self, index, device):
@@ -179,7 +186,8 @@ class FeatureCache:
         """The targets of the grey-level terms for the input patches ``index``:
         ``{"histogram": (B, N_QUANTILES) quantiles, "spectrum": (B, P // 2) log spectra,
         "phase": ((B,) graphite thresholds, NaN where none, (B, R) phase correlations),
-        "lineal": (the same thresholds, (B, R) lineal-path functions)}``
+        "lineal": (the same thresholds, (B, R) lineal-path functions),
+        "minkowski": (the same thresholds, (B, 3) Minkowski functionals)}``
         (:data:`~matrep.plugins.texturevae.step.GREY_TERMS`)."""
         index = np.asarray(index)
         return {"histogram": torch.from_numpy(self.quantiles[index]).to(device),
@@ -187,7 +195,9 @@ class FeatureCache:
                 "phase": (torch.from_numpy(self.thresholds[index]).to(device),
                           torch.from_numpy(self.phase[index]).to(device)),
                 "lineal": (torch.from_numpy(self.thresholds[index]).to(device),
-                           torch.from_numpy(self.lineal[index]).to(device))}
+                           torch.from_numpy(self.lineal[index]).to(device)),
+                "minkowski": (torch.from_numpy(self.thresholds[index]).to(device),
+                              torch.from_numpy(self.minkowski[index]).to(device))}
 
     def close(self):
         """Delete the spill file, if any."""

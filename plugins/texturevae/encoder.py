@@ -158,6 +158,13 @@ class TextureVAEEncoder(ParamsMixin, NetworkMixin, GenerativeMixin, PersistenceM
         :func:`matrep.plugins.texturevae.model.lineal_path`) in place of the two-point
         autocorrelation. It separates what the two-point term cannot: fragments, ragged
         outlines and merged particles from convex ones of the same size. 0 is the paper's loss.
+    minkowski_weight : float, default 0.0
+        Weight of a Minkowski-functional term on the graphite phase: as ``phase_weight``,
+        with the patch's log area fraction, log boundary length and asinh Euler number (the
+        number of particles less their holes) of the soft indicators
+        (:func:`matrep.plugins.texturevae.model.minkowski_functionals`) in place of the
+        curve. It asks each reconstruction for its input's particle count and outline length.
+        0 is the paper's loss.
     lr_scaling : {"none", "linear"}, default "none"
         Under torchrun with W processes: ``"none"`` — ``batch_size`` is the global batch of
         one step (split over the processes) and ``lr`` is used as given, so the run equals
@@ -212,7 +219,7 @@ class TextureVAEEncoder(ParamsMixin, NetworkMixin, GenerativeMixin, PersistenceM
                  kl_warmup=0, lr_schedule="constant", lr_warmup=0, keep_best=True,
                  histogram_weight=0.0, spectrum_weight=0.0, decoder_upsample="nearest",
                  decoder_noise_start=0, phase_weight=0.0, decoder_noise="white",
-                 lineal_weight=0.0,
+                 lineal_weight=0.0, minkowski_weight=0.0,
                  decoder_block="conv_up", decoder_convs=1):
         self.latent_dim = latent_dim
         self.pooling = pooling
@@ -252,6 +259,7 @@ class TextureVAEEncoder(ParamsMixin, NetworkMixin, GenerativeMixin, PersistenceM
         self.decoder_noise_start = decoder_noise_start
         self.phase_weight = phase_weight
         self.lineal_weight = lineal_weight
+        self.minkowski_weight = minkowski_weight
         self.decoder_noise = decoder_noise
         self.decoder_block = decoder_block
         self.decoder_convs = decoder_convs
@@ -404,6 +412,7 @@ class TextureVAEEncoder(ParamsMixin, NetworkMixin, GenerativeMixin, PersistenceM
                                  spectrum_weight=float(self.spectrum_weight),
                                  phase_weight=float(self.phase_weight),
                                  lineal_weight=float(getattr(self, "lineal_weight", 0.0)),
+                                 minkowski_weight=float(getattr(self, "minkowski_weight", 0.0)),
                                  extra={"lr_scaling": str(self.lr_scaling)})
         params = _jsonable(self.get_params(deep=False))
         for k in ("epochs", "checkpoint_every", "device", "cache_memory_gb", "output",

@@ -24,6 +24,7 @@ class ParamsMixin:
                            ("kl_weight", float), ("val_fraction", float),
                            ("histogram_weight", float), ("spectrum_weight", float),
                            ("phase_weight", float), ("lineal_weight", float),
+                           ("minkowski_weight", float),
                            ("cache_memory_gb", float), ("max_patches", int),
                            ("max_val_patches", int), ("checkpoint_every", int)):
             value = getattr(self, name, None)

@@ -14,13 +14,13 @@ import torch
 
 from matrep.errors import TrainingDivergedError
 
-from .model import (histogram_loss, kl_divergence, lineal_loss, phase_loss, reparameterize,
-                    spectrum_loss)
+from .model import (histogram_loss, kl_divergence, lineal_loss, minkowski_loss, phase_loss,
+                    reparameterize, spectrum_loss)
 
 #: the optional grey-level terms added to the style loss, by name: (reconstruction (B, 1, P, P),
 #: the cached targets of its inputs) -> scalar. Their weights are ``<name>_weight``.
 GREY_TERMS = {"histogram": histogram_loss, "spectrum": spectrum_loss, "phase": phase_loss,
-              "lineal": lineal_loss}
+              "lineal": lineal_loss, "minkowski": minkowski_loss}
 
 
 # ---------------------------------------------------------------------------------------
