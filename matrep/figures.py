@@ -43,8 +43,13 @@ def _save(fig, out):
 
 def _caption(fig, text):
     if text:
-        fig.text(0.5, 0.005, "\n".join(textwrap.wrap(text, 140)), ha="center", va="bottom",
+        fig.text(0.5, 0.005, "\n".join(_caption_lines(text)), ha="center", va="bottom",
                  fontsize=7)
+
+
+def _caption_lines(text) -> list:
+    """The caption wrapped as :func:`_caption` writes it (no lines for none)."""
+    return textwrap.wrap(text, 140) if text else []
 
 
 def reconstruction_figure(originals, reconstructions, out, *, labels=None, caption=None,
@@ -63,7 +68,9 @@ def reconstruction_figure(originals, reconstructions, out, *, labels=None, capti
     cols = min(pairs_per_row, n)
     rows = int(np.ceil(n / cols))
     panel = 1.6
-    fig, axes = plt.subplots(rows, 2 * cols, figsize=(2 * cols * panel, rows * (panel + 0.45) + 0.5),
+    extra = 0.12 * max(0, len(_caption_lines(caption)) - 1)  # inches for further caption lines
+    height = rows * (panel + 0.45) + 0.5 + extra
+    fig, axes = plt.subplots(rows, 2 * cols, figsize=(2 * cols * panel, height),
                              squeeze=False, dpi=_dpi(P, panel))
     for ax in axes.ravel():
         ax.set_axis_off()
@@ -76,7 +83,8 @@ def reconstruction_figure(originals, reconstructions, out, *, labels=None, capti
         b.set_title("reconstruction", fontsize=7)
         if labels is not None:
             a.text(1.0, -0.04, labels[i], transform=a.transAxes, ha="center", va="top", fontsize=6)
-    fig.subplots_adjust(left=0.01, right=0.99, top=0.95, bottom=0.08, wspace=0.04, hspace=0.3)
+    fig.subplots_adjust(left=0.01, right=0.99, top=0.95,
+                        bottom=(0.08 * (height - extra) + extra) / height, wspace=0.04, hspace=0.3)
     _caption(fig, caption)
     return _save(fig, out)
 
