@@ -15,3 +15,13 @@ def array_seed(a) -> int:
     True
     """
     return int(hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()[:15], 16)
+
+
+def next_seeds(seed: int, k: int) -> list:
+    """The ``k`` seeds after ``seed`` (``seed + 1 .. seed + k``, modulo 2⁶³): the other noise
+    draws of one latent or one patch (design's other draws, a reconstruction's candidates).
+
+    >>> next_seeds(5, 2)
+    [6, 7]
+    """
+    return [(int(seed) + j) % 2 ** 63 for j in range(1, int(k) + 1)]

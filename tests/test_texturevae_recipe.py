@@ -212,6 +212,35 @@ def test_downsampled_model_takes_and_returns_native_patches(tmp_path):
     assert back.reconstruct(X[:1]).shape == (1, 64, 64)
 
 
+def test_reconstruct_keeps_the_noise_draw_closest_in_style_loss(tmp_path):
+    """With a noise decoder, ``reconstruct`` decodes the posterior mean with the patch's own
+    seed and the ``reconstruct_draws - 1`` seeds after it and keeps, per patch, the draw with
+    the lowest style loss against the patch; ``reconstruct_draws=1`` is the own seed alone,
+    and 0 is refused."""
+    from matrep.errors import BadInputError
+    from matrep.plugins.texturevae.model import noise_seed
+    from matrep.seeds import next_seeds
+
+    X = _patches(12, 32)
+    enc = TextureVAEEncoder(**TINY, decoder_input="modulated", decoder_padding="circular",
+                            val_split="patch", val_fraction=0.25, reconstruct_draws=4)
+    enc.fit(X)
+    x = X[:5]
+    mu, _ = enc.encode_full(x)
+    own = [noise_seed(p) for p in x]
+    seeds = [own] + [list(s) for s in zip(*(next_seeds(o, 3) for o in own))]
+    draws = np.stack([enc.decode(mu, seeds=s) for s in seeds])           # (4, 5, P, P)
+    dist = np.stack([enc.style_distance(x, d) for d in draws])          # (4, 5)
+    assert float(np.ptp(dist, axis=0).max()) > 0  # the draws differ in style loss
+    want = draws[dist.argmin(0), np.arange(len(x))]
+    np.testing.assert_allclose(enc.reconstruct(x), want, atol=1e-6)
+    enc.set_params(reconstruct_draws=1)
+    np.testing.assert_allclose(enc.reconstruct(x), draws[0], atol=1e-6)
+    enc.set_params(reconstruct_draws=0)
+    with pytest.raises(BadInputError, match="reconstruct_draws"):
+        enc._validate_params()
+
+
 def test_bad_recipe_parameters_are_refused():
     from matrep.errors import BadInputError
 

@@ -75,8 +75,10 @@ def reconstruct_cmd(model, images, stride, crop, crop_bottom, n, seed, out, quie
     out = out_file(out, "reconstructions.png", (".png",))
     out.parent.mkdir(parents=True, exist_ok=True)
     reconstruction_figure(X, R, out, labels=labels,
-                          caption=f"Texture-VAE reconstructions (decoded posterior mean), model "
-                                  f"{model}; label: micrograph (y,x) and style loss of the pair.")
+                          caption=f"Texture-VAE reconstructions (decoded posterior mean; a noise "
+                                  "decoder keeps the draw closest in style loss), "
+                                  f"model {model}; label: micrograph (y,x) and style loss of "
+                                  "the pair.")
     npz = write_npz(out.with_suffix(".npz"), originals=X, reconstructions=R,
                     sources=ps.sources[idx], micrograph_ids=ps.micrograph_ids[idx],
                     coords=ps.coords[idx], **({"style_loss": d} if d is not None else {}))

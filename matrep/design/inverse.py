@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from matrep.seeds import array_seed
+from matrep.seeds import array_seed, next_seeds
 
 from .errors import DesignError
 
@@ -72,8 +72,7 @@ def relative_error(value, target):
 def draw_seeds(latent, k: int) -> list:
     """The noise seeds of a design's ``k`` other draws: its own seed (``array_seed`` of the
     latent) plus 1 .. k."""
-    own = array_seed(latent)
-    return [(own + j) % 2 ** 63 for j in range(1, int(k) + 1)]
+    return next_seeds(array_seed(latent), k)
 
 
 @dataclass

@@ -101,6 +101,12 @@ class TextureVAEEncoder(ParamsMixin, NetworkMixin, GenerativeMixin, PersistenceM
         3x3 convolutions per decoder block: the paper's one, or 2-3 (the further ones at the
         block's output resolution, without noise; with ``"modulated"`` input each gets its own
         scale and shift from z). See :class:`matrep.plugins.texturevae.model.Decoder`.
+    reconstruct_draws : int, default 8
+        How many noise draws :meth:`reconstruct` decodes each patch's posterior mean with
+        (decoders with noise only): it keeps the draw closest to the patch in style loss, so
+        the particles' placement is inferred too. 1 decodes the patch's own seed only (the
+        behaviour before 2026-12-05). Inference only; training does not use it. Measured in
+        docs/texturevae.md ("Reconstructions: the noise inferred too").
     decoder_noise_start : int, default 0
         The first decoder block (0-3) that gets noise maps; earlier blocks get zeros, so with
         ``decoder_input="modulated"`` and circular padding particles are placed on the finer
@@ -220,7 +226,7 @@ class TextureVAEEncoder(ParamsMixin, NetworkMixin, GenerativeMixin, PersistenceM
                  histogram_weight=0.0, spectrum_weight=0.0, decoder_upsample="nearest",
                  decoder_noise_start=0, phase_weight=0.0, decoder_noise="white",
                  lineal_weight=0.0, minkowski_weight=0.0,
-                 decoder_block="conv_up", decoder_convs=1):
+                 decoder_block="conv_up", decoder_convs=1, reconstruct_draws=8):
         self.latent_dim = latent_dim
         self.pooling = pooling
         self.encoder_taps = encoder_taps
@@ -260,6 +266,7 @@ class TextureVAEEncoder(ParamsMixin, NetworkMixin, GenerativeMixin, PersistenceM
         self.phase_weight = phase_weight
         self.lineal_weight = lineal_weight
         self.minkowski_weight = minkowski_weight
+        self.reconstruct_draws = reconstruct_draws
         self.decoder_noise = decoder_noise
         self.decoder_block = decoder_block
         self.decoder_convs = decoder_convs

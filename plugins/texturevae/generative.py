@@ -30,9 +30,10 @@ class GenerativeMixin:
         images instead, ``size`` a multiple of ``16 x downsample``; periodic at ``size``.
 
         ``seeds`` (n ints; decoders with noise, ``decoder_input`` "noise" or "modulated"): the
-        noise seed of each row, which sets where particles are placed; default 0 for every row (one placement, so rows
-        differ by their statistics only). :meth:`reconstruct` seeds each patch from its own
-        pixels, :meth:`traverse` keeps one seed along a row.
+        noise seed of each row, which sets where particles are placed; default 0 for every
+        row (one placement, so rows differ by their statistics only). :meth:`reconstruct`
+        chooses among seeds derived from each patch's own pixels, :meth:`traverse` keeps one
+        seed along a row.
         """
         import torch
 
@@ -113,13 +114,34 @@ class GenerativeMixin:
         return np.concatenate(out) if out else np.zeros(0)
 
     def reconstruct(self, X):
-        """Decode the posterior mean of each patch: (n, P, P) in [0, 1] (the decoder's noise,
-        if any, seeded from the patch's own pixels)."""
+        """Decode the posterior mean of each patch: (n, P, P) in [0, 1].
+
+        A decoder with noise (``decoder_input`` "noise" or "modulated") places its particles
+        by a noise draw, which the posterior mean does not carry. The reconstruction is the
+        draw closest to its patch in style loss (:meth:`style_distance`) among
+        ``reconstruct_draws`` draws, seeded from the patch's own pixels (its seed and the
+        next ones, :func:`matrep.seeds.next_seeds`): the noise inferred by a search, as the
+        encoder infers z. One draw (or a decoder without noise): the patch's own seed. See
+        docs/texturevae.md, "Reconstructions: the noise inferred too".
+        """
+        from matrep.seeds import next_seeds
+
         from .model import noise_seed
 
         X = check_patches(X)
         mu, _ = self.encode_full(X)
-        return self.decode(mu, seeds=[noise_seed(x) for x in X])
+        own = [noise_seed(x) for x in X]
+        best = self.decode(mu, seeds=own)
+        k = int(self.reconstruct_draws) if self.decoder_input in ("noise", "modulated") else 1
+        if k <= 1 or len(X) == 0:
+            return best
+        dist = self.style_distance(X, best)
+        for seeds in zip(*(next_seeds(s, k - 1) for s in own)):
+            r = self.decode(mu, seeds=list(seeds))
+            d = self.style_distance(X, r)
+            closer = d < dist
+            best[closer], dist = r[closer], np.where(closer, d, dist)
+        return best
 
     def sample(self, n, seed=0):
         """``n`` new patches decoded from z ~ N(0, I) (seeded): (n, P, P) in [0, 1]."""

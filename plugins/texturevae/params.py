@@ -24,7 +24,7 @@ class ParamsMixin:
                            ("kl_weight", float), ("val_fraction", float),
                            ("histogram_weight", float), ("spectrum_weight", float),
                            ("phase_weight", float), ("lineal_weight", float),
-                           ("minkowski_weight", float),
+                           ("minkowski_weight", float), ("reconstruct_draws", int),
                            ("cache_memory_gb", float), ("max_patches", int),
                            ("max_val_patches", int), ("checkpoint_every", int)):
             value = getattr(self, name, None)
@@ -35,6 +35,9 @@ class ParamsMixin:
             except (TypeError, ValueError, OverflowError):
                 raise BadInputError(None, f"{name} must be {'an integer' if kind is int else 'a number'}"
                                           f", got {value!r}") from None
+        if int(self.reconstruct_draws) < 1:
+            raise BadInputError(None, "reconstruct_draws must be a positive integer (1: the "
+                                      f"patch's own noise seed only), got {self.reconstruct_draws!r}")
         if int(self.latent_dim) < 1:
             raise BadInputError(None, f"latent_dim must be a positive integer, got {self.latent_dim!r}")
         if self.pooling not in POOLINGS:
