@@ -140,7 +140,8 @@ class GenerativeMixin:
             r = self.decode(mu, seeds=list(seeds))
             d = self.style_distance(X, r)
             closer = d < dist
-            best[closer], dist = r[closer], np.where(closer, d, dist)
+            best[closer] = r[closer]
+            dist = np.where(closer, d, dist)
         return best
 
     def sample(self, n, seed=0):
