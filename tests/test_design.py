@@ -325,7 +325,9 @@ def test_other_draws_check_each_design_latent_with_other_seeds(designer):
     assert acc["n"] == len(r.designs)
     v = r.designs[0].draw_values(prop)
     assert acc["max_abs_rel_error"] >= abs(v.mean() - t) / t - 1e-12
-    od = target_dict(r, "design_t0")["designs"][0]["other_draws"]
+    td = target_dict(r, "design_t0")
+    od = td["designs"][0]["other_draws"]
+    assert all("other_draws" not in c for c in td["checked"])  # listed once, under designs
     assert od["noise_seeds"] == r.designs[0].draw_seeds
     assert od["physics"][prop]["mean"] == pytest.approx(v.mean(), abs=1e-6)
     assert od["physics"][prop]["error_relative_of_mean"] == pytest.approx((v.mean() - t) / t,

@@ -21,7 +21,7 @@ def _f(v, nd=4):
     return None if v is None or not np.isfinite(v) else round(float(v), nd)
 
 
-def _cand_dict(c, targets, active=None) -> dict:
+def _cand_dict(c, targets, draws=True) -> dict:
     # the latent as stored (float32, exact) and the decoder's noise seed: decoding them with
     # ``model.decode([latent], seeds=[noise_seed])`` gives the design's image again
     d = {"latent": [float(x) for x in c.latent], "noise_seed": int(array_seed(c.latent)),
@@ -35,7 +35,7 @@ def _cand_dict(c, targets, active=None) -> dict:
         d["solver_converged"] = bool(c.physics.converged)
         d["solver_iterations"] = int(c.physics.iterations)
         d["phase_fraction"] = _f(c.physics.fraction, 5)
-    if c.draws:
+    if draws and c.draws:
         # the same latent decoded with other noise seeds, each draw checked by physics
         d["other_draws"] = {"noise_seeds": [int(v) for v in c.draw_seeds], "physics": {}}
         for p, t in targets.items():
@@ -74,7 +74,8 @@ def target_dict(r, prefix: str) -> dict:
         sd = r.style_distances
         iu = np.triu_indices(len(sd), 1)
         out["pairwise_style_distance"] = [_f(v, 6) for v in sd[iu]]
-    out["checked"] = [_cand_dict(c, r.targets) for c in r.candidates]
+    # every candidate the solver checked; a design's other draws are under "designs" only
+    out["checked"] = [_cand_dict(c, r.targets, draws=False) for c in r.candidates]
     return out
 
 
