@@ -11,6 +11,10 @@ from matrep.encoder import check_patches
 from matrep.errors import BadInputError
 
 
+#: patches reconstructed at a time (their ``reconstruct_draws`` draws are held in memory)
+RECONSTRUCT_CHUNK = 256
+
+
 class GenerativeMixin:
     """Decoding, sampling and traversing the latent space of a trained texture-VAE."""
 
@@ -83,15 +87,23 @@ class GenerativeMixin:
         float64 array of shape (n,): loss(X[i], Y[i]) (0 for identical patches), the kernels'
         per-image style loss (``matrep.kernels.style_loss(..., reduction="none")``).
         """
+        return self._style_distances(X, [Y])[0]
+
+    def _style_distances(self, X, Ys):
+        """:meth:`style_distance` of ``X`` to each array of ``Ys``: (len(Ys), n); the VGG19
+        features of ``X`` are computed once per batch for all of them."""
         import torch
 
         from matrep.kernels import style_loss
 
         from .model import downsample_patches
 
-        X, Y = check_patches(X, name="X"), check_patches(Y, name="Y")
-        if X.shape != Y.shape:
-            raise BadInputError(None, f"X and Y must have the same shape, got {X.shape} and {Y.shape}")
+        X = check_patches(X, name="X")
+        Ys = [check_patches(Y, name="Y") for Y in Ys]
+        for Y in Ys:
+            if X.shape != Y.shape:
+                raise BadInputError(None, f"X and Y must have the same shape, got {X.shape} and "
+                                          f"{Y.shape}")
         factor = self._factor() if hasattr(self, "patch_size_") else int(self.downsample)
         if X.shape[1] % factor or X.shape[2] % factor:
             raise BadInputError(None, f"patches of {X.shape[1]}x{X.shape[2]} cannot be downsampled "
@@ -99,19 +111,22 @@ class GenerativeMixin:
         bb = self._get_backbone()
         dev = self._torch_device()
         taps, lw = tuple(self.style_layers), self._layer_weights()
-        out = []
+        out = [[] for _ in Ys]
         bs = int(self.batch_size_eval)
+
+        def features(A, s):  # at the model's working resolution, like the training loss
+            a = torch.from_numpy(np.ascontiguousarray(A[s:s + bs]))[:, None].to(dev)
+            return bb(bb.preprocess(downsample_patches(a, factor)))
+
         with torch.inference_mode():
             for s in range(0, len(X), bs):
-                a = torch.from_numpy(np.ascontiguousarray(X[s:s + bs]))[:, None].to(dev)
-                b = torch.from_numpy(np.ascontiguousarray(Y[s:s + bs]))[:, None].to(dev)
-                # at the model's working resolution, like the training loss
-                a, b = downsample_patches(a, factor), downsample_patches(b, factor)
-                fa, fb = bb(bb.preprocess(a)), bb(bb.preprocess(b))
-                per = style_loss([fa[t] for t in taps], [fb[t] for t in taps], list(lw),
-                                 reduction="none")
-                out.append(per.double().cpu().numpy())
-        return np.concatenate(out) if out else np.zeros(0)
+                fa = features(X, s)
+                for j, Y in enumerate(Ys):
+                    fb = features(Y, s)
+                    per = style_loss([fa[t] for t in taps], [fb[t] for t in taps], list(lw),
+                                     reduction="none")
+                    out[j].append(per.double().cpu().numpy())
+        return np.stack([np.concatenate(o) if o else np.zeros(0) for o in out])
 
     def reconstruct(self, X):
         """Decode the posterior mean of each patch: (n, P, P) in [0, 1].
@@ -131,18 +146,19 @@ class GenerativeMixin:
         X = check_patches(X)
         mu, _ = self.encode_full(X)
         own = [noise_seed(x) for x in X]
-        best = self.decode(mu, seeds=own)
         k = int(self.reconstruct_draws) if self.decoder_input in ("noise", "modulated") else 1
         if k <= 1 or len(X) == 0:
-            return best
-        dist = self.style_distance(X, best)
-        for seeds in zip(*(next_seeds(s, k - 1) for s in own)):
-            r = self.decode(mu, seeds=list(seeds))
-            d = self.style_distance(X, r)
-            closer = d < dist
-            best[closer] = r[closer]
-            dist = np.where(closer, d, dist)
-        return best
+            return self.decode(mu, seeds=own)
+        out = []
+        for s in range(0, len(X), RECONSTRUCT_CHUNK):  # k draws of a chunk in memory at once
+            e = s + RECONSTRUCT_CHUNK
+            x, m, o = X[s:e], mu[s:e], own[s:e]
+            draws = np.stack([self.decode(m, seeds=o)]
+                             + [self.decode(m, seeds=list(sd))
+                                for sd in zip(*(next_seeds(v, k - 1) for v in o))])
+            pick = self._style_distances(x, draws).argmin(0)  # the first of equals: own seed
+            out.append(draws[pick, np.arange(len(x))])
+        return np.concatenate(out)
 
     def sample(self, n, seed=0):
         """``n`` new patches decoded from z ~ N(0, I) (seeded): (n, P, P) in [0, 1]."""
