@@ -37,8 +37,8 @@ def _accuracy(results, prop, within=0.03, large=False, draws=False) -> dict:
     for r in results:
         if draws:
             t = r.targets[prop]
-            errs += [abs(relative_error(v.mean(), t)) for v in (c.draw_values(prop) for c in r.designs)
-                     if len(v)]
+            means = [c.draw_values(prop).mean() for c in r.designs if c.draws]
+            errs += [abs(relative_error(v, t)) for v in means]
         elif large:
             for lg in r.large:
                 if lg is not None and lg["physics"] is not None:
