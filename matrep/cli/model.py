@@ -56,6 +56,10 @@ def _pick_spread(ps, n, seed):
 def reconstruct_cmd(model, images, stride, crop, crop_bottom, n, seed, out, quiet, scale):
     """Figure of patches and their reconstructions (original | reconstruction pairs).
 
+    A texture-VAE with a noise decoder (the quick preset's) keeps, for each patch, the
+    closest in style loss of its reconstruct_draws noise draws (default 8; set at fit time
+    with --param reconstruct_draws=K; docs/texturevae.md).
+
     The images are resampled to the scale the model was trained at (its fit.json), like
     `matrep encode` does; --scale overrides it.
     """
