@@ -432,37 +432,56 @@ def test_cli_designs(cli, tmp_path):
 
 
 
-def test_search_ball_widens_only_for_a_target_out_of_reach(designer):
+def test_search_ball_widens_only_when_designs_are_missing_and_the_best_is_on_the_rim(designer):
+    """The widening rule, without the luck of a 9-call search: the loop widens the ball one
+    step a round while fewer than ``n`` designs are within tolerance and the best candidate
+    sits on the rim (``_at_rim``), never past ``max_quantile``; ``_at_rim`` itself is a
+    length test on the best candidate's search coordinates."""
     from dataclasses import replace
+    from types import SimpleNamespace
 
     from matrep.design.inverse import Designer
     from matrep.design.search import SearchSpace, prior_radius
 
     lo, hi = designer.data.range("youngs_modulus_gpa")
-    d = Designer.__new__(Designer)
-    d.__dict__.update(designer.__dict__)
-    msgs = []
-    d.log = msgs.append
-    # beyond the data's range: the search presses on the rim and the ball widens (in the
-    # prior's ball: the fake decoder saturates inside the data's own ellipsoid)
-    d.settings = replace(designer.settings, allow_extrapolation=True, region="prior")
-    d.space = SearchSpace.prior(len(d.active))
-    far = hi + 0.3 * (hi - lo)
-    r = d.design({"youngs_modulus_gpa": far})
-    assert r.search_quantile > d.settings.quantile
+    mid = {"youngs_modulus_gpa": float(np.median(designer.data.values["youngs_modulus_gpa"]))}
+    far = {"youngs_modulus_gpa": hi + 0.3 * (hi - lo)}
+
+    def run(target, at_rim, **settings):
+        d = Designer.__new__(Designer)
+        d.__dict__.update(designer.__dict__)
+        d.rng = np.random.default_rng(0)          # its own: later tests draw from the fixture's
+        msgs = []
+        d.log = msgs.append
+        d.settings = replace(designer.settings, allow_extrapolation=True, region="prior",
+                             **settings)
+        d.space = SearchSpace.prior(len(d.active))
+        d._at_rim = lambda cands, targets, radius: at_rim
+        return d, d.design(target), msgs
+
+    # budget 9 in rounds of 3: widened after rounds 1 and 2, up to max_quantile
+    d, r, msgs = run(far, True)
+    assert r.search_quantile == d.settings.max_quantile == 0.9999
     assert any("widens to mass 0.999" in m for m in msgs)
-    length = np.linalg.norm(d._coords(r.candidates), axis=1)   # in search coordinates
-    assert length.max() > d.radius
+    length = np.linalg.norm(d._coords(r.candidates), axis=1)    # in search coordinates
     assert np.all(length <= prior_radius(len(d.active), 0.9999) + 1e-4)
-    # never with --max-quantile equal to --quantile
-    d.settings = replace(designer.settings, allow_extrapolation=True, region="prior",
-                         max_quantile=designer.settings.quantile)
-    r = d.design({"youngs_modulus_gpa": far})
-    assert r.search_quantile == d.settings.quantile
-    # a target in the middle is met inside the ball: no widening
-    d.settings, d.space = designer.settings, designer.space
-    r = d.design({"youngs_modulus_gpa": float(np.median(designer.data.values["youngs_modulus_gpa"]))})
-    assert r.search_quantile == d.settings.quantile
+    # not on the rim, or max_quantile equal to quantile, or every design found: never
+    assert run(far, False)[1].search_quantile == 0.99
+    assert run(far, True, max_quantile=0.99)[1].search_quantile == 0.99
+    assert run(mid, True, tolerance=10.0)[1].search_quantile == 0.99
+    # the rim test: the best candidate's length against 0.95 of the radius
+    d = run(mid, False)[0]
+    d.__dict__.pop("_at_rim")
+
+    def cand(u, err):
+        z = np.zeros(designer.model.latent_dim)
+        z[d.active] = d.space.to_latent(np.asarray(u, float)[None])[0]
+        return SimpleNamespace(latent=z, worst_error=lambda targets, e=err: e)
+
+    k = len(d.active)
+    rim, inner = np.eye(k)[0] * 0.96, np.eye(k)[0] * 0.5
+    assert Designer._at_rim(d, [cand(rim, 0.01), cand(inner, 0.2)], mid, 1.0)
+    assert not Designer._at_rim(d, [cand(rim, 0.2), cand(inner, 0.01)], mid, 1.0)
     with pytest.raises(DesignError, match="max-quantile"):
         DesignSettings(quantile=0.99, max_quantile=0.9).check(physics=True)
 
