@@ -359,10 +359,12 @@ def test_descriptor_fidelity_identity_is_exactly_one(castiron, tmp_path):
     assert set(fid) == {"graphite_fraction", "particle_density", "mean_eq_diameter",
                         "nodularity"}
     for k, f in fid.items():
-        assert f["rho"] == 1.0 and f["note"] is None, k
-    # the same-micrograph ceiling is a number below 1, not undefined
+        assert f["rho"] == 1.0 and f["note"] is None and f["interval"] == [1.0, 1.0], k
+    # the same-micrograph ceiling is a number below 1, not undefined, with an interval around it
     ceiling = rep.rows[1]["fidelity"]["graphite_fraction"]
     assert rep.rows[1]["kind"] == "ceiling" and ceiling["rho"] is not None and ceiling["rho"] < 1
+    lo, hi = ceiling["interval"]
+    assert lo < ceiling["rho"] < hi
     # the identity is closer to its own input than to another micrograph's reconstruction
     assert rep.rows[0]["specificity"]["frac_own_lower"] == 1.0
     paths = rep.write(tmp_path / "ev")
@@ -370,12 +372,13 @@ def test_descriptor_fidelity_identity_is_exactly_one(castiron, tmp_path):
     g = rep.rows[0]["graphite_found"]
     assert g["input"] == g["compared"] >= 20                         # nearly all hold graphite
     assert "## Descriptor fidelity" in md
-    assert f"| fake | 24 | {g['input']} → {g['input']} | +1.00 | +1.00 |" in md
+    assert f"| fake | 24 | {g['input']} → {g['input']} | +1.00 [+1.00, +1.00] | +1.00 [" in md
     assert "100 % (own/other 0.00)" in md
     data = json.loads(paths["json"].read_text())
     assert data["rows"][0]["fidelity"]["nodularity"]["rho"] == 1.0
     head = paths["csv"].read_text().splitlines()[0].split(",")
     assert "fidelity_rho_graphite_fraction" in head and "specificity_frac_own_lower" in head
+    assert "fidelity_low_nodularity" in head and "fidelity_high_nodularity" in head
 
 
 def test_descriptor_fidelity_constant_reconstruction_is_undefined(castiron, tmp_path):
@@ -419,6 +422,23 @@ def test_evaluate_held_out_draws_only_held_out_patches(castiron):
     with pytest.raises(BadInputError, match="held out 999 patches in training"):
         evaluate_models([other_split], root / "images", n=4, stride=32, metrics=(),
                         held_out=True)
+
+
+def test_spearman_interval_brackets_rho_and_narrows_with_n():
+    from matrep.metrics.correlation import spearman, spearman_interval
+
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=400)
+    y = 0.8 * x + 0.6 * rng.normal(size=400)
+    lo, hi = spearman_interval(x[:60], y[:60])
+    assert lo < spearman(x[:60], y[:60]).rho < hi < 1.0
+    lo4, hi4 = spearman_interval(x, y)
+    assert hi4 - lo4 < 0.7 * (hi - lo)                             # 400 pairs: narrower
+    assert spearman_interval(x[:60], y[:60]) == (lo, hi)           # seeded
+    assert spearman_interval(x, x) == (1.0, 1.0)                   # every resample exact
+    assert spearman_interval(x, np.ones_like(x)) is None           # undefined rho: none
+    y[::2] = np.nan                                                # pairs with a NaN left out
+    assert spearman_interval(x, y) is not None
 
 
 def test_spearman_helper_undefined_and_exact():
@@ -491,6 +511,35 @@ def test_traversal_effects_rank_dimensions_per_descriptor(dataset):
     head = "descriptor,rank,dim,rho,span,moved_iqr,monotone,direction"
     assert tr.to_csv().splitlines()[0] == head
     json.dumps(tr.to_dict())                                           # JSON-clean
+
+
+def test_traversal_goal_share_over_resampled_bases(dataset):
+    """``met_share``: in how many resamples of the bases each goal is met — all of them when
+    every base moves the descriptor, some when one base alone does, none when nothing moves."""
+    from matrep.evaluation import traversal_effects
+    from matrep.evaluation.traversal import BOOTSTRAP_RESAMPLES
+    from matrep.io import load_patches
+
+    bases = load_patches(dataset / "images", patch=64, stride=32).patches[:4]
+
+    class OneBase(Traverser):  # z0 grows the discs from the first base only
+        def traverse(self, x, dims, values):
+            if np.array_equal(x, bases[0]):
+                return super().traverse(x, dims, values)
+            return super().traverse(x, dims, np.zeros_like(np.asarray(values, float)))
+
+    tr = traversal_effects(Traverser(), bases)
+    g = tr.goals()
+    assert tr.met_share.shape == (4,) and g["mean_eq_diameter"]["met"]
+    assert g["mean_eq_diameter"]["met_share"] == 1.0          # every resample: every base moves
+    still = traversal_effects(OneBase(), bases[1:], reference=bases).goals()
+    assert all(v["met_share"] == 0.0 and not v["met"] for v in still.values())  # nothing moves
+    one = traversal_effects(OneBase(), bases, reference=bases).goals()["mean_eq_diameter"]
+    assert one["met"] and 0.0 < one["met_share"] < 1.0        # met only when base 0 is drawn
+    assert one["met_share"] * BOOTSTRAP_RESAMPLES == int(one["met_share"] * BOOTSTRAP_RESAMPLES)
+    assert "yes (100 %)" in "\n".join(tr.markdown_lines())
+    assert traversal_effects(Traverser(), bases, bootstrap=False).goals()["mean_eq_diameter"][
+        "met_share"] is None
 
 
 def test_interpret_reports_traversal_ranking(dataset, tmp_path):

@@ -96,10 +96,11 @@ def evaluate_cmd(models, images, other_images, n, held_out, stride, crop, crop_b
 @window_options
 @scale_options
 @click.option("--top-k", default=5, type=click.IntRange(1), help="Dimensions listed per factor.")
-@click.option("--traversal-bases", default=8, type=click.IntRange(0),
+@click.option("--traversal-bases", default=None, type=click.IntRange(0),
               help="Patches (spread over the micrographs) whose latents are traversed from -3 "
                    "to 3, dimension by dimension, to rank the dimensions by what they do to "
-                   "each descriptor of the decoded image (0: no ranking).")
+                   "each descriptor of the decoded image (0: no ranking). Default: 32 "
+                   "(matrep.evaluation.traversal.TRAVERSAL_BASES).")
 @click.option("--traversal-dims", default=6, type=click.IntRange(0),
               help="Dimensions in the traversal figure (0: no figure).")
 @seed_option("Seed of the patch subset.")
@@ -121,8 +122,9 @@ def interpret_cmd(model, images, labels, file_column, factors, n, held_out, stri
     descriptor) the Spearman rho of step vs descriptor (monotonicity) and the range moved
     relative to the descriptor's inter-quartile range over the patches are reported, with
     whether a dimension moves area fraction, mean diameter and nodularity monotonically
-    (|rho| >= 0.9) over at least half the IQR. The traversal figure shows the top dimension of
-    each descriptor, labelled by what it moves. See docs/metrics.md.
+    (|rho| >= 0.9) over at least half the IQR, and in what share of 200 resamples of the bases
+    it is. The traversal figure shows the top dimension of each descriptor, labelled by what
+    it moves. See docs/metrics.md.
     """
     from ..evaluation import interpret_model
 

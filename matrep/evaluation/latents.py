@@ -20,7 +20,8 @@ from ..metrics.disentanglement import mutual_information_gap, sap_score
 from ..metrics.morphology import MIN_CONTRAST, descriptor_array, measure_descriptors
 from .models import _held_out_pool, _latent_dim, _patch_size, _resolve_model
 from .outputs import _write_outputs
-from .traversal import TRAVERSAL_VALUES, TraversalRanking, spread_patches, traversal_effects
+from .traversal import (TRAVERSAL_BASES, TRAVERSAL_VALUES, TraversalRanking, spread_patches,
+                        traversal_effects)
 
 
 def _label_factors(ps, labels, file_column: str, factor_names, ignore_columns=()):
@@ -148,7 +149,8 @@ class InterpretReport:
 def interpret_model(model, images, *, labels=None, file_column: str = "file", factors=None,
                     n: int | None = 500, stride: int = 50, crop=None, crop_bottom: int = 0,
                     seed: int = 0, top_k: int = 5, n_traversal_dims: int = 6,
-                    traversal_values=None, traversal_bases: int = 8, held_out: bool = False,
+                    traversal_values=None, traversal_bases: int | None = None,
+                    held_out: bool = False,
                     out_dir=None, n_bins: int = 20, min_diameter_px: float = 3.0, log=None,
                     scale=None, ignore_columns=None) -> InterpretReport:
     """Correlate every latent dimension with factors; measure what its traversal does.
@@ -173,9 +175,11 @@ def interpret_model(model, images, *, labels=None, file_column: str = "file", fa
         traversal ranking: the top dimension of each descriptor, labelled by what it moves;
         otherwise the best for each factor in turn); 0 for none
     traversal_values : step values of the ranking and the figure (default -3, -2, ..., 3)
-    traversal_bases : int, default 8 — patches (spread over the micrographs) whose latents
-        are traversed to rank the dimensions per descriptor (:func:`traversal_effects`, the
-        IQR over all the encoded patches); 0 for no ranking. Needs ``model.traverse``.
+    traversal_bases : int, default None (:data:`TRAVERSAL_BASES`, 32) — patches (spread over
+        the micrographs) whose latents are traversed to rank the dimensions per descriptor
+        (:func:`traversal_effects`, the IQR over all the encoded patches, with the share of
+        resamples of the bases in which each goal is met); 0 for no ranking. Needs
+        ``model.traverse``.
     held_out : bool — use only the patches the model held out from training (see
         :func:`evaluate_models`)
     out_dir : folder, optional — write the reports and ``traversal.png`` there
@@ -241,13 +245,15 @@ def interpret_model(model, images, *, labels=None, file_column: str = "file", fa
                              notes)
     can_traverse = hasattr(model, "traverse") and getattr(model, "generative", getattr(model, "can_decode", True))
     values = TRAVERSAL_VALUES if traversal_values is None else traversal_values
+    traversal_bases = TRAVERSAL_BASES if traversal_bases is None else traversal_bases
     if traversal_bases and can_traverse:
         ref = (table.to_numpy(dtype=float) if source == "measured" else
                descriptor_array(ps.patches, min_diameter_px=min_diameter_px))
         bases = ps.patches[spread_patches(ps.micrograph_ids, int(traversal_bases), seed)]
         report.traversal = traversal_effects(model, bases, reference_descriptors=ref,
                                              values=values, dims=range(int(ld)),
-                                             min_diameter_px=min_diameter_px, log=log)
+                                             min_diameter_px=min_diameter_px, seed=seed,
+                                             log=log)
         sd = Z.std(axis=0)
         report.notes.append(
             "the traversal's steps are absolute latent values in the prior's units (N(0, 1)); "

@@ -143,7 +143,9 @@ def _rho_cells(row, per_descriptor, notes) -> list[str]:
             notes.append(f"{row['name']}, {DESCRIPTORS[k][0]}: {f['note']}")
             cells.append(f"undefined [{len(notes)}]")
         else:
-            cells.append(f"{f['rho']:+.2f}" + (f" (n={f['n']})" if f["n"] != row["n"] else ""))
+            ci = f.get("interval")
+            cells.append(f"{f['rho']:+.2f}" + ("" if ci is None else f" [{ci[0]:+.2f}, {ci[1]:+.2f}]")
+                         + (f" (n={f['n']})" if f["n"] != row["n"] else ""))
     return cells
 
 
@@ -229,8 +231,10 @@ class EvaluationReport:
                 "`matrep.datasets.descriptors.measure_mask` in pixel units, particles under "
                 f"{s.get('min_diameter_px', 3.0):g} px left out. (n=k): patches where the "
                 "descriptor is defined on both sides (mean diameter and nodularity need a "
-                "particle). graphite found: patches with graphite in the input → in the "
-                "reconstruction (or partner patch).",
+                "particle). In brackets: a 90 % bootstrap interval of rho (the patches "
+                "resampled, `matrep.metrics.correlation.spearman_interval`): how far rho from "
+                "these n patches may be from that of the data they stand for. graphite found: "
+                "patches with graphite in the input → in the reconstruction (or partner patch).",
                 "- specificity: share of patches whose own reconstruction is closer in style "
                 "loss than the reconstruction of a patch of another micrograph; own/other: "
                 "ratio of the mean style losses."]
@@ -269,7 +273,8 @@ class EvaluationReport:
         for m in self.metrics:
             head += [f"{m}_mean", f"{m}_std", f"{m}_sem", f"{m}_note"]
         for k in MEASURED_DESCRIPTORS:
-            head += [f"fidelity_rho_{k}", f"fidelity_n_{k}", f"fidelity_note_{k}"]
+            head += [f"fidelity_rho_{k}", f"fidelity_low_{k}", f"fidelity_high_{k}",
+                     f"fidelity_n_{k}", f"fidelity_note_{k}"]
         head += [f"code_rho_{k}" for k in MEASURED_DESCRIPTORS]
         head += ["graphite_found_input", "graphite_found_compared"]
         head += ["specificity_frac_own_lower", "specificity_ratio", "specificity_note"]
@@ -284,8 +289,11 @@ class EvaluationReport:
             fid = r.get("fidelity") or {}
             for k in MEASURED_DESCRIPTORS:
                 f = fid.get(k)
-                row += ["", "", ""] if f is None else \
-                    ["" if f["rho"] is None else f"{f['rho']:.6f}", f["n"], f["note"] or ""]
+                ci = None if f is None else f.get("interval")
+                row += ["", "", "", "", ""] if f is None else \
+                    ["" if f["rho"] is None else f"{f['rho']:.6f}",
+                     "" if ci is None else f"{ci[0]:.4f}", "" if ci is None else f"{ci[1]:.4f}",
+                     f["n"], f["note"] or ""]
             cf = r.get("code_fidelity") or {}
             row += ["" if cf.get(k, {}).get("rho") is None else f"{cf[k]['rho']:.6f}"
                     for k in MEASURED_DESCRIPTORS]
@@ -454,9 +462,14 @@ def evaluate_models(models, images, *, n: int = 100, other_images=None, stride: 
 def _fidelity(row, dx, other, min_diameter_px, other_name):
     """Set ``row["fidelity"]`` (descriptor -> Spearman dict of the input descriptors ``dx``
     against ``other`` patches) and ``row["graphite_found"]`` (patches with a non-empty mask)."""
+    from ..metrics.correlation import spearman_interval
+
     do = descriptor_array(other, min_diameter_px=min_diameter_px)
     row["fidelity"] = {k: v.to_dict()
                        for k, v in fidelity_from_arrays(dx, do, other_name=other_name).items()}
+    for j, k in enumerate(MEASURED_DESCRIPTORS):  # how far n patches' rho may be off
+        ci = spearman_interval(dx[:, j], do[:, j])
+        row["fidelity"][k]["interval"] = None if ci is None else [round(v, 4) for v in ci]
     row["graphite_found"] = {"input": int((dx[:, 0] > 0).sum()),
                              "compared": int((do[:, 0] > 0).sum())}
 

@@ -21,6 +21,12 @@ MONOTONE_RHO = 0.9
 MIN_IQR_SHARE = 0.5
 #: the descriptors with a goal in issue 14 (area fraction, size, nodularity)
 GOAL_DESCRIPTORS = ("graphite_fraction", "mean_eq_diameter", "nodularity")
+#: base patches of ``matrep interpret``'s ranking: with a decoder that places particles by a
+#: noise draw, each base is one draw, and with 8 the goals came and went with the draw
+#: (docs/texturevae.md, "How sure a traversal goal is")
+TRAVERSAL_BASES = 32
+#: resamples of the bases for the share of resamples in which each goal is met
+BOOTSTRAP_RESAMPLES = 200
 
 
 @dataclass
@@ -43,6 +49,9 @@ class TraversalRanking:
     found, found_reference : float — share of the decoded images, and of the reference
         patches, in which graphite was found (a non-empty mask): a decoder whose images hold
         no segmentable graphite gives rankings of little meaning
+    met_share : array of shape (K,) or None — per descriptor, the share of
+        :data:`BOOTSTRAP_RESAMPLES` resamples of the bases (with replacement) in which the
+        goal is met: how much the verdict owes to the particular bases (None: not computed)
     """
 
     dims: list
@@ -56,6 +65,7 @@ class TraversalRanking:
     n_reference: int
     found: float = float("nan")
     found_reference: float = float("nan")
+    met_share: np.ndarray | None = None
 
     @property
     def moved(self) -> np.ndarray:
@@ -92,16 +102,19 @@ class TraversalRanking:
 
     def goals(self) -> dict:
         """Per descriptor: is there a dimension whose traversal moves it monotonically
-        (|rho| >= 0.9) over at least half its inter-quartile range?"""
+        (|rho| >= 0.9) over at least half its inter-quartile range? With ``met_share``, the
+        share of resamples of the bases in which it is."""
         out = {}
-        for f in self.descriptors:
+        for k, f in enumerate(self.descriptors):
             ok = [e for e in self.ranking(f) if e["monotone"]
                   and np.isfinite(e["moved_iqr"]) and e["moved_iqr"] >= MIN_IQR_SHARE]
             t = ok[0] if ok else self.top(f)
             out[f] = {"met": bool(ok), "dim": None if t is None else t["dim"],
                       "rho": None if t is None else t["rho"],
                       "moved_iqr": None if t is None else t["moved_iqr"],
-                      "goal": f in GOAL_DESCRIPTORS}
+                      "goal": f in GOAL_DESCRIPTORS,
+                      "met_share": None if self.met_share is None
+                      else round(float(self.met_share[k]), 4)}
         return out
 
     def auto_dims(self) -> tuple[list[int], list[str]]:
@@ -129,7 +142,8 @@ class TraversalRanking:
                 "iqr": dict(zip(self.descriptors, clean(self.iqr))),
                 "monotone_rho": MONOTONE_RHO, "min_iqr_share": MIN_IQR_SHARE,
                 "ranking": {f: self.ranking(f) for f in self.descriptors},
-                "goals": self.goals(),
+                "goals": self.goals(), "bootstrap_resamples": None if self.met_share is None
+                else BOOTSTRAP_RESAMPLES,
                 "curves": {f: {str(d): clean(self.curves[i, k]) for i, d in enumerate(self.dims)}
                            for k, f in enumerate(self.descriptors)}}
 
@@ -164,12 +178,18 @@ class TraversalRanking:
             cells = ", ".join(f"z{e['dim']} ({e['rho']:+.2f}, {e['moved_iqr']:.2f})"
                               for e in r) or "none moves it"
             g = goals[f]
-            met = ("yes" if g["met"] else "no") + ("" if g["goal"] else " (no goal)")
+            met = ("yes" if g["met"] else "no") + ("" if g["met_share"] is None
+                                                   else f" ({100 * g['met_share']:.0f} %)")
+            met += "" if g["goal"] else " (no goal)"
             iqr = f"{self.iqr[k]:.4g}" if np.isfinite(self.iqr[k]) else "undefined"
             lines.append(f"| {DESCRIPTORS[f][0]} | {iqr} | {met} | {cells} |")
         lines += ["", f"Goal: a dimension with |rho| >= {MONOTONE_RHO} that moves the descriptor "
                       f"over at least {MIN_IQR_SHARE:g} x its IQR (issue 14: area fraction, "
                       "mean diameter, nodularity)."]
+        if self.met_share is not None:
+            lines[-1] += (f" In brackets: the share of {BOOTSTRAP_RESAMPLES} resamples of the "
+                          f"{self.n_bases} bases (with replacement) in which it is met; far "
+                          "from 0 % or 100 %, the verdict depends on which bases were drawn.")
         return lines
 
 
@@ -189,7 +209,7 @@ def spread_patches(micrograph_ids, n: int, seed: int = 0) -> np.ndarray:
 
 def traversal_effects(model, bases, *, reference=None, reference_descriptors=None,
                       values=TRAVERSAL_VALUES, dims=None, min_diameter_px: float = 3.0,
-                      log=None) -> TraversalRanking:
+                      bootstrap: bool = True, seed: int = 0, log=None) -> TraversalRanking:
     """Measure how traversing each latent dimension moves each descriptor of the decoded image.
 
     For every base patch b and dimension j, ``model.traverse(b, [j], values)`` decodes the
@@ -207,6 +227,9 @@ def traversal_effects(model, bases, *, reference=None, reference_descriptors=Non
         (n, P, P), or their descriptors already measured (n, 4); default: the bases
     values : the step values (default -3, -2, ..., 3)
     dims : latent dimensions to traverse (default: all)
+    bootstrap : bool, default True — also resample the bases :data:`BOOTSTRAP_RESAMPLES`
+        times (with replacement, ``seed``) and record in how many of them each goal is met
+        (``met_share``); no further decoding
 
     Returns
     -------
@@ -234,37 +257,53 @@ def traversal_effects(model, bases, *, reference=None, reference_descriptors=Non
                                                  min_diameter_px=min_diameter_px)
     ref = np.asarray(reference_descriptors, dtype=float)
     K, S = len(MEASURED_DESCRIPTORS), len(values)
-    total = np.zeros((len(dims), S, K))
-    count = np.zeros((len(dims), S, K))
-    found = 0
+    per_base = np.full((len(bases), len(dims), S, K), np.nan)
     for b, x in enumerate(bases):
         log(f"traversal of {len(dims)} dimensions x {S} steps from base patch {b + 1}/{len(bases)}")
         imgs = np.asarray(model.traverse(x, dims, values), dtype=np.float32)
         if imgs.shape[:2] != (len(dims), S):
             raise MatrepError(f"traverse returned shape {imgs.shape}, expected "
                               f"({len(dims)}, {S}, H, W)")
-        d = descriptor_array(np.clip(imgs.reshape(-1, *imgs.shape[2:]), 0.0, 1.0),
-                             min_diameter_px=min_diameter_px).reshape(len(dims), S, K)
-        ok = np.isfinite(d)
-        total += np.where(ok, d, 0.0)
-        count += ok
-        found += int((d[..., 0] > 0).sum())
-    with np.errstate(invalid="ignore", divide="ignore"):
-        curves = np.where(count > 0, total / np.maximum(count, 1), np.nan).transpose(0, 2, 1)
-    rho = np.full((len(dims), K), np.nan)
-    span = np.full((len(dims), K), np.nan)
-    for i in range(len(dims)):
-        for k in range(K):
-            c = curves[i, k]
-            s = spearman(values, c, x_name="step value", y_name="descriptor")
-            rho[i, k] = s.rho
-            if np.isfinite(c).any():
-                span[i, k] = float(np.nanmax(c) - np.nanmin(c))
+        per_base[b] = descriptor_array(np.clip(imgs.reshape(-1, *imgs.shape[2:]), 0.0, 1.0),
+                                       min_diameter_px=min_diameter_px).reshape(len(dims), S, K)
+    found = int((per_base[..., 0] > 0).sum())
+    curves, rho, span = _curve_stats(values, per_base)
     q = np.full(K, np.nan)
     for k in range(K):
         v = ref[:, k][np.isfinite(ref[:, k])]
         if len(v) >= 2:
             q[k] = float(np.subtract(*np.percentile(v, [75, 25])))
+    met_share = None
+    if bootstrap and len(bases) > 1:
+        rng = np.random.default_rng(seed)
+        met = np.zeros(K)
+        for _ in range(BOOTSTRAP_RESAMPLES):
+            _, r, sp = _curve_stats(values, per_base[rng.integers(0, len(bases), len(bases))])
+            with np.errstate(invalid="ignore", divide="ignore"):
+                ok = (np.abs(r) >= MONOTONE_RHO) & (sp / np.where(q > 0, q, np.nan) >= MIN_IQR_SHARE)
+            met += ok.any(axis=0)
+        met_share = met / BOOTSTRAP_RESAMPLES
     return TraversalRanking(dims, values, list(MEASURED_DESCRIPTORS), curves, rho, span, q,
                             len(bases), len(ref), found / (len(bases) * len(dims) * S),
-                            float((ref[:, 0] > 0).mean()) if len(ref) else float("nan"))
+                            float((ref[:, 0] > 0).mean()) if len(ref) else float("nan"),
+                            met_share)
+
+
+def _curve_stats(values, per_base):
+    """Curves averaged over the bases (NaN-aware), Spearman rho and span per (dim, descriptor)
+    from per-base descriptors of shape (B, dims, S, K)."""
+    ok = np.isfinite(per_base)
+    count = ok.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        curves = np.where(count > 0, np.where(ok, per_base, 0.0).sum(axis=0)
+                          / np.maximum(count, 1), np.nan).transpose(0, 2, 1)
+    D, K = curves.shape[:2]
+    rho = np.full((D, K), np.nan)
+    span = np.full((D, K), np.nan)
+    for i in range(D):
+        for k in range(K):
+            c = curves[i, k]
+            rho[i, k] = spearman(values, c, x_name="step value", y_name="descriptor").rho
+            if np.isfinite(c).any():
+                span[i, k] = float(np.nanmax(c) - np.nanmin(c))
+    return curves, rho, span
