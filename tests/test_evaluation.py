@@ -606,3 +606,15 @@ def test_code_fidelity_separates_what_the_code_carries(castiron, tmp_path):
     assert f"{carried['graphite_fraction']['rho']:+.2f}" in line
     head = paths["csv"].read_text().splitlines()[0].split(",")
     assert "code_rho_mean_eq_diameter" in head
+
+
+def test_interpret_help_states_the_traversal_bases_default():
+    """The CLI leaves --traversal-bases unset (the library's default applies); its help names
+    that default, which must follow the constant."""
+    from click.testing import CliRunner
+
+    from matrep.cli import main
+    from matrep.evaluation.traversal import TRAVERSAL_BASES
+
+    out = CliRunner().invoke(main, ["interpret", "--help"], terminal_width=200).output
+    assert f"Default: {TRAVERSAL_BASES} " in " ".join(out.split())
