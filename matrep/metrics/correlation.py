@@ -125,8 +125,9 @@ def spearman_interval(x, y, *, level: float = INTERVAL_LEVEL,
     :func:`spearman` is undefined.
 
     The pairs with both values finite are resampled with replacement (``scipy.stats.bootstrap``,
-    paired, bias-corrected and accelerated, seeded); resamples in which either side is
-    constant are left out. It says how far a rho from n patches may be from the rho of the
+    paired, bias-corrected and accelerated, seeded). Where BCa gives no interval (a resample
+    in which either side is constant, or every resample alike), the percentile interval of
+    the defined resamples is used instead. It says how far a rho from n patches may be from the rho of the
     patches it stands for: at n = 96 and rho 0.8 about ±0.06 (at 90 %; in 200 simulated
     samples of that size the 90 % interval held the true rho 87 % of the time).
 
