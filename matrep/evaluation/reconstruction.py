@@ -144,7 +144,8 @@ def _rho_cells(row, per_descriptor, notes) -> list[str]:
             cells.append(f"undefined [{len(notes)}]")
         else:
             ci = f.get("interval")
-            cells.append(f"{f['rho']:+.2f}" + ("" if ci is None else f" [{ci[0]:+.2f}, {ci[1]:+.2f}]")
+            cells.append(f"{f['rho']:+.2f}"
+                         + ("" if ci is None else f" [{ci[0]:+.2f}, {ci[1]:+.2f}]")
                          + (f" (n={f['n']})" if f["n"] != row["n"] else ""))
     return cells
 

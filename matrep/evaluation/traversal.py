@@ -279,9 +279,9 @@ def traversal_effects(model, bases, *, reference=None, reference_descriptors=Non
         met = np.zeros(K)
         for _ in range(BOOTSTRAP_RESAMPLES):
             _, r, sp = _curve_stats(values, per_base[rng.integers(0, len(bases), len(bases))])
-            with np.errstate(invalid="ignore", divide="ignore"):
-                ok = (np.abs(r) >= MONOTONE_RHO) & (sp / np.where(q > 0, q, np.nan) >= MIN_IQR_SHARE)
-            met += ok.any(axis=0)
+            with np.errstate(invalid="ignore", divide="ignore"):  # the rule of goals()
+                moved = sp / np.where(q > 0, q, np.nan)
+                met += ((np.abs(r) >= MONOTONE_RHO) & (moved >= MIN_IQR_SHARE)).any(axis=0)
         met_share = met / BOOTSTRAP_RESAMPLES
     return TraversalRanking(dims, values, list(MEASURED_DESCRIPTORS), curves, rho, span, q,
                             len(bases), len(ref), found / (len(bases) * len(dims) * S),
