@@ -461,7 +461,8 @@ def test_spectrum_loss_measures_the_length_scale_not_the_placement():
 
 @pytest.mark.parametrize("name, weight", [("spectrum_weight", 10.0), ("phase_weight", 1000.0),
                                           ("lineal_weight", 1000.0),
-                                          ("minkowski_weight", 100.0)])
+                                          ("minkowski_weight", 100.0),
+                                          ("spread_weight", 100.0)])
 def test_grey_term_weight_trains_and_is_validated(name, weight):
     from matrep.errors import BadInputError
 
@@ -481,6 +482,18 @@ def test_grey_term_weight_trains_and_is_validated(name, weight):
     for bad in (-1.0, float("inf"), float("nan"), "x"):
         with pytest.raises(BadInputError, match=name):
             TextureVAEEncoder(**TINY, **{name: bad}).fit(X)
+
+
+def test_spread_loss_asks_the_aggregate_posterior_for_unit_variance():
+    from matrep.plugins.texturevae.model import spread_loss
+
+    mu = torch.tensor([[0.5, 1.0], [-0.5, -1.0]])           # batch variances 0.5 and 2
+    logvar = torch.log(torch.tensor([[0.5, 1.0], [0.5, 1.0]]))
+    assert float(spread_loss(mu, logvar)) == pytest.approx(0.0 + (2.0 + 1.0 - 1.0) ** 2)
+    assert float(spread_loss(mu[:1], logvar[:1])) == 0.0     # one patch: no spread to measure
+    mu.requires_grad_(True)
+    spread_loss(mu, logvar).backward()
+    assert mu.grad[:, 0].abs().sum() == 0 and mu.grad[:, 1].abs().sum() > 0
 
 
 def _discs(n_side, radius, P=64):

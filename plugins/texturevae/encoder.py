@@ -171,6 +171,13 @@ class TextureVAEEncoder(ParamsMixin, NetworkMixin, GenerativeMixin, PersistenceM
         (:func:`matrep.plugins.texturevae.model.minkowski_functionals`) in place of the
         curve. It asks each reconstruction for its input's particle count and outline length.
         0 is the paper's loss.
+    spread_weight : float, default 0.0
+        Weight of a term asking the posterior means to spread across each batch with the
+        prior's variance: the sum over latent dimensions of (batch variance of the posterior
+        means + mean posterior variance - 1)² (:func:`matrep.plugins.texturevae.model.
+        spread_loss`). With a KL weight below 1 the means spread wider than N(0, 1), so a
+        traversal over -3..3 covers less than the data's range and prior samples fall in its
+        centre. 0 is the paper's loss.
     lr_scaling : {"none", "linear"}, default "none"
         Under torchrun with W processes: ``"none"`` — ``batch_size`` is the global batch of
         one step (split over the processes) and ``lr`` is used as given, so the run equals
@@ -225,7 +232,7 @@ class TextureVAEEncoder(ParamsMixin, NetworkMixin, GenerativeMixin, PersistenceM
                  kl_warmup=0, lr_schedule="constant", lr_warmup=0, keep_best=True,
                  histogram_weight=0.0, spectrum_weight=0.0, decoder_upsample="nearest",
                  decoder_noise_start=0, phase_weight=0.0, decoder_noise="white",
-                 lineal_weight=0.0, minkowski_weight=0.0,
+                 lineal_weight=0.0, minkowski_weight=0.0, spread_weight=0.0,
                  decoder_block="conv_up", decoder_convs=1, reconstruct_draws=8):
         self.latent_dim = latent_dim
         self.pooling = pooling
@@ -266,6 +273,7 @@ class TextureVAEEncoder(ParamsMixin, NetworkMixin, GenerativeMixin, PersistenceM
         self.phase_weight = phase_weight
         self.lineal_weight = lineal_weight
         self.minkowski_weight = minkowski_weight
+        self.spread_weight = spread_weight
         self.reconstruct_draws = reconstruct_draws
         self.decoder_noise = decoder_noise
         self.decoder_block = decoder_block
@@ -420,6 +428,7 @@ class TextureVAEEncoder(ParamsMixin, NetworkMixin, GenerativeMixin, PersistenceM
                                  phase_weight=float(self.phase_weight),
                                  lineal_weight=float(getattr(self, "lineal_weight", 0.0)),
                                  minkowski_weight=float(getattr(self, "minkowski_weight", 0.0)),
+                                 spread_weight=float(getattr(self, "spread_weight", 0.0)),
                                  extra={"lr_scaling": str(self.lr_scaling)})
         params = _jsonable(self.get_params(deep=False))
         for k in ("epochs", "checkpoint_every", "device", "cache_memory_gb", "output",

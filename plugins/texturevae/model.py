@@ -721,6 +721,25 @@ def kl_divergence(mu, logvar):
     return 0.5 * (mu.square() + logvar.exp() - 1.0 - logvar).sum(dim=1).mean()
 
 
+def spread_loss(mu, logvar):
+    """How far the batch's aggregate posterior is from the prior's unit variance, per latent
+    dimension: :math:`\\sum_k (\\mathrm{Var}_b[\\mu_k] + \\overline{e^{\\lambda_k}} - 1)^2`
+    (0 for fewer than two patches).
+
+    The KL term pulls each posterior towards N(0, 1) but leaves the spread of the posterior
+    means across patches free: with a KL weight below 1 they spread wider than the prior
+    (docs/texturevae.md), so a traversal over -3..3 in the prior's units covers less than the
+    data's own range, and samples from the prior fall in the centre of the data. This term
+    asks the aggregate to have the prior's variance; the decoder can follow any scale, so
+    the code need not lose information for it.
+    """
+    if mu.shape[0] < 2:
+        return mu.new_zeros(()).float()
+    mu, logvar = mu.float(), logvar.float()
+    var = mu.var(dim=0, unbiased=True) + logvar.exp().mean(dim=0)
+    return (var - 1.0).square().sum()
+
+
 def reparameterize(mu, logvar, generator=None):
     """z = mu + exp(logvar / 2) * eps with eps ~ N(0, I) drawn from ``generator``."""
     eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)

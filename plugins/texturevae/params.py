@@ -24,7 +24,8 @@ class ParamsMixin:
                            ("kl_weight", float), ("val_fraction", float),
                            ("histogram_weight", float), ("spectrum_weight", float),
                            ("phase_weight", float), ("lineal_weight", float),
-                           ("minkowski_weight", float), ("reconstruct_draws", int),
+                           ("minkowski_weight", float), ("spread_weight", float),
+                           ("reconstruct_draws", int),
                            ("cache_memory_gb", float), ("max_patches", int),
                            ("max_val_patches", int), ("checkpoint_every", int)):
             value = getattr(self, name, None)
@@ -54,7 +55,7 @@ class ParamsMixin:
             raise BadInputError(None, f"val_fraction must be in [0, 1), got {self.val_fraction!r}")
         from .step import GREY_TERMS
 
-        for name in (f"{t}_weight" for t in GREY_TERMS):
+        for name in (*(f"{t}_weight" for t in GREY_TERMS), "spread_weight"):
             w = float(getattr(self, name))
             if not (np.isfinite(w) and w >= 0):
                 raise BadInputError(None, f"{name} must be a finite number >= 0, got "

@@ -57,6 +57,8 @@ class TrainSettings:
     lineal_weight: float = 0.0
     #: weight of the graphite Minkowski-functional term (0: the paper's loss)
     minkowski_weight: float = 0.0
+    #: weight of the term asking the batch's aggregate posterior for the prior's variance
+    spread_weight: float = 0.0
     #: keep the model of the epoch with the lowest held-out style loss (needs held-out patches)
     keep_best: bool = True
     extra: dict = field(default_factory=dict)

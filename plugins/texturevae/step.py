@@ -15,6 +15,7 @@ import torch
 from matrep.errors import TrainingDivergedError
 
 from .model import (histogram_loss, kl_divergence, lineal_loss, minkowski_loss, phase_loss,
+                    spread_loss,
                     reparameterize, spectrum_loss)
 
 #: the optional grey-level terms added to the style loss, by name: (reconstruction (B, 1, P, P),
@@ -107,7 +108,8 @@ class VAEForward(torch.nn.Module):
 def forward_losses(model, backbone, pooled, target_grams, *, style_taps, layer_weights,
                    generator=None, sample=True, autocast_dtype=None, style_backend="auto",
                    net=None, eps=None):
-    """One forward pass: (style, kl, reconstruction) for cached inputs.
+    """One forward pass: (style, kl, reconstruction, spread) for cached inputs
+    (:func:`~matrep.plugins.texturevae.model.spread_loss` of the batch's posteriors).
 
     ``sample=False`` decodes ``mu`` (used for validation). With ``net`` (a
     :class:`VAEForward`, possibly in DDP) the head and decoder run through it with the given
@@ -131,28 +133,31 @@ def forward_losses(model, backbone, pooled, target_grams, *, style_taps, layer_w
     style = style_loss_grams([feats[t] for t in style_taps], target_grams, list(layer_weights),
                              backend=style_backend)
     kl = kl_divergence(mu, logvar)
-    return style, kl, xhat
+    return style, kl, xhat, spread_loss(mu, logvar)
 
 
 def train_step(model, backbone, optimizer, pooled, target_grams, *, kl_weight, style_taps,
                layer_weights, generator=None, autocast_dtype=None, style_backend="auto",
-               check_finite=True, grad_clip=None, grey_targets=None, grey_weights=None):
+               check_finite=True, grad_clip=None, grey_targets=None, grey_weights=None,
+               spread_weight=0.0):
     """One optimisation step on a batch of cached inputs; returns (loss, style, kl) floats.
 
-    The loss is ``style + sum_t grey_weights[t] * term_t + kl_weight * kl`` over the grey-level
-    terms :data:`GREY_TERMS` with a nonzero weight (each needs its ``grey_targets[t]``, see
-    :meth:`~matrep.plugins.texturevae.cache.FeatureCache.grey_batch`).
+    The loss is ``style + sum_t grey_weights[t] * term_t + kl_weight * kl + spread_weight *
+    spread`` over the grey-level terms :data:`GREY_TERMS` with a nonzero weight (each needs its
+    ``grey_targets[t]``, see :meth:`~matrep.plugins.texturevae.cache.FeatureCache.grey_batch`).
 
     Raises
     ------
     TrainingDivergedError
         The loss is NaN or inf (raised before the weights are updated).
     """
-    style, kl, xhat = forward_losses(model, backbone, pooled, target_grams,
-                                     style_taps=style_taps, layer_weights=layer_weights,
-                                     generator=generator, autocast_dtype=autocast_dtype,
-                                     style_backend=style_backend)
+    style, kl, xhat, spread = forward_losses(model, backbone, pooled, target_grams,
+                                             style_taps=style_taps, layer_weights=layer_weights,
+                                             generator=generator, autocast_dtype=autocast_dtype,
+                                             style_backend=style_backend)
     loss = style + kl_weight * kl + _grey_term(xhat, grey_targets, grey_weights)
+    if spread_weight:
+        loss = loss + float(spread_weight) * spread
     vals = torch.stack([loss.detach(), style.detach(), kl.detach()]).float().cpu().tolist()
     if check_finite and not all(math.isfinite(v) for v in vals):
         raise TrainingDivergedError(f"loss is not finite (loss={vals[0]}, style={vals[1]}, "
@@ -187,7 +192,8 @@ def _clip(optimizer, grad_clip):
 def distributed_train_step(net, backbone, optimizer, pooled, target_grams, eps, *, n_local,
                            n_global, ctx, kl_weight, style_taps, layer_weights,
                            autocast_dtype=None, style_backend="auto", flag=False,
-                           grad_clip=None, grey_targets=None, grey_weights=None):
+                           grad_clip=None, grey_targets=None, grey_weights=None,
+                           spread_weight=0.0):
     """One DDP step on this rank's part of a global batch; returns ((loss, style, kl), flag).
 
     ``pooled``/``target_grams``/``eps`` hold this rank's ``n_local`` of the ``n_global``
@@ -205,11 +211,13 @@ def distributed_train_step(net, backbone, optimizer, pooled, target_grams, eps, 
     """
     from matrep.distributed import local_loss_weight
 
-    style, kl, xhat = forward_losses(None, backbone, pooled, target_grams,
-                                     style_taps=style_taps, layer_weights=layer_weights,
-                                     autocast_dtype=autocast_dtype, style_backend=style_backend,
-                                     net=net, eps=eps)
+    style, kl, xhat, spread = forward_losses(None, backbone, pooled, target_grams,
+                                             style_taps=style_taps, layer_weights=layer_weights,
+                                             autocast_dtype=autocast_dtype,
+                                             style_backend=style_backend, net=net, eps=eps)
     loss = style + kl_weight * kl + _grey_term(xhat, grey_targets, grey_weights)
+    if spread_weight:  # over this rank's part of the batch
+        loss = loss + float(spread_weight) * spread
     local = torch.stack([loss.detach(), style.detach(), kl.detach()]).float().cpu().tolist()
     tot = ctx.all_reduce_sum([v * n_local for v in local] + [n_local, 1.0 if flag else 0.0])
     vals = [v / max(tot[3], 1.0) for v in tot[:3]]
@@ -240,7 +248,7 @@ def evaluate(model, backbone, cache, *, style_taps, layer_weights, batch_size, d
             continue
         idx = np.arange(s, min(cache.n, s + batch_size))
         pooled, grams = cache.batch(idx, device)
-        style, kl, _ = forward_losses(model, backbone, pooled, grams, style_taps=style_taps,
+        style, kl, _, _ = forward_losses(model, backbone, pooled, grams, style_taps=style_taps,
                                       layer_weights=layer_weights, sample=False,
                                       autocast_dtype=autocast_dtype, style_backend=style_backend)
         s_sum += float(style) * len(idx)

@@ -260,7 +260,8 @@ def train(model, backbone, train_cache, val_cache, *, settings: TrainSettings, s
                                 autocast_dtype=autocast_dtype, style_backend=s.style_backend,
                                 grad_clip=s.grad_clip, grey_weights=gw,
                                 grey_targets=(train_cache.grey_batch(idx, device)
-                                              if use_grey else None))
+                                              if use_grey else None),
+                                spread_weight=s.spread_weight)
                             stop = intr.flag
                         else:
                             # the single-process draw for the whole global batch; keep our rows
@@ -279,7 +280,8 @@ def train(model, backbone, train_cache, val_cache, *, settings: TrainSettings, s
                                 autocast_dtype=autocast_dtype, style_backend=s.style_backend,
                                 flag=intr.flag, grad_clip=s.grad_clip, grey_weights=gw,
                                 grey_targets=(train_cache.grey_batch(idx[rows], device)
-                                              if use_grey else None))
+                                              if use_grey else None),
+                                spread_weight=s.spread_weight)
                     except TrainingDivergedError as exc:
                         ck = Path(run_dir) / CHECKPOINT_DIR if run_dir is not None else None
                         where = (f"the last good checkpoint {ck} is intact; " if ck and ck.exists()
