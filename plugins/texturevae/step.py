@@ -15,8 +15,7 @@ import torch
 from matrep.errors import TrainingDivergedError
 
 from .model import (histogram_loss, kl_divergence, lineal_loss, minkowski_loss, phase_loss,
-                    spread_loss,
-                    reparameterize, spectrum_loss)
+                    reparameterize, spectrum_loss, spread_loss)
 
 #: the optional grey-level terms added to the style loss, by name: (reconstruction (B, 1, P, P),
 #: the cached targets of its inputs) -> scalar. Their weights are ``<name>_weight``.
