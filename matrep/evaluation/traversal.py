@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import BadInputError, MatrepError
-from ..metrics.correlation import spearman
+from ..metrics.correlation import rank_rho, spearman
 from ..metrics.morphology import DESCRIPTORS, MEASURED_DESCRIPTORS, descriptor_array
 from .models import _latent_dim
 
@@ -297,13 +297,13 @@ def _curve_stats(values, per_base):
     with np.errstate(invalid="ignore", divide="ignore"):
         curves = np.where(count > 0, np.where(ok, per_base, 0.0).sum(axis=0)
                           / np.maximum(count, 1), np.nan).transpose(0, 2, 1)
-    D, K = curves.shape[:2]
-    rho = np.full((D, K), np.nan)
-    span = np.full((D, K), np.nan)
-    for i in range(D):
-        for k in range(K):
-            c = curves[i, k]
-            rho[i, k] = spearman(values, c, x_name="step value", y_name="descriptor").rho
-            if np.isfinite(c).any():
-                span[i, k] = float(np.nanmax(c) - np.nanmin(c))
+    values = np.asarray(values, dtype=float)
+    full = np.isfinite(curves).all(axis=-1)  # curves defined at every step: all at once
+    rho = np.full(curves.shape[:2], np.nan)
+    rho[full] = rank_rho(np.broadcast_to(values, curves[full].shape), curves[full])
+    for i, k in zip(*np.nonzero(~full)):  # steps without a value: the checked, one-pair path
+        rho[i, k] = spearman(values, curves[i, k], x_name="step value", y_name="descriptor").rho
+    some = np.isfinite(curves).any(axis=-1)
+    span = np.full(curves.shape[:2], np.nan)
+    span[some] = np.nanmax(curves[some], axis=-1) - np.nanmin(curves[some], axis=-1)
     return curves, rho, span

@@ -61,8 +61,10 @@ class Spearman:
         return f"{self.rho:+.{digits}f}" if self.defined else "undefined"
 
 
-def _rank_rho(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
-    """Pearson correlation of the average ranks along ``axis`` (NaN where a side is constant).
+def rank_rho(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Pearson correlation of the average ranks along ``axis`` (NaN where a side is constant):
+    Spearman's rho of many pairs of rows at once, for finite values (no NaN handling, no
+    note, no p-value; :func:`spearman` is the checked version for one pair).
 
     Written so that two identical rankings give exactly 1.0: the three sums are the same
     operation, and for IEEE doubles sqrt(s * s) = s."""
@@ -114,7 +116,7 @@ def spearman(x, y, *, x_name: str = "x", y_name: str = "y") -> Spearman:
         return Spearman(nan, nan, n, f"undefined: {' and '.join(const)} "
                                      f"{'is' if len(const) == 1 else 'are'} constant over the "
                                      f"{n} pairs")
-    rho = float(_rank_rho(x, y))
+    rho = float(rank_rho(x, y))
     return Spearman(rho, _pvalue(rho, n), n, None)
 
 
@@ -152,7 +154,7 @@ def spearman_interval(x, y, *, level: float = INTERVAL_LEVEL,
 
     with warnings.catch_warnings():  # a degenerate distribution (all resamples equal) warns
         warnings.simplefilter("ignore")
-        res = bootstrap((x, y), _rank_rho, paired=True, vectorized=True,
+        res = bootstrap((x, y), rank_rho, paired=True, vectorized=True,
                         n_resamples=int(resamples), confidence_level=float(level),
                         method="BCa", random_state=int(seed))
     lo, hi = res.confidence_interval
